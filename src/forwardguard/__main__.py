@@ -1,0 +1,3 @@
+from forwardguard.cli import app
+
+app(prog_name="forwardguard")

@@ -1,0 +1,37 @@
+"""The ``forwardguard`` command: registers each command group; the work lives in the modules.
+
+Heavy libraries (torch, diffusers, SQLAlchemy) are imported inside the commands, so that
+``forwardguard --help`` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from forwardguard.cli.demo import demo_command
+from forwardguard.cli.immunize import immunize_command
+
+app = typer.Typer(
+    name="forwardguard",
+    help="Immunize images against AI editing, and keep them immunized in future model versions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("immunize")(immunize_command)
+app.command("demo")(demo_command)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from forwardguard import __version__
+
+        typer.echo(f"forwardguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Immunize images against AI editing, and keep them immunized in future model versions."""

@@ -1,0 +1,41 @@
+"""An autoencoder-only model (the TAESD family): its "edit" is the reconstruction D(E(x))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.models.base import ImageModel
+
+
+class AutoencoderModel(ImageModel):
+    """A TAESD-family encoder, with its decoder when one was given. Images in [0, 1], no scaling."""
+
+    encode_multiple = 8
+
+    def __init__(self, spec: str, encoder: nn.Module, decoder: nn.Module | None) -> None:
+        super().__init__(spec)
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.decoder is None:
+            raise ForwardguardError(f"model {self.spec!r} has no decoder: give one as taesd:ENCODER:DECODER")
+        return self.decoder(latents).clamp(0, 1)
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.decoder is not None
+
+    def modules(self) -> dict[str, nn.Module]:
+        parts = {"encoder": self.encoder}
+        if self.decoder is not None:
+            parts["decoder"] = self.decoder
+        return parts
+
+    def encoder_modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder}

@@ -1,0 +1,73 @@
+"""Model specs: tiny, Stable Diffusion folders, fingerprints, devices, and their errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.models import load_model, resolve_device
+from forwardguard.models.autoencoder import AutoencoderModel
+from forwardguard.models.stable_diffusion import DiffusionModel
+from forwardguard.models.taesd import save_taesd
+
+
+def test_tiny_is_a_seeded_stable_diffusion(tiny):
+    assert isinstance(tiny, DiffusionModel)
+    assert load_model("tiny").fingerprint == tiny.fingerprint
+    assert load_model("tiny:1").fingerprint != tiny.fingerprint
+    assert tiny.vae_scale_factor == 8
+    latents = tiny.encode(torch.rand(1, 3, 48, 80))
+    assert latents.shape == (1, 4, 6, 10)
+    assert tiny.decode(latents).shape == (1, 3, 48, 80)
+
+
+def test_stable_diffusion_folder_loads_with_the_same_fingerprint(tiny, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=tiny.vae, unet=tiny.unet, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+        scheduler=tiny.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp_path / "sd")
+    loaded = load_model(str(tmp_path / "sd"))
+    assert isinstance(loaded, DiffusionModel)
+    assert loaded.fingerprint == tiny.fingerprint
+    images = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(loaded.encode(images), tiny.encode(images))
+
+
+def test_missing_model_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ForwardguardError) as error:
+        load_model("no-such-owner/no-such-model")
+    message = str(error.value)
+    assert "'no-such-owner/no-such-model' not found" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("spec", ["", "tiny:x", "tiny:-1", "taesd:"])
+def test_malformed_specs_are_refused(spec):
+    with pytest.raises(ForwardguardError):
+        load_model(spec)
+
+
+def test_fingerprint_ignores_the_storage_dtype_but_not_the_weights(taef2, taef2_spec, tmp_path):
+    assert isinstance(taef2, AutoencoderModel)
+    save_taesd(taef2.encoder, taef2.decoder, tmp_path / "fp32")
+    assert load_model(f"taesd:{tmp_path / 'fp32'}").fingerprint == taef2.fingerprint
+    changed = load_model(taef2_spec)
+    with torch.no_grad():
+        changed.encoder[0].weight[0, 0, 0, 0] += 1e-3
+    save_taesd(changed.encoder, changed.decoder, tmp_path / "changed")
+    assert load_model(f"taesd:{tmp_path / 'changed'}").fingerprint != taef2.fingerprint
+
+
+def test_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in {"cpu", "cuda"}
+    with pytest.raises(ForwardguardError):
+        resolve_device("gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ForwardguardError, match="CUDA is not available"):
+            resolve_device("cuda")
