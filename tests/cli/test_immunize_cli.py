@@ -116,3 +116,31 @@ def test_cli_process_prints_one_line_and_no_traceback(tmp_path):
 def test_help_does_not_import_torch():
     code = "import sys; from forwardguard.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_registry_records_every_written_image(inputs, tmp_path):
+    from forwardguard.registry import Registry
+
+    registry = tmp_path / "reg.db"
+    assert runner.invoke(app, ["registry", "init", "--registry", str(registry)]).exit_code == 0
+    (inputs / "broken.png").write_bytes(b"\x89PNG broken")
+    result = invoke(str(inputs), "--out", str(tmp_path / "out"), "--model", "tiny", "--steps", "1",
+                    "--registry", str(registry), "--tenant", "acme")
+    assert result.exit_code == 1  # the broken file
+    with Registry.open(registry) as opened:
+        patterns = opened.list_patterns()
+        assert len(patterns) == 2 and {p.tenant for p in patterns} == {"acme"}
+        for name in ("astronaut", "coffee"):
+            png = (tmp_path / "out" / f"{name}.png").read_bytes()
+            [match] = [m for m in opened.lookup(png) if m.kind == "bytes"]
+            sample = opened.load_sample(match.pattern.id)
+            assert match.pattern.params["steps"] == 1
+            assert np.array_equal(sample.clean, read_image(inputs / f"{name}.{'jpg' if name == 'astronaut' else 'png'}").rgb)
+    assert "pattern " in result.output
+
+
+def test_missing_registry_is_refused_before_any_work(inputs, tmp_path):
+    result = invoke(str(inputs), "--out", str(tmp_path / "out"), "--model", "tiny", "--registry", str(tmp_path / "none.db"))
+    assert result.exit_code == 1
+    assert "no registry at" in result.output
+    assert not (tmp_path / "out").exists()

@@ -32,11 +32,14 @@ def immunize_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse larger images before decoding them.")] = 64_000_000,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    registry: Annotated[str | None, typer.Option(help="Record every written image in this registry (path or URL).")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant of the recorded patterns (with --registry).")] = None,
 ) -> None:
     """Immunize images: write DIR/NAME.png (8-bit, lossless, input size) and DIR/NAME.json per input."""
     with user_errors():
         from forwardguard.immunize.attack import AttackSettings, parse_fraction
         from forwardguard.immunize.images import iter_image_files
+        from forwardguard.immunize.runner import RunOptions
         from forwardguard.models.edits import EditSettings
 
         settings = AttackSettings(
@@ -57,7 +60,10 @@ def immunize_command(
             from forwardguard.errors import ForwardguardError
 
             raise ForwardguardError("no images found in the inputs (PNG, JPEG or WebP)")
-        failures = _run(files, model, settings, out, target, mask, batch_size, device, max_pixels, overwrite)
+        options = RunOptions(
+            out_dir=out, target=target, mask=mask, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels
+        )
+        failures = _run(files, model, device, settings, options, registry, tenant)
     if failures:
         raise typer.Exit(1)
 
@@ -68,37 +74,45 @@ def raise_missing(what: str, path: str) -> None:
     raise ForwardguardError(f"{what} {path} not found")
 
 
-def _run(files, model_spec, settings, out, target, mask, batch_size, device, max_pixels, overwrite) -> int:
+def _run(files: list[Path], model_spec: str, device: str, settings, options, registry: str | None, tenant: str | None) -> int:  # noqa: ANN001
+    """Immunize with progress bars; returns the number of failed inputs."""
+    from contextlib import ExitStack
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from forwardguard.immunize.runner import RunOptions, immunize_files
+    from forwardguard.immunize.runner import immunize_files, registry_recorder
     from forwardguard.models import load_model
 
     console = Console(stderr=True, soft_wrap=True)
-    with console.status(f"loading {model_spec}"):
-        model = load_model(model_spec, device=device)
-    options = RunOptions(
-        out_dir=out, target=target, mask=mask, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels
-    )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        images_task = progress.add_task("images", total=len(files))
-        steps_task = progress.add_task("steps", total=None)
+    with ExitStack() as stack:
+        recorder = None
+        if registry is not None:
+            from forwardguard.registry import Registry
 
-        def on_done(path: Path, error: str | None) -> None:
-            if error is not None:
-                progress.console.print(f"error: {error}", markup=False, highlight=False)
-            progress.advance(images_task)
+            recorder = registry_recorder(stack.enter_context(Registry.open(registry)), tenant=tenant)
+        with console.status(f"loading {model_spec}"):
+            model = load_model(model_spec, device=device)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            images_task = progress.add_task("images", total=len(files))
+            steps_task = progress.add_task("steps", total=None)
 
-        report = immunize_files(
-            files, model, settings, options, on_step=lambda: progress.advance(steps_task), on_done=on_done
-        )
+            def on_done(path: Path, error: str | None) -> None:
+                if error is not None:
+                    progress.console.print(f"error: {error}", markup=False, highlight=False)
+                progress.advance(images_task)
+
+            report = immunize_files(
+                files, model, settings, options, on_step=lambda: progress.advance(steps_task), on_done=on_done,
+                on_written=recorder,
+            )
     for written in report.written:
         record = written.record
+        pattern = f", pattern {record['pattern_id'][:12]}" if "pattern_id" in record else ""
         console.print(
             f"{written.job.out_png}  loss {record['loss_before']:.4g} -> {record['loss_after']:.4g}"
-            f" (ratio {record['loss_ratio']:.3f}), linf {record['linf_255']}/255",
+            f" (ratio {record['loss_ratio']:.3f}), linf {record['linf_255']}/255{pattern}",
             markup=False, highlight=False,
         )
     console.print(f"{len(report.written)} immunized, {len(report.failed)} failed, model {model.fingerprint[:12]}")

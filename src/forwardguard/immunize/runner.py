@@ -30,6 +30,10 @@ from forwardguard.immunize.images import (
 from forwardguard.models.base import ImageModel
 
 
+PATTERN_PARAMS = ("eps", "eps_255", "step_size", "step_size_255", "steps", "seed", "edit", "noise_draws", "mask", "source")
+"""The sidecar's keys that a registry record keeps as the pattern's parameters."""
+
+
 @dataclass
 class Job:
     """One input file and what will be written for it."""
@@ -77,7 +81,8 @@ def immunize_files(
 ) -> RunReport:
     """Immunize every file; ``on_done(path, error_or_None)`` reports each input as it ends.
 
-    ``on_written`` runs after an image's files are in place (the registry records it there).
+    ``on_written`` runs after an image's files are in place (the registry records it there); when it
+    raises a ForwardguardError the image's files are removed and the input counts as failed.
     """
     report = RunReport()
 
@@ -116,11 +121,41 @@ def immunize_files(
                 fail(job.source, str(error))
                 continue
             if on_written is not None:
-                on_written(written)
+                try:
+                    on_written(written)
+                except ForwardguardError as error:  # an image is delivered only with its record
+                    job.out_png.unlink(missing_ok=True)
+                    job.out_json.unlink(missing_ok=True)
+                    fail(job.source, f"{job.source}: {error}")
+                    continue
             report.written.append(written)
             if on_done is not None:
                 on_done(job.source, None)
     return report
+
+
+def registry_recorder(registry, *, tenant: str | None = None) -> Callable[[Written], None]:  # noqa: ANN001 (Registry)
+    """An ``on_written`` callback that records each written image in the registry.
+
+    The record's id is added to the in-memory record (``written.record["pattern_id"]``).
+    """
+    from forwardguard.registry import DEFAULT_TENANT
+
+    def record(written: Written) -> None:
+        params = {key: value for key, value in written.record.items() if key in PATTERN_PARAMS}
+        pattern = registry.record_pattern(
+            image_png=written.png,
+            delta=written.result.delta,
+            method=written.record["method"],
+            params=params,
+            target=written.record["target"],
+            model_fingerprint=written.record["model_fingerprint"],
+            model_spec=written.record["model_spec"],
+            tenant=tenant or DEFAULT_TENANT,
+        )
+        written.record["pattern_id"] = pattern.id
+
+    return record
 
 
 def _prepare(path: Path, options: RunOptions) -> Job:

@@ -1,0 +1,73 @@
+"""Engines and transactions: SQLite in WAL mode with waiting writers, PostgreSQL through psycopg 3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.registry.location import Location
+
+# How long a writer waits for another writer's lock before giving up.
+BUSY_TIMEOUT_S = 60
+PG_CONNECT_TIMEOUT_S = 10
+# A connection with this execution option set starts its transactions with BEGIN IMMEDIATE on
+# SQLite: it takes the write lock up front (waiting for it), so that a transaction that reads and
+# then writes never fails with SQLITE_BUSY when another writer committed in between.
+WRITE_OPTION = "forwardguard_write"
+
+
+def create_engine(location: Location) -> sa.Engine:
+    if location.is_sqlite:
+        return _sqlite_engine(location)
+    connect_args = {} if "connect_timeout" in location.url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return sa.create_engine(location.url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _sqlite_engine(location: Location) -> sa.Engine:
+    engine = sa.create_engine(location.url, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API objects)
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")  # a committed pattern survives a power cut
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        immediate = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def database_errors(location: Location) -> Iterator[None]:
+    """Turn a driver error (unreachable server, bad credentials, locked database) into one line."""
+    try:
+        yield
+    except sa.exc.DBAPIError as error:
+        cause = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+        raise ForwardguardError(f"registry {location.display()}: {cause}") from None
+    except sa.exc.NoSuchModuleError as error:
+        raise ForwardguardError(f"registry {location.display()}: {error}") from None
+
+
+@contextmanager
+def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def read_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    with engine.connect() as connection, connection.begin():
+        yield connection

@@ -1,0 +1,100 @@
+"""Image and delta encodings, and the hashes that identify and find a pattern."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from forwardguard.errors import ForwardguardError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DELTA_TENSOR = "delta"
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Decoded 8-bit pixels: ``rgb`` (H, W, 3) uint8 and, for RGBA images, ``alpha`` (H, W) uint8."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+
+
+def decode_png(data: bytes) -> Pixels:
+    """Decode an immunized image: 8-bit RGB or RGBA PNG only, as forwardguard writes it."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise ForwardguardError("the immunized image must be PNG bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode not in ("RGB", "RGBA"):
+                raise ForwardguardError(f"the immunized PNG must be 8-bit RGB or RGBA, not mode {image.mode}")
+            array = np.asarray(image)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise ForwardguardError(f"the immunized PNG can't be decoded: {error}") from None
+    return Pixels(rgb=np.ascontiguousarray(array[..., :3]), alpha=array[..., 3].copy() if array.shape[2] == 4 else None)
+
+
+def decode_any(data: bytes) -> np.ndarray:
+    """Decode an image in any format Pillow reads into RGB (H, W, 3) uint8, for lookups."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ForwardguardError("not an image in a format Pillow reads") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ForwardguardError(f"can't decode the image: {error}") from None
+
+
+def pixel_sha256(rgb: np.ndarray) -> str:
+    """sha256 of the RGB pixels and their shape: equal for a lossless re-save of the same image."""
+    height, width, _ = rgb.shape
+    digest = hashlib.sha256(f"{height}x{width}x3\n".encode())
+    digest.update(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def perceptual_hash(rgb: np.ndarray) -> int:
+    """The 64-bit DCT perceptual hash (imagehash.phash) of the RGB pixels, as a signed 64-bit integer."""
+    import imagehash
+
+    bits = imagehash.phash(Image.fromarray(rgb)).hash.flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big", signed=True)
+
+
+def hamming_distances(query: int, hashes: np.ndarray) -> np.ndarray:
+    """Bit differences between one signed 64-bit hash and an int64 array of them."""
+    return np.bitwise_count(hashes.view(np.uint64) ^ np.int64(query).view(np.uint64))
+
+
+def phash_hex(value: int) -> str:
+    return f"{value & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def delta_sha256(delta: np.ndarray) -> bytes:
+    """sha256 of the delta as little-endian int16 in C order: independent of how it is stored."""
+    return hashlib.sha256(np.ascontiguousarray(delta, dtype="<i2").tobytes()).digest()
+
+
+def pattern_id(image_sha256: str, delta: np.ndarray) -> str:
+    """sha256 over the immunized PNG's sha256 and the delta's: the same image twice is one pattern,
+    two images that happen to share a delta are two."""
+    return hashlib.sha256(bytes.fromhex(image_sha256) + delta_sha256(delta)).hexdigest()
+
+
+def encode_delta(delta: np.ndarray) -> bytes:
+    """The delta as safetensors: one tensor ``delta`` (H, W, 3), int8 when its values fit, else int16."""
+    from safetensors.numpy import save
+
+    fits_int8 = delta.size == 0 or (int(delta.min()) >= -128 and int(delta.max()) <= 127)
+    return save({DELTA_TENSOR: np.ascontiguousarray(delta, dtype=np.int8 if fits_int8 else np.int16)})
+
+
+def decode_delta(data: bytes) -> np.ndarray:
+    """A delta blob (or an exported row's ``delta`` bytes) as an int16 (H, W, 3) array."""
+    from safetensors.numpy import load
+
+    return load(data)[DELTA_TENSOR].astype(np.int16)

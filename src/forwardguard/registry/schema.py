@@ -1,0 +1,75 @@
+"""Schema revisions: check a registry's revision on open, migrate it (Alembic) on init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.registry.database import write_transaction
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant: serializes concurrent migrations of one PostgreSQL database.
+_PG_MIGRATION_LOCK = 0x666772656769  # "fgregi"
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None, "the registry migrations have no head revision"
+    return head
+
+
+def current_revisions(connection: sa.Connection) -> tuple[str, ...]:
+    return tuple(MigrationContext.configure(connection).get_current_heads())
+
+
+def ensure_schema(engine: sa.Engine, *, upgrade: bool, display: str) -> str:
+    """Check that the registry's schema is this code's head revision, migrating it first when
+    ``upgrade``; return the revision. A schema newer than the code is never touched."""
+    script = ScriptDirectory.from_config(_config())
+    head = head_revision()
+    with engine.connect() as connection:
+        current = current_revisions(connection)
+    _refuse_unknown(script, current, head, display)
+    if current == (head,):
+        return head
+    if not upgrade:
+        if not current:
+            raise ForwardguardError(
+                f"{display} is not a forwardguard registry: "
+                f"create it with `forwardguard registry init --registry {display}`"
+            )
+        raise ForwardguardError(
+            f"registry {display} has schema revision {current[0]}, this forwardguard needs {head}: "
+            f"upgrade it with `forwardguard registry init --registry {display}`"
+        )
+    with write_transaction(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        # Read again under the lock: another process may have migrated meanwhile.
+        _refuse_unknown(script, current_revisions(connection), head, display)
+        config = _config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return head
+
+
+def _refuse_unknown(script: ScriptDirectory, current: tuple[str, ...], head: str, display: str) -> None:
+    known = {revision.revision for revision in script.walk_revisions()}
+    unknown = [revision for revision in current if revision not in known]
+    if unknown:
+        raise ForwardguardError(
+            f"registry {display} has schema revision {unknown[0]}, newer than this forwardguard knows "
+            f"(up to {head}): upgrade forwardguard"
+        )

@@ -1,0 +1,77 @@
+"""The registry's tables (SQLAlchemy Core). The migrations in ``migrations/versions`` create them.
+
+A test compares these definitions with the migrated database, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+patterns = sa.Table(
+    "patterns",
+    metadata,
+    # sha256 over the immunized PNG's sha256 and the delta's sha256 (see images.pattern_id).
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("model_fingerprint", sa.String(64), nullable=False),
+    sa.Column("model_spec", sa.Text, nullable=False),
+    # The immunized PNG's sha256, which is also its blob's key.
+    sa.Column("image_sha256", sa.String(64), nullable=False),
+    # sha256 of the decoded RGB pixels, so that a lossless re-save still matches exactly.
+    sa.Column("pixel_sha256", sa.String(64), nullable=False),
+    # Key of the delta's safetensors blob.
+    sa.Column("delta_blob_sha256", sa.String(64), nullable=False),
+    # 64-bit perceptual hash of the RGB pixels, stored as a signed integer.
+    sa.Column("phash", sa.BigInteger, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("has_alpha", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("status IN ('active', 'retired')", name="ck_patterns_status"),
+    sa.Index("ix_patterns_image_sha256", "image_sha256"),
+    sa.Index("ix_patterns_pixel_sha256", "pixel_sha256"),
+    sa.Index("ix_patterns_delta_blob_sha256", "delta_blob_sha256"),
+    sa.Index("ix_patterns_phash", "phash"),
+    sa.Index("ix_patterns_tenant_phash", "tenant", "phash"),
+    sa.Index("ix_patterns_model_fingerprint", "model_fingerprint"),
+    sa.Index("ix_patterns_created_at_id", "created_at", "id"),
+)
+
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The filters it was made with (NULL: any).
+    sa.Column("method", sa.String(32), nullable=True),
+    sa.Column("model_fingerprint", sa.String(64), nullable=True),
+    sa.Column("tenant", sa.String(128), nullable=True),
+    sa.Column("pattern_count", sa.Integer, nullable=False),
+)
+
+snapshot_patterns = sa.Table(
+    "snapshot_patterns",
+    metadata,
+    sa.Column("snapshot_name", sa.String(200), sa.ForeignKey("snapshots.name"), primary_key=True),
+    sa.Column("pattern_id", sa.String(64), sa.ForeignKey("patterns.id"), primary_key=True),
+    sa.Index("ix_snapshot_patterns_pattern_id", "pattern_id"),
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    # Not a foreign key: a base model (e.g. SD v1.5) need not be recorded itself.
+    sa.Column("parent_fingerprint", sa.String(64), nullable=True),
+    sa.Column("planted_snapshot", sa.String(200), sa.ForeignKey("snapshots.name"), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,91 @@
+"""Finding an image's pattern: exact bytes, exact pixels, and perceptual hash after re-encoding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from registry_testdata import photo, png_bytes
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.registry import PHASH_MAX_DISTANCE, Registry
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+@pytest.fixture
+def recorded(registry: Registry) -> dict[str, tuple]:
+    images = {name: photo(name, seed=i) for i, name in enumerate(PHOTOS)}
+    return {
+        name: (image, registry.record_pattern(**image.record_args(tenant=f"t{i % 2}")))
+        for i, (name, image) in enumerate(images.items())
+    }
+
+
+def _jpeg(pixels: np.ndarray, quality: int = 75) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _half(png: bytes) -> bytes:
+    with Image.open(io.BytesIO(png)) as image:
+        buffer = io.BytesIO()
+        image.resize((image.width // 2, image.height // 2), Image.BICUBIC).save(buffer, "PNG")
+        return buffer.getvalue()
+
+
+def test_exact_bytes_then_pixels(registry: Registry, recorded: dict) -> None:
+    image, record = recorded["astronaut"]
+    [best] = [m for m in registry.lookup(image.png) if m.pattern.id == record.id]
+    assert (best.kind, best.distance) == ("bytes", 0)
+    assert registry.lookup(image.png)[0].pattern.id == record.id
+
+    resaved = io.BytesIO()
+    Image.open(io.BytesIO(image.png)).save(resaved, "PNG", compress_level=0)
+    assert resaved.getvalue() != image.png
+    match = registry.lookup(resaved.getvalue())[0]
+    assert (match.pattern.id, match.kind, match.distance) == (record.id, "pixels", 0)
+    assert registry.lookup(image.immunized)[0].kind == "pixels"
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_perceptual_after_jpeg_and_resize(registry: Registry, recorded: dict, name: str) -> None:
+    image, record = recorded[name]
+    for variant in (
+        _jpeg(image.immunized),
+        _half(image.png),
+        _jpeg(np.asarray(Image.open(io.BytesIO(_half(image.png))))),
+    ):
+        matches = registry.lookup(variant)
+        assert matches, f"{name}: no match"
+        assert matches[0].pattern.id == record.id
+        assert matches[0].kind == "perceptual"
+        assert matches[0].distance <= PHASH_MAX_DISTANCE
+        assert [m.distance for m in matches] == sorted(m.distance for m in matches)
+        assert {m.pattern.id for m in matches} == {record.id}, "other photographs must not match"
+
+
+def test_unrelated_image_and_tenants(registry: Registry, recorded: dict) -> None:
+    unrelated = np.asarray(photo("retina").immunized)
+    assert registry.lookup(png_bytes(unrelated)) == []
+    image, record = recorded["astronaut"]  # tenant t0
+    assert registry.lookup(image.png, tenant="t1") == []
+    assert registry.lookup(image.png, tenant="t0")[0].pattern.id == record.id
+
+
+def test_retired_patterns_are_still_found(registry: Registry, recorded: dict) -> None:
+    image, record = recorded["coffee"]
+    registry.retire(record.id)
+    assert registry.lookup(image.png)[0].pattern.status == "retired"
+
+
+def test_bad_lookup_input(registry: Registry) -> None:
+    with pytest.raises(ForwardguardError, match="not an image"):
+        registry.lookup(b"plain text")
+    with pytest.raises(ForwardguardError, match="uint8 RGB"):
+        registry.lookup(np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ForwardguardError, match="max_distance"):
+        registry.lookup(png_bytes(np.zeros((4, 4, 3), np.uint8)), max_distance=65)
