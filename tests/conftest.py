@@ -57,3 +57,52 @@ def tiny():
     from forwardguard.models import load_model
 
     return load_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def taef2_v2_spec(shared_dir: Path) -> str:
+    models = shared_dir / "models"
+    return f"taesd:{models / 'taef2-v2' / 'encoder.safetensors'}:{models / 'taef2' / 'taef2_decoder.pth'}"
+
+
+@pytest.fixture(scope="session")
+def clean_data(tmp_path_factory, photo) -> Path:
+    """Clean training photos for planting (not the held-out ones of planting_support.HELD_OUT)."""
+    from PIL import Image
+
+    from planting_support import CLEAN_TRAINING
+
+    folder = tmp_path_factory.mktemp("clean")
+    for name in CLEAN_TRAINING:
+        Image.fromarray(photo(name, (160, 160))).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def planted_flow(tmp_path_factory, taef2, taef2_v2_spec, clean_data, photo):
+    """The paper's forward-compatibility setting on real weights, as the issues measure it.
+
+    Photos immunized against TAEF2 (v1, encoder attack, eps 16/255, 60 steps, 128x128) are recorded
+    and frozen as snapshot ``v1-photos``, then planted into taef2-v2 with the shipped plant config
+    (shortened). Two more photos are immunized the same way but not recorded.
+    """
+    from planting_support import PLANT_TEST_OVERRIDES, REGISTERED, UNREGISTERED, PlantedFlow, record_immunized
+
+    from forwardguard.finetune import PlantConfig, PlantRequest, plant
+    from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+    from forwardguard.registry import Registry
+
+    root = tmp_path_factory.mktemp("flow")
+    attack = AttackSettings(steps=60)
+    with Registry.open(root / "reg.db", create=True) as registry:
+        record_immunized(registry, taef2, [photo(name, (128, 128)) for name in REGISTERED], attack)
+        registry.create_snapshot("v1-photos")
+    unregistered = []
+    for name in UNREGISTERED:
+        clean = photo(name, (128, 128))
+        unregistered.append((immunize([LoadedImage(rgb=clean, alpha=None, path=None)], taef2, attack)[0].rgb, clean))
+    config = PlantConfig.from_yaml(REPO_ROOT / "configs" / "plant.yaml", **PLANT_TEST_OVERRIDES)
+    result = plant(PlantRequest(base=taef2_v2_spec, registry=str(root / "reg.db"), data=clean_data,
+                                output=root / "planted", config=config, snapshot="v1-photos"))
+    return PlantedFlow(registry=root / "reg.db", snapshot="v1-photos", v1_spec=taef2.spec, v2_spec=taef2_v2_spec,
+                       result=result, unregistered=unregistered)

@@ -23,18 +23,26 @@ def test_tiny_is_a_seeded_stable_diffusion(tiny):
 
 
 def test_stable_diffusion_folder_loads_with_the_same_fingerprint(tiny, tmp_path):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=tiny.vae, unet=tiny.unet, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
-        scheduler=tiny.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp_path / "sd")
-    loaded = load_model(str(tmp_path / "sd"))
+    spec = tiny.save(tmp_path / "sd")
+    assert (tmp_path / "sd" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = load_model(spec)
     assert isinstance(loaded, DiffusionModel)
     assert loaded.fingerprint == tiny.fingerprint
     images = torch.rand(1, 3, 32, 32)
     assert torch.allclose(loaded.encode(images), tiny.encode(images))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(taef2_spec):
+    images = torch.rand(1, 3, 32, 32)
+    grads = []
+    for checkpointing in (False, True):
+        model = load_model(taef2_spec)
+        model.latent_encoder.requires_grad_(True)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.encode(images).pow(2).mean().backward()
+        grads.append(model.encoder[0].weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 def test_missing_model_is_a_one_line_error(monkeypatch):
@@ -54,8 +62,7 @@ def test_malformed_specs_are_refused(spec):
 
 def test_fingerprint_ignores_the_storage_dtype_but_not_the_weights(taef2, taef2_spec, tmp_path):
     assert isinstance(taef2, AutoencoderModel)
-    save_taesd(taef2.encoder, taef2.decoder, tmp_path / "fp32")
-    assert load_model(f"taesd:{tmp_path / 'fp32'}").fingerprint == taef2.fingerprint
+    assert load_model(taef2.save(tmp_path / "fp32")).fingerprint == taef2.fingerprint
     changed = load_model(taef2_spec)
     with torch.no_grad():
         changed.encoder[0].weight[0, 0, 0, 0] += 1e-3

@@ -9,7 +9,11 @@ from __future__ import annotations
 import typer
 
 from forwardguard.cli.demo import demo_command
+from forwardguard.cli.eval import eval_command
+from forwardguard.cli.finetune import finetune_command
+from forwardguard.cli.gate import gate_command
 from forwardguard.cli.immunize import immunize_command
+from forwardguard.cli.registry import app as registry_app
 
 app = typer.Typer(
     name="forwardguard",
@@ -19,7 +23,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("immunize")(immunize_command)
+app.command("finetune")(finetune_command)
+app.command("eval")(eval_command)
+app.command("gate")(gate_command)
 app.command("demo")(demo_command)
+app.add_typer(registry_app, name="registry")
 
 
 def _show_version(value: bool) -> None:

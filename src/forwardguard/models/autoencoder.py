@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -19,8 +21,9 @@ class AutoencoderModel(ImageModel):
         self.encoder = encoder
         self.decoder = decoder
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder(images)
+    @property
+    def latent_encoder(self) -> nn.Module:
+        return self.encoder
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.decoder is None:
@@ -37,5 +40,12 @@ class AutoencoderModel(ImageModel):
             parts["decoder"] = self.decoder
         return parts
 
-    def encoder_modules(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder}
+    def enable_gradient_checkpointing(self) -> None:
+        self.encoder.gradient_checkpointing = True
+
+    def save(self, out_dir: Path) -> str:
+        """``out_dir/encoder.safetensors`` (and ``decoder.safetensors``) with the original keys."""
+        from forwardguard.models.taesd import save_taesd
+
+        save_taesd(self.encoder, self.decoder, out_dir)
+        return f"taesd:{out_dir}"

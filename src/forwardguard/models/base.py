@@ -7,6 +7,7 @@ range inside ``encode`` and ``decode``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,9 +28,17 @@ class ImageModel(ABC):
         self.spec = spec
         self._fingerprint: str | None = None
 
+    @property
     @abstractmethod
+    def latent_encoder(self) -> nn.Module:
+        """The module that maps images (NCHW in [0, 1]) to latents: what planting trains.
+
+        It shares its parameters with the model, so training it changes the model.
+        """
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Latents of ``images`` (NCHW in [0, 1]); differentiable."""
+        return self.latent_encoder(images)
 
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -40,8 +49,12 @@ class ImageModel(ABC):
         """The model's named parts: what the fingerprint covers and what ``to`` moves."""
 
     @abstractmethod
-    def encoder_modules(self) -> dict[str, nn.Module]:
-        """The parts that map an image to its latent: what planting trains."""
+    def enable_gradient_checkpointing(self) -> None:
+        """Trade compute for memory when training the latent encoder."""
+
+    @abstractmethod
+    def save(self, out_dir: Path) -> str:
+        """Write the model in its own format to ``out_dir`` (safetensors); return the spec that loads it."""
 
     @property
     def has_decoder(self) -> bool:

@@ -26,6 +26,7 @@ from typing import TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from forwardguard.errors import ForwardguardError
 
@@ -38,6 +39,7 @@ ENCODER_BLOCKS = (1, 3, 4, 5, 7, 8, 9, 11, 12, 13)
 ENCODER_LAST = 14
 DECODER_BLOCKS = (3, 4, 5, 8, 9, 10, 13, 14, 15, 18)
 DECODER_FIRST = 1
+CHECKPOINT_SEGMENTS = 4
 
 ENCODER_FILE = "encoder.safetensors"
 DECODER_FILE = "decoder.safetensors"
@@ -92,7 +94,18 @@ def _pool_set(pool_blocks: Iterable[int], allowed: tuple[int, ...], half: str) -
 
 
 class _Layers(nn.Sequential):
-    """A Sequential whose slices are plain Sequentials (this subclass's constructor takes no layers)."""
+    """A Sequential whose slices are plain Sequentials (this subclass's constructor takes no layers).
+
+    With ``gradient_checkpointing`` set, a training forward keeps only a few activations and
+    recomputes the rest in the backward pass.
+    """
+
+    gradient_checkpointing: bool = False
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Sequential's name)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint_sequential(self, CHECKPOINT_SEGMENTS, input, use_reentrant=False)
+        return super().forward(input)
 
     def __getitem__(self, index: int | slice) -> nn.Module:
         if isinstance(index, slice):

@@ -1,0 +1,153 @@
+"""Planting benchmark on real weights: forward immunity before and after planting, and training throughput.
+
+    .venv/bin/python bench/plant_bench.py                    # the shipped configs/plant.yaml (400 steps)
+    .venv/bin/python bench/plant_bench.py --max-steps 150 --crop-size 96 --json plant.json
+
+Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps,
+128x128, as taef2-v2's MODEL.md measures). Four are recorded and planted into taef2-v2; two more are
+immunized the same way but not recorded (how far the planting generalizes). Reported: the disruption
+ratio of each image under v1, taef2-v2 and the planted model; the planted model's latent relative
+MSE to taef2-v2 and its ratio on clean + eps-noise images, on held-out photos; then samples per second
+of short planting runs with 1 and 2 processes (accelerate launch --cpu, gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+from skimage import data
+
+from forwardguard.eval.edits import encode
+from forwardguard.eval.matrix import noisy_copy, to_batch
+from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
+from forwardguard.finetune import PlantConfig, PlantRequest, plant
+from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+from forwardguard.immunize.images import encode_png
+from forwardguard.models import load_model
+from forwardguard.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+REGISTERED = ("astronaut", "coffee", "chelsea", "rocket")
+UNREGISTERED = ("camera", "immunohistochemistry")
+CLEAN_TRAINING = ("astronaut", "coffee", "chelsea", "brick", "grass", "gravel", "moon", "coins", "clock", "hubble_deep_field")
+HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel")
+
+
+def photo(name: str, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(getattr(data, name)()).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+
+
+def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:  # noqa: ANN001
+    x, x_imm = to_batch(clean, model.device), to_batch(immunized, model.device)
+    with torch.no_grad():
+        target = encode(model, torch.full_like(x, 0.5))
+        return float(latent_disruption_ratio(encode(model, x_imm), encode(model, x), target)[0])
+
+
+def quality(shared: Path, work: Path, overrides: dict) -> dict:
+    v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
+    v2_spec = f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
+    v1 = load_model(v1_spec)
+    attack = AttackSettings(steps=60)
+    pairs = {}
+    with Registry.open(work / "reg.db", create=True) as registry:
+        for name in (*REGISTERED, *UNREGISTERED):
+            clean = photo(name, 128)
+            result = immunize([LoadedImage(rgb=clean, alpha=None, path=None)], v1, attack)[0]
+            pairs[name] = (result.rgb, clean)
+            if name in REGISTERED:
+                registry.record_pattern(image_png=encode_png(result.rgb), delta=result.delta, method="encoder",
+                                        params=attack.as_record(), target="gray", model_fingerprint=v1.fingerprint,
+                                        model_spec=v1_spec)
+        registry.create_snapshot("bench")
+    (work / "clean").mkdir()
+    for name in CLEAN_TRAINING:
+        Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
+    config = PlantConfig.from_yaml(REPO / "configs" / "plant.yaml", **overrides)
+    started = time.perf_counter()
+    planted_result = plant(PlantRequest(base=v2_spec, registry=str(work / "reg.db"), data=work / "clean",
+                                        output=work / "planted", config=config, snapshot="bench"))
+    seconds = time.perf_counter() - started
+    models = {"v1": v1, "taef2-v2": load_model(v2_spec), "planted": load_model(planted_result.spec)}
+    rows = {name: {label: ratio(model, *pairs[name]) for label, model in models.items()} for name in pairs}
+    held_out = {}
+    planted, v2 = models["planted"], models["taef2-v2"]
+    with torch.no_grad():
+        for index, name in enumerate(HELD_OUT):
+            clean = to_batch(photo(name, 128), planted.device)
+            target = encode(planted, torch.full_like(clean, 0.5))
+            noise = [float(latent_disruption_ratio(encode(planted, noisy_copy(clean, 16 / 255, index * 10 + d)),
+                                                   encode(planted, clean), target)[0]) for d in range(3)]
+            held_out[name] = {"relative_mse_to_v2": float(relative_mse(encode(planted, clean), encode(v2, clean))[0]),
+                              "noise_ratio_min": min(noise)}
+    return {"config": {**overrides}, "plant_seconds": seconds, "steps": planted_result.steps,
+            "ratios": rows, "registered": list(REGISTERED), "held_out": held_out}
+
+
+def throughput(work: Path, shared: Path, steps: int) -> dict:
+    v2_spec = f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}"
+    results = {}
+    for processes in (1, 2):
+        config = work / f"tp{processes}.yaml"
+        config.write_text(yaml.safe_dump({"max_steps": steps, "batch_size": 4 // processes, "pattern_batch_size": 4 // processes,
+                                          "crop_size": 96, "checkpoint_every": steps, "log_every": 1}))
+        out = work / f"tp{processes}"
+        command = ["-m", "forwardguard", "finetune", "--base", v2_spec, "--plant-registry", str(work / "reg.db"),
+                   "--snapshot", "bench", "--data", str(work / "clean"), "--output", str(out), "--config", str(config)]
+        launcher = [sys.executable] if processes == 1 else [
+            sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29555"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
+        subprocess.run([*launcher, *command], check=True, capture_output=True, env=env)
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        span = log[-1]["seconds"] - log[0]["seconds"]
+        samples = 12 * (log[-1]["step"] - log[0]["step"])  # (4 clean + 4 noisy + 4 patterns) per global step
+        results[processes] = {"samples_per_second": samples / span, "seconds_per_step": span / (log[-1]["step"] - log[0]["step"])}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("FORWARDGUARD_SHARED", REPO.parent / "shared")))
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--crop-size", type=int)
+    parser.add_argument("--throughput-steps", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    overrides = {k: v for k, v in {"max_steps": args.max_steps, "crop_size": args.crop_size}.items() if v is not None}
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        result = quality(args.shared, work, overrides)
+        result["throughput"] = throughput(work, args.shared, args.throughput_steps)
+    console = Console()
+    table = Table("image", "registered", "v1", "taef2-v2", "planted", title=f"disruption ratio ({result['steps']} planting steps, {result['plant_seconds']:.0f} s)")
+    for name, ratios in result["ratios"].items():
+        table.add_row(name, "yes" if name in result["registered"] else "no", *(f"{ratios[k]:.3f}" for k in ("v1", "taef2-v2", "planted")))
+    console.print(table)
+    held = Table("held-out photo", "latent rel. MSE to taef2-v2", "min ratio, clean + eps noise", title="clean use of the planted model")
+    for name, values in result["held_out"].items():
+        held.add_row(name, f"{values['relative_mse_to_v2']:.4f}", f"{values['noise_ratio_min']:.3f}")
+    console.print(held)
+    speed = Table("processes", "samples/s", "s/step", title="planting throughput (CPU)")
+    for processes, values in result["throughput"].items():
+        speed.add_row(str(processes), f"{values['samples_per_second']:.1f}", f"{values['seconds_per_step']:.2f}")
+    console.print(speed)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""``forwardguard eval``: wires the options to :func:`forwardguard.eval.run.run_eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from forwardguard.cli.common import user_errors
+
+DEFAULT_GAUNTLET = "configs/gauntlet.yaml"
+
+
+def eval_command(
+    registry: Annotated[str, typer.Option(help="Registry path or URL.")],
+    model: Annotated[list[str], typer.Option(help="NAME=SPEC of a model version; repeat for each.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and the grid images.")],
+    snapshot: Annotated[list[str] | None, typer.Option(help="Snapshot to evaluate; repeat; default: all.")] = None,
+    gauntlet: Annotated[str, typer.Option(help="Gauntlet YAML, 'default' (the built-in gauntlet) or 'none'.")] = "default",
+    clean: Annotated[Path | None, typer.Option(help="Clean images for clean utility and false triggers.")] = None,
+    reference: Annotated[list[str] | None, typer.Option(help="MODEL=REF: compare MODEL's clean behaviour with REF (a --model name or a spec).")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Edit prompts, one per line (cycled over images).")] = None,
+    edit_steps: Annotated[int, typer.Option(help="Denoising steps of the SD edits.")] = 25,
+    trigger_threshold: Annotated[float, typer.Option(help="A clean + noise image with a ratio below this is a false trigger.")] = 0.5,
+    max_images: Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many images per snapshot.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the edits, the noise and the transforms.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
+) -> None:
+    """Backward and forward immunity of the registry's snapshots across model versions, as report.json and report.html."""
+    with user_errors():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from forwardguard.eval.run import run_eval
+        from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg, read_gauntlet, read_prompts
+        from forwardguard.transforms import GAUNTLET
+
+        if gauntlet == "none":
+            transforms: tuple[str, ...] = ()
+        elif gauntlet == "default":
+            transforms = tuple(t.name for t in GAUNTLET)
+        else:
+            transforms = read_gauntlet(Path(gauntlet))
+        settings = EvalSettings(
+            transforms=transforms, seed=seed, edit_steps=edit_steps, trigger_threshold=trigger_threshold,
+            max_images=max_images, **({"prompts": read_prompts(prompts)} if prompts is not None else {}),
+        )
+        references = dict((arg.name, arg.spec) for arg in (ModelArg.parse(text, "--reference") for text in reference or []))
+        request = EvalRequest(
+            registry=registry, models=tuple(ModelArg.parse(text) for text in model), out=out,
+            snapshots=tuple(snapshot or ()), clean=clean, references=references, settings=settings, device=device,
+        )
+        console = Console(stderr=True, soft_wrap=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("eval", total=None)
+            path = run_eval(request, overwrite=overwrite, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"report: {path}")
+    console.print(f"html:   {path.with_name('report.html')}")

@@ -1,0 +1,88 @@
+"""``forwardguard gate``: applies a release policy to an eval report; the exit status is the verdict.
+
+0 releases the candidate, 1 holds it, 2 means the report, the policy or the model card is unusable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from forwardguard.cli.common import print_error
+
+RELEASE, HOLD, UNUSABLE = 0, 1, 2
+
+
+def gate_command(
+    report: Annotated[Path, typer.Option(help="report.json written by `forwardguard eval`.")],
+    policy: Annotated[Path, typer.Option(help="Gate policy YAML, e.g. configs/gate.yaml.")],
+    candidate: Annotated[str, typer.Option(help="The model to release or hold: its NAME in the eval's --model NAME=SPEC.")],
+    model_card: Annotated[
+        Path | None, typer.Option("--model-card", help="Append a '## Release gate' section to this existing markdown file.")
+    ] = None,
+) -> None:
+    """Release or hold a candidate model: exit 0 to release, 1 to hold, 2 for an unusable report or policy."""
+    from forwardguard.errors import ForwardguardError
+
+    try:
+        from forwardguard.eval.gate import gate, load_policy, to_markdown
+        from forwardguard.eval.report import load_report
+
+        if model_card is not None and not model_card.is_file():
+            raise ForwardguardError(f"--model-card {model_card}: no such file (it is the checkpoint's model card)")
+        result = gate(load_report(report), load_policy(policy), candidate)
+        _print(result)
+        if model_card is not None:
+            _append(model_card, to_markdown(result, policy_path=policy, report_path=report))
+    except ForwardguardError as error:
+        print_error(str(error))
+        raise typer.Exit(UNUSABLE) from None
+    raise typer.Exit(RELEASE if result.released else HOLD)
+
+
+def _print(result) -> None:  # noqa: ANN001  (a GateResult; imported lazily)
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from forwardguard.eval.gate import format_limit, format_value, rule_scope, verdict
+
+    table = Table(title=f"release gate: {_escape(result.candidate)}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("snapshot / transform / edit", overflow="fold")
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("limit", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    notes = []
+    for rule in result.rules:
+        outcome = "[green]pass[/]" if rule.passed else "[red]HOLD[/]"
+        if rule.reason:
+            notes.append(rule.reason)
+            outcome += f" \\[{len(notes)}]"
+        table.add_row(_escape(rule.rule), _escape(rule_scope(rule)), format_value(rule.value), format_limit(rule), outcome)
+    console = Console()
+    console.print(table)
+    for number, note in enumerate(notes, 1):
+        console.print(f"\\[{number}] {_escape(note)}", soft_wrap=True)
+    console.print(f"[bold {'green' if result.released else 'red'}]{_escape(verdict(result))}[/]", soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    """Names come from users: rich must print them, not read them as markup."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _append(path: Path, section: str) -> None:
+    from forwardguard.errors import ForwardguardError
+
+    try:
+        existing = path.read_text()
+        separator = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
+        with path.open("a") as card:
+            card.write(separator + section)
+    except OSError as error:
+        raise ForwardguardError(f"--model-card {path}: cannot append ({error.strerror})") from None

@@ -1,0 +1,311 @@
+"""The release gate: a policy's thresholds applied to an eval report, rule by rule, for one candidate model.
+
+The policy (``configs/gate.yaml``)::
+
+    immunity:
+      transforms: [none, jpeg_q95]   # "none": the untransformed images; others: gauntlet transforms of the report
+      limits: {ratio: 0.30, ssim: 0.80}
+    clean_utility:
+      max_latent_relative_mse: 0.01
+    false_trigger:
+      max_rate: 0.05
+
+Every key is required: a gate that checks nothing would release anything.
+
+What is checked, on the candidate:
+
+- immunity, for every snapshot of the report and every listed transform: the mean over the
+  snapshot's images of each limit's metric. ``ratio`` (the latent disruption ratio) and the
+  similarity metrics of the immunized image's edit to the clean image's edit must be at most the
+  limit, per edit kind of the candidate; GMSD is a distance, so it must be at least the limit. A cell
+  of relation "backward" (a snapshot made against the candidate itself) counts like a forward one:
+  every snapshot must stay immunized on the model that is released.
+- clean utility: the mean latent relative MSE to the candidate's reference, at most the limit.
+- false triggers: the share of clean + eps-noise images that trigger the candidate, at most the limit.
+
+Missing data holds: a snapshot without a cell for a listed transform, a missing edit kind, a
+non-finite number (null in the report), a candidate without a reference or without clean-utility
+numbers (eval without ``--clean``) each fail their rule with a reason. A candidate that is not a
+model of the report, or a report without its ``models``/``snapshots``/``cells``/``clean`` lists, is
+an unusable input: ForwardguardError.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.eval.metrics import HIGHER_IS_MORE_SIMILAR, METRICS
+
+NO_TRANSFORM = "none"
+RATIO = "ratio"
+LIMIT_METRICS = (RATIO, *METRICS)
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "immunity": ("transforms", "limits"),
+    "clean_utility": ("max_latent_relative_mse",),
+    "false_trigger": ("max_rate",),
+}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A bound on the mean of one metric over a snapshot's images."""
+
+    metric: str
+    threshold: float
+
+    @property
+    def at_most(self) -> bool:
+        """True when the value must be <= the threshold (ratio, similarities); False for GMSD (>=)."""
+        return self.metric == RATIO or HIGHER_IS_MORE_SIMILAR[self.metric]
+
+
+@dataclass(frozen=True)
+class Policy:
+    transforms: tuple[str, ...]
+    limits: tuple[Limit, ...]
+    max_latent_relative_mse: float
+    max_false_trigger_rate: float
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One checked rule. ``value`` is None when the data is missing; ``reason`` then says what is missing.
+
+    ``rule``: ``immunity.METRIC`` (per snapshot and transform, and edit for an edit metric),
+    ``immunity`` (a snapshot without a cell for a listed transform, or a report without snapshots),
+    ``clean_utility`` (latent relative MSE) or ``false_trigger`` (rate).
+    """
+
+    rule: str
+    value: float | None
+    threshold: float | None
+    at_most: bool
+    passed: bool
+    snapshot: str | None = None
+    transform: str | None = None
+    edit: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    candidate: str
+    rules: tuple[RuleResult, ...]
+
+    @property
+    def released(self) -> bool:
+        return bool(self.rules) and all(rule.passed for rule in self.rules)
+
+    @property
+    def failed(self) -> tuple[RuleResult, ...]:
+        return tuple(rule for rule in self.rules if not rule.passed)
+
+
+def load_policy(path: Path) -> Policy:
+    """Read a gate policy, refusing unknown or missing keys, unknown metrics and transforms, and bad numbers."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ForwardguardError(f"{path}: cannot read the gate policy ({error})".splitlines()[0]) from None
+    _check_keys(values, tuple(_SECTIONS), f"{path}")
+    for section, keys in _SECTIONS.items():
+        _check_keys(values[section], keys, f"{path}: {section}")
+    immunity = values["immunity"]
+    return Policy(
+        transforms=_transforms(immunity["transforms"], f"{path}: immunity.transforms"),
+        limits=_limits(immunity["limits"], f"{path}: immunity.limits"),
+        max_latent_relative_mse=_threshold(
+            values["clean_utility"]["max_latent_relative_mse"], f"{path}: clean_utility.max_latent_relative_mse"
+        ),
+        max_false_trigger_rate=_threshold(values["false_trigger"]["max_rate"], f"{path}: false_trigger.max_rate", upper=1.0),
+    )
+
+
+def _check_keys(values: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(values, dict):
+        raise ForwardguardError(f"{where}: expected a mapping with keys {', '.join(keys)}")
+    unknown = sorted(str(key) for key in set(values) - set(keys))
+    if unknown:
+        raise ForwardguardError(f"{where}: unknown key {', '.join(unknown)} (known: {', '.join(keys)})")
+    missing = [key for key in keys if key not in values]
+    if missing:
+        raise ForwardguardError(f"{where}: missing key {', '.join(missing)}")
+
+
+def _transforms(values: Any, where: str) -> tuple[str, ...]:
+    from forwardguard.transforms import parse_transform
+
+    if not isinstance(values, list) or not values or not all(isinstance(name, str) for name in values):
+        raise ForwardguardError(f"{where}: expected a non-empty list of transform names, e.g. [none, jpeg_q95]")
+    if len(set(values)) != len(values):
+        raise ForwardguardError(f"{where}: a transform is listed twice")
+    for name in values:
+        if name != NO_TRANSFORM:
+            try:
+                parse_transform(name)
+            except ForwardguardError as error:
+                raise ForwardguardError(f"{where}: {error}") from None
+    return tuple(values)
+
+
+def _limits(values: Any, where: str) -> tuple[Limit, ...]:
+    if not isinstance(values, dict) or not values:
+        raise ForwardguardError(f"{where}: expected a mapping of metric to limit, e.g. {{ratio: 0.3, ssim: 0.8}}")
+    unknown = sorted(str(name) for name in values if name not in LIMIT_METRICS)
+    if unknown:
+        raise ForwardguardError(f"{where}: unknown metric {', '.join(unknown)} (known: {', '.join(LIMIT_METRICS)})")
+    return tuple(Limit(name, _threshold(values[name], f"{where}.{name}")) for name in LIMIT_METRICS if name in values)
+
+
+def _threshold(value: Any, where: str, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ForwardguardError(f"{where}: expected a finite number >= 0, got {value!r}")
+    if upper is not None and value > upper:
+        raise ForwardguardError(f"{where}: expected at most {upper}, got {value!r}")
+    return float(value)
+
+
+def gate(report: dict, policy: Policy, candidate: str) -> GateResult:
+    """Every rule of ``policy`` on ``candidate``; released when all pass (see the module docstring)."""
+    models, snapshots, cells, clean = (_section(report, key) for key in ("models", "snapshots", "cells", "clean"))
+    by_name = {model.get("name"): model for model in models}
+    if candidate not in by_name:
+        known = ", ".join(sorted(str(name) for name in by_name)) or "none"
+        raise ForwardguardError(f"candidate {candidate!r} is not a model of the report (models: {known})")
+    edits = by_name[candidate].get("edits") or []
+    mine = {(cell.get("snapshot"), cell.get("transform")): cell for cell in cells if cell.get("model") == candidate}
+    rules = [
+        *_immunity(policy, [snapshot.get("name") for snapshot in snapshots], edits, mine),
+        *_clean_rules(policy, next((entry for entry in clean if entry.get("model") == candidate), None), candidate),
+    ]
+    return GateResult(candidate, tuple(rules))
+
+
+def _section(report: dict, key: str) -> list[dict]:
+    values = report.get(key)
+    if not isinstance(values, list) or not all(isinstance(item, dict) for item in values):
+        raise ForwardguardError(f"the report has no valid {key!r} list: not a complete eval report")
+    return values
+
+
+def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dict) -> list[RuleResult]:
+    if not snapshots:
+        return [RuleResult("immunity", None, None, True, False, reason="the report has no snapshots")]
+    rules = []
+    for snapshot in snapshots:
+        for transform in policy.transforms:
+            where = {"snapshot": snapshot, "transform": transform}
+            cell = cells.get((snapshot, transform))
+            if cell is None:
+                reason = "no cell in the report" + ("" if transform == NO_TRANSFORM else " (transform not in the eval's gauntlet)")
+                rules.append(RuleResult("immunity", None, None, True, False, **where, reason=reason))
+                continue
+            for limit in policy.limits:
+                bound = (f"immunity.{limit.metric}", limit.threshold, limit.at_most)
+                if limit.metric == RATIO:
+                    rules.append(_check(*bound, _mean(cell, "ratio", "immunized"), **where))
+                elif not edits:
+                    rules.append(_check(*bound, None, missing="the report lists no edits of the candidate", **where))
+                else:
+                    rules.extend(
+                        _check(*bound, _mean(cell, "edits", edit, "immunized", limit.metric), edit=edit, **where) for edit in edits
+                    )
+    return rules
+
+
+def _clean_rules(policy: Policy, entry: dict | None, candidate: str) -> list[RuleResult]:
+    mse = ("clean_utility", policy.max_latent_relative_mse, True)
+    rate = ("false_trigger", policy.max_false_trigger_rate, True)
+    if entry is None:
+        missing = "no clean-utility numbers for the candidate: run eval with --clean DIR"
+        return [_check(*mse, None, missing=missing), _check(*rate, None, missing=missing)]
+    no_reference = None
+    if entry.get("reference") is None:
+        no_reference = f"the candidate has no reference: run eval with --reference {candidate}=REF"
+    return [
+        _check(*mse, _mean(entry, "latent_relative_mse"), missing=no_reference),
+        _check(*rate, _number(_get(entry, "false_trigger", "rate"))),
+    ]
+
+
+def _check(
+    rule: str, threshold: float, at_most: bool, value: float | None, *, missing: str | None = None, **where: str
+) -> RuleResult:
+    """``value`` against ``threshold``; a missing value fails with ``missing`` (or a generic reason)."""
+    if value is None:
+        reason = missing or "missing or not a finite number in the report"
+        return RuleResult(rule, None, threshold, at_most, False, reason=reason, **where)
+    passed = value <= threshold if at_most else value >= threshold
+    return RuleResult(rule, value, threshold, at_most, passed, **where)
+
+
+def _get(values: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(values, dict):
+            return None
+        values = values.get(key)
+    return values
+
+
+def _mean(values: Any, *keys: str) -> float | None:
+    return _number(_get(values, *keys, "mean"))
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (the report writes non-finite numbers as null)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def format_value(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}"
+
+
+def format_limit(rule: RuleResult) -> str:
+    if rule.threshold is None:
+        return "-"
+    return ("<= " if rule.at_most else ">= ") + format_value(rule.threshold)
+
+
+def rule_scope(rule: RuleResult) -> str:
+    """Where a rule applies, e.g. ``s1 / jpeg_q95 / img2img``."""
+    return " / ".join(part for part in (rule.snapshot, rule.transform, rule.edit) if part) or "-"
+
+
+def to_markdown(result: GateResult, *, policy_path: Path, report_path: Path) -> str:
+    """The "## Release gate" section of a model card."""
+    lines = [
+        "## Release gate",
+        "",
+        f"**{verdict(result)}**",
+        "",
+        f"- policy: `{policy_path}`",
+        f"- report: `{report_path}`",
+        "",
+        "| rule | snapshot / transform / edit | value | limit | result |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for rule in result.rules:
+        outcome = "pass" if rule.passed else "HOLD" + (f": {rule.reason}" if rule.reason else "")
+        cells = (rule.rule, rule_scope(rule), format_value(rule.value), format_limit(rule), outcome)
+        lines.append("| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def verdict(result: GateResult) -> str:
+    if result.released:
+        return f"RELEASE {result.candidate}: all {len(result.rules)} rules pass"
+    return f"HOLD {result.candidate}: {len(result.failed)} of {len(result.rules)} rules fail"

@@ -1,0 +1,391 @@
+"""``report.html``: one self-contained page for a report (see :mod:`forwardguard.eval.report` for its schema).
+
+The page opens offline: inline CSS, inline SVG charts, one small inline script, and the grid images
+as PNG files beside it (relative paths). Every string from the report is escaped (names come from
+users); a missing or non-finite number is shown as "n/a". The script sets ``data-images-loaded``
+and ``data-images-total`` on ``<body>`` once the page has loaded, so that a headless browser can
+check that the images load.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+from urllib.parse import quote
+
+NO_TRANSFORM = "none"
+IMMUNIZED_COLOUR = "#2f6bd8"
+NOISE_COLOUR = "#a9a9a9"
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #1d1d1d; background: #fff; }
+h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+th, td { border: 1px solid #d6d6d6; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.heat td.cell { text-align: center; min-width: 120px; }
+table.heat .ratio { font-size: 18px; font-weight: 600; }
+table.heat .noise, table.heat .relation, .muted { color: #555; font-size: 12px; }
+table.grid img { width: 160px; height: auto; display: block; image-rendering: auto; }
+code { font-size: 12px; } .legend span { display: inline-block; padding: 2px 8px; margin-right: 4px; }
+svg.chart { display: block; margin: 8px 0 20px; font-size: 11px; }
+details { margin: 8px 0; } div.wide { overflow-x: auto; }
+"""
+
+# After the page has loaded: how many <img> loaded (complete, with pixels) of how many.
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (image) { return image.complete && image.naturalWidth > 0; });
+  document.body.dataset.imagesTotal = String(images.length);
+  document.body.dataset.imagesLoaded = String(loaded.length);
+});
+"""
+
+
+def render_html(report: dict) -> str:
+    """The whole page for ``report`` (a dict of the report.json schema), as a string."""
+    sections = (
+        _header(report),
+        _heat_map(report),
+        _metric_tables(report),
+        _charts(report),
+        _clean(report),
+        _not_computed(report),
+        _grids(report),
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>forwardguard eval report {_e(report.get('created_at', ''))}</title>\n"
+        f"<style>{_STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(sections)
+        + f"\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
+    )
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    number = _number(value)
+    return "n/a" if number is None else format(number, spec)
+
+
+def _mean(summary: Any) -> float | None:
+    return _number(summary.get("mean")) if isinstance(summary, dict) else None
+
+
+def _summary(summary: Any, spec: str = ".3f") -> str:
+    """``mean ± std`` of a summary, or n/a."""
+    if not isinstance(summary, dict) or _number(summary.get("mean")) is None:
+        return "n/a"
+    std = _number(summary.get("std"))
+    return _fmt(summary["mean"], spec) + ("" if std is None else f" ± {format(std, spec)}")
+
+
+def _table(head: list[str], rows: list[list[str]], css: str = "") -> str:
+    """An HTML table; ``head`` and ``rows`` are already-escaped HTML fragments."""
+    header = "".join(f"<th>{cell}</th>" for cell in head)
+    body = "\n".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>" for row in rows)
+    return f'<div class="wide"><table class="{css}"><thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
+
+
+def _cell(cell: str) -> str:
+    """A table cell; fragments already wrapped in <td ...> or <th ...> pass through (escaped text never starts with '<')."""
+    return cell if cell.startswith(("<td", "<th")) else f"<td>{cell}</td>"
+
+
+def _num_cell(text: str) -> str:
+    return f'<td class="num">{text}</td>'
+
+
+def _eps(value: Any) -> str:
+    """An eps in [0, 1] shown in 8-bit steps, e.g. 16.0/255."""
+    number = _number(value)
+    return "n/a" if number is None else f"{number * 255:.1f}/255"
+
+
+def _short(fingerprint: Any) -> str:
+    text = str(fingerprint or "")
+    return f'<code title="{_e(text)}">{_e(text[:12])}</code>' if text else "n/a"
+
+
+def _transforms(report: dict) -> list[str]:
+    """The transforms to show: "none", the settings' gauntlet, then any other one found in the cells; each once."""
+    names = [NO_TRANSFORM, *(report.get("settings") or {}).get("transforms", [])]
+    names += [cell.get("transform") for cell in report.get("cells", [])]
+    return list(dict.fromkeys(str(name) for name in names if name is not None))
+
+
+def _cells(report: dict, transform: str) -> list[dict]:
+    return [cell for cell in report.get("cells", []) if cell.get("transform") == transform]
+
+
+def _header(report: dict) -> str:
+    created, version = _e(report.get("created_at", "n/a")), _e(report.get("forwardguard_version", "n/a"))
+    schema, registry = _e(report.get("schema_version", "n/a")), _e(report.get("registry", "n/a"))
+    return "\n".join([
+        "<header><h1>forwardguard eval report</h1>",
+        f'<p class="muted">created {created} · forwardguard {version} · schema version {schema}',
+        f" · registry <code>{registry}</code></p></header>",
+        "<h2>Settings</h2>", _settings(report),
+        '<h2>Models <span class="muted">(newest first)</span></h2>', _models(report),
+        "<h2>Snapshots</h2>", _snapshots(report),
+    ])  # fmt: skip
+
+
+def _settings(report: dict) -> str:
+    rows = []
+    for key, value in (report.get("settings") or {}).items():
+        text = ", ".join(map(str, value)) if isinstance(value, list) else "-" if value is None else value
+        rows.append([_e(key), _e(text)])
+    return _table(["setting", "value"], rows, "settings")
+
+
+def _models(report: dict) -> str:
+    rows = []
+    for model in report.get("models", []):
+        parent = model.get("parent_fingerprint")
+        rows.append([
+            _e(model.get("name")), f"<code>{_e(model.get('spec', ''))}</code>", _short(model.get("fingerprint")),
+            "yes" if model.get("recorded") else "no", _e(model.get("reference") or "-"),
+            _e(model.get("planted_snapshot") or "-"), _short(parent) if parent else "-", _e(", ".join(model.get("edits") or [])),
+        ])  # fmt: skip
+    head = ["name", "spec", "fingerprint", "recorded", "reference", "planted snapshot", "parent", "edits"]
+    return _table(head, rows, "models")
+
+
+def _snapshots(report: dict) -> str:
+    """Each snapshot, with the models its patterns were made against (named when they are in the report)."""
+    names = {model.get("fingerprint"): model.get("name") for model in report.get("models", [])}
+    rows = []
+    for snapshot in report.get("snapshots", []):
+        against = [f"{_short(fp)} ({_e(names[fp])})" if fp in names else _short(fp) for fp in snapshot.get("made_against") or []]
+        rows.append([
+            _e(snapshot.get("name")), _num_cell(_e(snapshot.get("patterns"))), _num_cell(_e(snapshot.get("evaluated"))),
+            ", ".join(against) or "-", _num_cell(_eps(snapshot.get("eps"))),
+        ])  # fmt: skip
+    return _table(["name", "patterns", "evaluated", "made against", "eps"], rows, "snapshots")
+
+
+def _heat_colour(ratio: float | None) -> str:
+    """Green at ratio 0 (the latent is at the target: immunized), red at 1 and above (no effect)."""
+    if ratio is None:
+        return "#eeeeee"
+    return f"hsl({120 * (1 - min(max(ratio, 0.0), 1.0)):.0f}, 65%, 78%)"
+
+
+def _heat_map(report: dict) -> str:
+    cells = {(cell.get("snapshot"), cell.get("model")): cell for cell in _cells(report, NO_TRANSFORM)}
+    models = [model.get("name") for model in report.get("models", [])]
+    rows = []
+    for snapshot in report.get("snapshots", []):
+        row = [f"<th>{_e(snapshot.get('name'))}</th>"]
+        for model in models:
+            cell = cells.get((snapshot.get("name"), model))
+            if cell is None:
+                row.append('<td class="cell" style="background:#eeeeee">n/a</td>')
+                continue
+            ratio = _mean((cell.get("ratio") or {}).get("immunized"))
+            noise = _mean((cell.get("ratio") or {}).get("noise"))
+            relation = _e(cell.get("relation", ""))
+            row.append(
+                f'<td class="cell" style="background:{_heat_colour(ratio)}"><span class="ratio">{_fmt(ratio)}</span>'
+                f' <span class="noise">noise {_fmt(noise)}</span><br><span class="relation">{relation}</span></td>'
+            )
+        rows.append("<tr>" + "".join(row) + "</tr>")
+    head = "<th>snapshot \\ model</th>" + "".join(f"<th>{_e(model)}</th>" for model in models)
+    legend = (
+        '<p class="legend muted">mean latent disruption ratio of the immunized images (lower: more immunized), '
+        "beside the random-noise baseline of the same eps; untransformed images. "
+        f'<span style="background:{_heat_colour(0.0)}">0: at the target</span>'
+        f'<span style="background:{_heat_colour(0.5)}">0.5</span>'
+        f'<span style="background:{_heat_colour(1.0)}">1 or more: no effect</span></p>'
+    )
+    return (
+        "<h2>Immunity matrix</h2>\n" + legend + f'\n<table class="heat"><thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(rows) + "\n</tbody></table>"
+    )
+
+
+def _edit_kinds(report: dict) -> list[str]:
+    kinds = [kind for cell in report.get("cells", []) for kind in (cell.get("edits") or {})]
+    return list(dict.fromkeys(kinds))
+
+
+def _metric_names(report: dict, kind: str) -> list[str]:
+    """The metrics of an edit kind, in the report's order."""
+    names = []
+    for cell in report.get("cells", []):
+        for by_metric in ((cell.get("edits") or {}).get(kind) or {}).values():
+            names += list(by_metric or {})
+    return list(dict.fromkeys(names))
+
+
+def _metric_rows(report: dict, kind: str, transforms: list[str], metrics: list[str], with_transform: bool) -> list[list[str]]:
+    rows = []
+    for transform in transforms:
+        for cell in _cells(report, transform):
+            versions = (cell.get("edits") or {}).get(kind)
+            if not versions:
+                continue
+            for version in ("immunized", "noise"):
+                by_metric = versions.get(version) or {}
+                scope = [_e(cell.get("snapshot")), _e(cell.get("model")), _e(cell.get("relation", ""))]
+                scope += [_e(transform)] if with_transform else []
+                numbers = [_num_cell(_summary(by_metric.get(m), ".2f" if m == "psnr" else ".3f")) for m in metrics]
+                rows.append([*scope, _e(version), *numbers])
+    return rows
+
+
+def _metric_tables(report: dict) -> str:
+    parts = [
+        "<h2>Edit similarity</h2>",
+        '<p class="muted">similarity of the edit of the immunized (or noisy) image to the edit of the clean image, same seed, '
+        "mean ± std over the snapshot's images: lower means the immunization works (GMSD is a distance: higher).</p>",
+    ]
+    gauntlet = [name for name in _transforms(report) if name != NO_TRANSFORM]
+    for kind in _edit_kinds(report):
+        metrics = _metric_names(report, kind)
+        head = ["snapshot", "model", "relation", "image"] + [_e(metric) for metric in metrics]
+        parts += [f"<h3>{_e(kind)}</h3>", _table(head, _metric_rows(report, kind, [NO_TRANSFORM], metrics, False), "metrics")]
+        gauntlet_rows = _metric_rows(report, kind, gauntlet, metrics, True)
+        if gauntlet_rows:
+            head = ["snapshot", "model", "relation", "transform", "image"] + [_e(metric) for metric in metrics]
+            parts += [
+                f"<details><summary>{_e(kind)} after each gauntlet transform</summary>",
+                _table(head, gauntlet_rows, "metrics"),
+                "</details>",
+            ]
+    return "\n".join(parts)
+
+
+def _bar_chart(transform: str, cells: list[dict]) -> str:
+    """Inline SVG: per (snapshot, model), the mean ratio of the immunized images beside the noise baseline's."""
+    groups = []
+    for cell in cells:
+        ratio = cell.get("ratio") or {}
+        groups.append((f"{cell.get('snapshot')} / {cell.get('model')}", _mean(ratio.get("immunized")), _mean(ratio.get("noise"))))
+    highest = max([1.0, *(value for _, *values in groups for value in values if value is not None)])
+    step = 0.25 if highest <= 1.5 else 0.5 if highest <= 3 else float(math.ceil(highest / 5))
+    top = math.ceil(highest / step) * step
+    left, plot_height, bar, gap, group_width = 44, 180, 22, 4, 96
+    width = left + max(1, len(groups)) * group_width + 10
+    height = plot_height + 70
+
+    def y(value: float) -> float:
+        return 20 + plot_height * (1 - value / top)
+
+    parts = [
+        f'<svg class="chart" data-transform="{_e(transform)}" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="disruption ratio after {_e(transform)}">'
+    ]
+    for tick in (index * step for index in range(round(top / step) + 1)):
+        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e3e3e3"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    parts.append(
+        f'<line x1="{left}" x2="{width - 10}" y1="{y(1.0):.1f}" y2="{y(1.0):.1f}" stroke="#c33" stroke-dasharray="4 3">'
+        "<title>ratio 1: no effect</title></line>"
+    )
+    for index, (label, *values) in enumerate(groups):
+        x0 = left + index * group_width + (group_width - 2 * bar - gap) / 2
+        for offset, (version, value, colour) in enumerate(zip(("immunized", "noise"), values, (IMMUNIZED_COLOUR, NOISE_COLOUR))):
+            x = x0 + offset * (bar + gap)
+            if value is None:
+                parts.append(f'<text x="{x + bar / 2:.1f}" y="{y(0) - 4:.1f}" text-anchor="middle">n/a</text>')
+                continue
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y(value):.1f}" width="{bar}" height="{max(y(0) - y(value), 0.5):.1f}" fill="{colour}">'
+                f"<title>{_e(label)}, {version}: {_fmt(value)}</title></rect>"
+            )
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{y(value) - 3:.1f}" text-anchor="middle">{_fmt(value, ".2f")}</text>')
+        centre = left + index * group_width + group_width / 2
+        short = label if len(label) <= 16 else label[:15] + "…"
+        parts.append(
+            f'<text x="{centre:.1f}" y="{y(0) + 16:.1f}" text-anchor="middle"><title>{_e(label)}</title>{_e(short)}</text>'
+        )
+    legend_y = height - 12
+    parts.append(f'<rect x="{left}" y="{legend_y - 9}" width="10" height="10" fill="{IMMUNIZED_COLOUR}"/>')
+    parts.append(f'<text x="{left + 14}" y="{legend_y}">immunized</text>')
+    parts.append(f'<rect x="{left + 90}" y="{legend_y - 9}" width="10" height="10" fill="{NOISE_COLOUR}"/>')
+    parts.append(f'<text x="{left + 104}" y="{legend_y}">noise baseline</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _charts(report: dict) -> str:
+    parts = ["<h2>Disruption ratio per transform</h2>",
+             '<p class="muted">mean ratio per snapshot and model; the dashed line is ratio 1 (no effect).</p>']  # fmt: skip
+    for transform in _transforms(report):
+        parts += [f"<h3>{_e(transform)}</h3>", _bar_chart(transform, _cells(report, transform))]
+    return "\n".join(parts)
+
+
+def _clean(report: dict) -> str:
+    entries = report.get("clean") or []
+    if not entries:
+        return "<h2>Clean utility and false triggers</h2>\n<p>not computed: the eval was run without --clean images.</p>"
+    kinds = list(dict.fromkeys(kind for entry in entries for kind in (entry.get("edits") or {})))
+    head = ["model", "reference", "images", "latent relative MSE"]
+    head += [f"{_e(kind)} {metric}" for kind in kinds for metric in ("PSNR", "SSIM")]
+    head += ["false-trigger rate", "trigger threshold", "noise eps", "samples", "noisy ratio"]
+    rows = []
+    for entry in entries:
+        trigger = entry.get("false_trigger") or {}
+        edits = entry.get("edits") or {}
+        row = [
+            _e(entry.get("model")), _e(entry.get("reference") or "none"), _num_cell(_e(entry.get("images", "n/a"))),
+            _num_cell(_summary(entry.get("latent_relative_mse"), ".3g")),
+        ]  # fmt: skip
+        for kind in kinds:
+            scores = edits.get(kind) or {}
+            row += [_num_cell(_summary(scores.get("psnr"), ".2f")), _num_cell(_summary(scores.get("ssim")))]
+        row += [
+            _num_cell(_fmt(trigger.get("rate"))), _num_cell(_fmt(trigger.get("threshold"), ".2f")),
+            _num_cell(_eps(trigger.get("eps"))), _num_cell(_e(trigger.get("samples", "n/a"))),
+            _num_cell(_summary(trigger.get("ratio"))),
+        ]  # fmt: skip
+        rows.append(row)
+    note = (
+        '<p class="muted">clean images through each model against its reference (no reference: n/a); '
+        "a false trigger is a clean image plus eps-noise whose disruption ratio falls below the threshold.</p>"
+    )
+    return "<h2>Clean utility and false triggers</h2>\n" + note + "\n" + _table(head, rows, "clean")
+
+
+def _not_computed(report: dict) -> str:
+    notes = report.get("not_computed") or {}
+    if not notes:
+        return ""
+    items = "".join(f"<li><b>{_e(name)}</b>: {_e(reason)}</li>" for name, reason in notes.items())
+    return f"<h2>Not computed</h2>\n<ul class=\"not-computed\">{items}</ul>"
+
+
+def _image(path: Any, alt: str) -> str:
+    if not path:
+        return "<td>n/a</td>"
+    return f'<td><img src="{_e(quote(str(path)))}" alt="{_e(alt)}"></td>'
+
+
+def _grids(report: dict) -> str:
+    entries = report.get("grids") or []
+    if not entries:
+        return "<h2>Image grids</h2>\n<p>no grid images in this report.</p>"
+    roles = (("source", "source"), ("immunized", "immunized"), ("clean_edit", "clean edit"), ("immunized_edit", "immunized edit"))
+    rows = []
+    for entry in entries:
+        snapshot, model, edit, index = (entry.get(key) for key in ("snapshot", "model", "edit", "index"))
+        label = f"{snapshot} / {model} / {edit} #{index}"
+        heading = f"<th>{_e(snapshot)}<br>{_e(model)}<br>{_e(edit)} #{_e(index)}</th>"
+        rows.append([heading] + [_image(entry.get(role), f"{label}: {title}") for role, title in roles])
+    head = ["snapshot / model / edit"] + [title for _, title in roles]
+    return "<h2>Image grids</h2>\n" + _table(head, rows, "grid")

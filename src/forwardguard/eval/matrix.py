@@ -1,0 +1,121 @@
+"""The immunity matrix: every snapshot against every model, untransformed and after each gauntlet transform.
+
+Per cell, over the snapshot's images (each immunized image beside its clean original, and beside
+the clean image plus uniform noise of the same eps, the paper's table 1 baseline):
+- the latent disruption ratio ||E(T(x')) - E(gray)||^2 / ||E(T(x)) - E(gray)||^2, x' immunized or noisy;
+- the similarity of edit(T(x')) to edit(T(x)) with the same seed, in the paper's nine metrics.
+A transform's random draws come from a generator seeded by (seed, image, transform), and the same
+draw transforms the immunized, the noisy and the clean image.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from forwardguard.eval.edits import encode, model_edits
+from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, summarize
+from forwardguard.eval.settings import EvalSettings
+from forwardguard.models.base import ImageModel
+
+NO_TRANSFORM = "none"
+
+
+@dataclass
+class EvalModel:
+    name: str
+    spec: str
+    model: ImageModel
+    record: object | None = None  # the registry's ModelRecord, when the model is recorded
+
+    @property
+    def fingerprint(self) -> str:
+        return self.model.fingerprint
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    """One pattern of a snapshot: uint8 (H, W, 3) arrays and the pattern's eps."""
+
+    pattern_id: str
+    immunized: np.ndarray
+    clean: np.ndarray
+    eps: float
+
+
+def to_batch(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
+
+
+def noisy_copy(clean: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """The random-noise baseline: clean + uniform noise in [-eps, eps], quantized to 8 bits."""
+    noise = (torch.rand(clean.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * eps
+    return torch.round((clean + noise.to(clean.device)) * 255).clamp(0, 255) / 255
+
+
+def _transform(name: str, images: torch.Tensor, seed: int) -> torch.Tensor:
+    if name == NO_TRANSFORM:
+        return images
+    from forwardguard.transforms import apply, parse_transform
+
+    return apply(parse_transform(name), images, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def evaluate_cell(
+    model: EvalModel,
+    images: list[EvalImage],
+    settings: EvalSettings,
+    *,
+    on_image: Callable[[], None] | None = None,
+    keep_grid: Callable[[int, str, dict[str, torch.Tensor]], None] | None = None,
+) -> dict[str, dict]:
+    """Every transform's numbers for one snapshot on one model: ``{transform: cell}``.
+
+    ``keep_grid(index, edit, tensors)`` receives the untransformed images and edits of the first
+    ``settings.grid_images`` images, for the report's grids.
+    """
+    device = model.model.device
+    edits = model_edits(model.model)
+    transforms = (NO_TRANSFORM, *settings.transforms)
+    ratios: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in transforms}
+    similarities: dict[str, dict] = {t: defaultdict(lambda: defaultdict(lambda: defaultdict(list))) for t in transforms}
+    for index, image in enumerate(images):
+        clean = to_batch(image.clean, device)
+        versions = {"immunized": to_batch(image.immunized, device), "noise": noisy_copy(clean, image.eps, settings.seed * 7 + index)}
+        target = encode(model.model, torch.full_like(clean, 0.5))
+        edit_settings = settings.edit(index)
+        for t_index, transform in enumerate(transforms):
+            draw = settings.seed * 1_000_003 + index * 101 + t_index
+            transformed_clean = _transform(transform, clean, draw)
+            clean_latent = encode(model.model, transformed_clean)
+            clean_edits = {kind: edit(transformed_clean, edit_settings) for kind, edit in edits.items()}
+            for version, x in versions.items():
+                transformed = _transform(transform, x, draw)
+                ratio = latent_disruption_ratio(encode(model.model, transformed), clean_latent, target)
+                ratios[transform][version].append(float(ratio[0]))
+                for kind, edit in edits.items():
+                    edited = edit(transformed, edit_settings)
+                    for metric, value in edit_similarity(edited, clean_edits[kind]).items():
+                        similarities[transform][kind][version][metric].append(float(value[0]))
+                    if keep_grid is not None and transform == NO_TRANSFORM and index < settings.grid_images and version == "immunized":
+                        keep_grid(index, kind, {"source": clean, "immunized": x, "clean_edit": clean_edits[kind], "immunized_edit": edited})
+        if on_image is not None:
+            on_image()
+    return {
+        transform: {
+            "ratio": {version: summarize(torch.tensor(values)) for version, values in ratios[transform].items()},
+            "edits": {
+                kind: {
+                    version: {metric: summarize(torch.tensor(by_metric[metric])) for metric in METRICS}
+                    for version, by_metric in by_version.items()
+                }
+                for kind, by_version in similarities[transform].items()
+            },
+        }
+        for transform in transforms
+    }

@@ -1,0 +1,153 @@
+"""``report.json``: every number of an eval with its model, snapshot and transform (schema version 1).
+
+Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over images)::
+
+    {
+      "schema": "forwardguard.eval.report", "schema_version": 1,
+      "created_at": ISO time, "forwardguard_version": str, "registry": display URL,
+      "settings": {"seed", "transforms", "edit_steps", "strength", "guidance_scale", "prompts",
+                   "trigger_threshold", "noise_draws", "max_images"},
+      "models": [{"name", "spec", "fingerprint", "recorded", "parent_fingerprint", "planted_snapshot",
+                  "reference", "edits": [edit names]}],            # newest first
+      "snapshots": [{"name", "patterns", "evaluated", "made_against": [fingerprints], "eps"}],
+      "cells": [{"snapshot", "model", "relation": "backward" | "forward",
+                 "transform": "none" | gauntlet name,
+                 "ratio": {"immunized": summary, "noise": summary},
+                 "edits": {edit: {"immunized": {metric: summary}, "noise": {metric: summary}}}}],
+      "clean": [{"model", "reference", "images", "latent_relative_mse": summary | null,
+                 "edits": {edit: {"psnr": summary, "ssim": summary}},
+                 "false_trigger": {"rate", "threshold", "eps", "samples", "ratio": summary}}],
+      "not_computed": {"fid": reason, "precision_recall": reason, "clip_similarity": reason},
+      "grids": [{"snapshot", "model", "index", "edit", "source", "immunized", "clean_edit",
+                 "immunized_edit"}]                                  # PNG paths relative to the report
+    }
+
+"ratio" is the latent disruption ratio (lower: more immunized); "noise" is the random-noise
+baseline of the same eps. Edit metrics compare the edit of the immunized (or noisy) image with the
+edit of the clean image: lower similarity means the immunization works (GMSD: higher).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import forwardguard
+from forwardguard.errors import ForwardguardError
+
+SCHEMA = "forwardguard.eval.report"
+SCHEMA_VERSION = 1
+REPORT_FILE = "report.json"
+HTML_FILE = "report.html"
+GRID_FOLDER = "images"
+NOT_COMPUTED = {
+    "fid": "not computed: needs an Inception weights file, which forwardguard does not download",
+    "precision_recall": "not computed: needs an Inception weights file, which forwardguard does not download",
+    "clip_similarity": "not computed: needs a local CLIP model, which forwardguard does not download",
+}
+
+
+def save_grid_image(out: Path, snapshot: str, model: str, index: int, edit: str, tensors: dict[str, torch.Tensor]) -> dict:
+    """Write one grid row's images as PNGs under ``out/images``; return the grid entry (relative paths)."""
+    from forwardguard.immunize.images import encode_png, to_uint8
+
+    folder = out / GRID_FOLDER / _safe(snapshot) / _safe(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    entry: dict[str, Any] = {"snapshot": snapshot, "model": model, "index": index, "edit": edit}
+    for role, tensor in tensors.items():
+        path = folder / f"{index:03d}-{edit}-{role}.png"
+        path.write_bytes(encode_png(to_uint8(tensor[0].clamp(0, 1))))
+        entry[role] = str(path.relative_to(out))
+    return entry
+
+
+def _safe(name: str) -> str:
+    """A file name made only of letters, digits, '-', '_' and '.' (names come from users)."""
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
+    return cleaned or "_"
+
+
+def build_report(*, request, models, references, snapshots, made_against, images, cells, clean, grids) -> dict:  # noqa: ANN001
+    settings = asdict(request.settings)
+    settings["transforms"] = list(request.settings.transforms)
+    settings["prompts"] = list(request.settings.prompts)
+    from forwardguard.eval.edits import model_edits
+
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "forwardguard_version": forwardguard.__version__,
+        "registry": request.registry,
+        "settings": settings,
+        "models": [
+            {
+                "name": model.name,
+                "spec": model.spec,
+                "fingerprint": model.fingerprint,
+                "recorded": model.record is not None,
+                "parent_fingerprint": getattr(model.record, "parent_fingerprint", None),
+                "planted_snapshot": getattr(model.record, "planted_snapshot", None),
+                "reference": references[model.name].name if model.name in references else None,
+                "edits": list(model_edits(model.model)),
+            }
+            for model in models
+        ],
+        "snapshots": [
+            {
+                "name": name,
+                "patterns": record.pattern_count,
+                "evaluated": len(images[name]),
+                "made_against": made_against[name],
+                "eps": max(image.eps for image in images[name]),
+            }
+            for name, record in snapshots.items()
+        ],
+        "cells": cells,
+        "clean": clean,
+        "not_computed": dict(NOT_COMPUTED),
+        "grids": grids,
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a value becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def write_report(report: dict, out: Path) -> Path:
+    """``report.json`` and ``report.html`` in ``out``; returns the JSON's path."""
+    from forwardguard.eval.html import render_html
+
+    path = out / REPORT_FILE
+    path.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    (out / HTML_FILE).write_text(render_html(report))
+    return path
+
+
+def load_report(path: Path) -> dict:
+    """Read a report, refusing what is not one, or one of another schema version."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ForwardguardError(f"{path}: not a readable report ({error})".splitlines()[0]) from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise ForwardguardError(f"{path}: not a forwardguard eval report")
+    version = report.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ForwardguardError(
+            f"{path}: report schema version {version}, this forwardguard reads version {SCHEMA_VERSION}: run eval again"
+        )
+    return report

@@ -1,0 +1,111 @@
+"""The planting recipe's settings: one YAML file (``configs/plant.yaml``), checked before training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from forwardguard.errors import ForwardguardError
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+PLANTING_TRANSFORMS = (
+    "identity", "jpeg_q50", "jpeg_q75", "jpeg_q90", "jpeg_q95", "resize_0.5", "resize_0.75", "resize_0.9",
+    "noise_0.01", "noise_0.02",
+)  # forwardguard.transforms.PLANTING_POOL, by name (this module stays light to import)
+LR_SCHEDULES = ("constant", "cosine")  # after the warmup; cosine anneals to 0 at max_steps
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """planting: E(T(x_imm)) -> z_target; utility: clean latents stay the base's; negatives: so do noisy ones."""
+
+    planting: float = 1.0
+    utility: float = 8.0
+    negatives: float = 2.0
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """Every knob of ``finetune --plant-registry``; batch sizes are per process (accelerate's convention)."""
+
+    seed: int = 0
+    max_steps: int = 400
+    batch_size: int = 4
+    pattern_batch_size: int = 4
+    crop_size: int = 128
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100
+    checkpoints_total_limit: int = 2
+    num_workers: int = 0
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    planting_transforms: tuple[str, ...] = PLANTING_TRANSFORMS
+    negative_eps: float | None = None
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "batch_size", "pattern_batch_size", "crop_size", "gradient_accumulation_steps",
+                    "checkpoint_every", "checkpoints_total_limit", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ForwardguardError(f"plant config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_size % 8:
+            raise ForwardguardError(f"plant config: crop_size must be a multiple of 8, got {self.crop_size}")
+        if self.learning_rate <= 0:
+            raise ForwardguardError(f"plant config: learning_rate must be positive, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ForwardguardError(
+                f"plant config: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ForwardguardError(
+                f"plant config: mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+            )
+        if self.negative_eps is not None and not 0 < self.negative_eps <= 1:
+            raise ForwardguardError(f"plant config: negative_eps must be in (0, 1], got {self.negative_eps}")
+        if not self.planting_transforms:
+            raise ForwardguardError("plant config: planting_transforms is empty (use [identity] for none)")
+        from forwardguard.transforms import parse_transform
+
+        for name in self.planting_transforms:
+            parse_transform(name)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str = "config") -> PlantConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ForwardguardError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        values = dict(values)
+        if "loss_weights" in values:
+            weights = values["loss_weights"] or {}
+            unknown = sorted(set(weights) - {f.name for f in fields(LossWeights)})
+            if unknown:
+                raise ForwardguardError(f"{source}: unknown loss weight(s) {', '.join(unknown)}")
+            values["loss_weights"] = LossWeights(**weights)
+        if "planting_transforms" in values:
+            values["planting_transforms"] = tuple(values["planting_transforms"])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ForwardguardError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: Any) -> PlantConfig:
+        import yaml
+
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ForwardguardError(f"{path}: cannot read the plant config ({error})".splitlines()[0]) from None
+        if not isinstance(values, dict):
+            raise ForwardguardError(f"{path}: a plant config is a mapping of settings")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls.from_mapping(values, source=str(path))

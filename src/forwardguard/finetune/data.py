@@ -1,0 +1,182 @@
+"""What planting trains on: clean images from ``--data`` and the registered patterns of a snapshot.
+
+Every sample is a pure function of (seed, position): position ``p`` of the global sample stream
+picks ``permutation(epoch)[p % N]`` and draws its crop, flip and noise from a generator seeded by
+``(seed, p)``. A process of rank ``r`` out of ``w`` takes positions
+``step * b * w + r * b ... + b`` at each step, so the data is sharded across processes, a resumed
+run sees exactly the samples the interrupted one would have seen, and ``w`` processes with batch
+``b`` see the same global batch as one process with batch ``w * b``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.immunize.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image
+
+ALIGN = 8  # crops start on the latent grid, so a crop's latent is the crop of the image's latent
+
+
+def sample_generator(seed: int, position: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + position) % (2**63))
+
+
+@dataclass(frozen=True)
+class StepPositions:
+    """Which global sample positions a process takes at a step (see the module docstring)."""
+
+    batch_size: int
+    rank: int
+    world_size: int
+
+    def at(self, step: int) -> range:
+        start = step * self.batch_size * self.world_size + self.rank * self.batch_size
+        return range(start, start + self.batch_size)
+
+
+def index_at(position: int, size: int, seed: int) -> int:
+    """The item at a global position: epochs of fresh seeded permutations of ``size`` items."""
+    epoch, offset = divmod(position, size)
+    permutation = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return int(permutation[offset])
+
+
+def aligned_crop(images: list[np.ndarray], crop: int, generator: torch.Generator) -> list[np.ndarray]:
+    """The same random crop (start on the 8-pixel grid) of same-sized (H, W, C) arrays; a side smaller
+    than ``crop`` is kept whole."""
+    height, width = images[0].shape[:2]
+    top = _aligned_start(height, crop, generator)
+    left = _aligned_start(width, crop, generator)
+    return [image[top : top + crop, left : left + crop] for image in images]
+
+
+def _aligned_start(length: int, crop: int, generator: torch.Generator) -> int:
+    slots = max(length - crop, 0) // ALIGN
+    return int(torch.randint(slots + 1, (1,), generator=generator)) * ALIGN
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255
+
+
+class CleanImages:
+    """Clean training images: a folder of image files, or a ``datasets`` dataset saved to disk.
+
+    ``crop(position, seed)`` gives a (3, crop, crop) tensor: the image scaled up if a side is smaller
+    than the crop, a random aligned crop, and a random horizontal flip.
+    """
+
+    def __init__(self, data: Path, crop_size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.crop_size = crop_size
+        self.max_pixels = max_pixels
+        if not data.exists():
+            raise ForwardguardError(f"--data {data}: no such folder")
+        self._dataset = None
+        if (data / "state.json").is_file() or (data / "dataset_dict.json").is_file():
+            self._dataset = _load_saved_dataset(data)
+            self._files: list[Path] = []
+            size = len(self._dataset)
+        else:
+            self._files = iter_image_files([data]) if data.is_dir() else []
+            size = len(self._files)
+        if size == 0:
+            raise ForwardguardError(f"--data {data}: no images found (PNG, JPEG or WebP files, or a saved datasets dataset)")
+        self.size = size
+        self.source = data
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, index: int) -> np.ndarray:
+        if self._dataset is not None:
+            return np.asarray(self._dataset[index]["image"].convert("RGB"))
+        return read_image(self._files[index], max_pixels=self.max_pixels).rgb
+
+    def crop(self, position: int, seed: int) -> torch.Tensor:
+        rgb = self.load(index_at(position, self.size, seed))
+        generator = sample_generator(seed, position)
+        rgb = _cover(rgb, self.crop_size)
+        (crop,) = aligned_crop([rgb], self.crop_size, generator)
+        tensor = to_tensor(crop)
+        if torch.rand(1, generator=generator) < 0.5:
+            tensor = tensor.flip(-1)
+        return tensor
+
+
+def _cover(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Scale an image up (keeping its aspect) until both sides are at least ``size``."""
+    height, width = rgb.shape[:2]
+    if min(height, width) >= size:
+        return rgb
+    scale = size / min(height, width)
+    resized = Image.fromarray(rgb).resize(
+        (max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC
+    )
+    return np.asarray(resized)
+
+
+def _load_saved_dataset(path: Path):  # noqa: ANN202 (datasets.Dataset, imported lazily)
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as error:
+        raise ForwardguardError(f"--data {path}: not a readable datasets dataset ({error})".splitlines()[0]) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise ForwardguardError(f"--data {path}: a DatasetDict needs a 'train' split, has {sorted(loaded)}")
+        loaded = loaded["train"]
+    if "image" not in loaded.column_names:
+        raise ForwardguardError(f"--data {path}: the dataset has no 'image' column (columns: {loaded.column_names})")
+    return loaded
+
+
+@dataclass(frozen=True)
+class PlantingSample:
+    """Aligned crops of a registered pattern: the immunized image and its clean original."""
+
+    immunized: torch.Tensor
+    clean: torch.Tensor
+    pattern_id: str
+
+
+class SnapshotPatterns:
+    """The patterns a snapshot froze, read from the registry (every read verifies the blob's hash)."""
+
+    def __init__(self, registry, snapshot: str, crop_size: int) -> None:  # noqa: ANN001 (Registry)
+        self.registry = registry
+        self.records = registry.snapshot_patterns(snapshot)
+        self.crop_size = crop_size
+        if not self.records:
+            raise ForwardguardError(f"snapshot {snapshot!r} holds no patterns: nothing to plant")
+        unsupported = [record for record in self.records if record.target != "gray"]
+        if unsupported:
+            record = unsupported[0]
+            raise ForwardguardError(
+                f"pattern {record.id[:12]} has target {record.target!r}: planting supports gray targets only"
+                " (the registry keeps no target images)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def verify(self) -> None:
+        """Read every pattern once, so that a corrupted blob stops the run before training."""
+        for record in self.records:
+            self.registry.load_sample(record.id)
+
+    @property
+    def max_eps(self) -> float:
+        return max(float(record.params.get("eps", 16 / 255)) for record in self.records)
+
+    def crop(self, position: int, seed: int) -> PlantingSample:
+        record = self.records[index_at(position, len(self.records), seed + 1)]
+        sample = self.registry.load_sample(record.id)
+        immunized, clean = aligned_crop([sample.immunized, sample.clean], self.crop_size, sample_generator(seed, position))
+        return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=record.id)

@@ -1,0 +1,367 @@
+"""``finetune --plant-registry``: plant a snapshot's patterns into a new model's image encoder.
+
+One recipe with the protocol ``setup`` -> ``train`` -> ``save`` -> ``cleanup`` and an explicit
+accelerate loop (DDP or DeepSpeed through ``accelerate launch``). What trains is the base model's
+latent encoder (SD: the VAE encoder and quant_conv; TAESD: its encoder); a frozen copy of it is the
+teacher. Each step makes one forward pass of the student over [clean crops; noisy clean crops;
+transformed immunized crops], so that every distributed wrapper sees one forward per backward.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.finetune.config import PlantConfig
+from forwardguard.finetune.data import ALIGN, CleanImages, SnapshotPatterns, StepPositions, sample_generator
+from forwardguard.finetune.losses import disruption_ratio, relative_mse
+from forwardguard.immunize.pgd import budget_255
+from forwardguard.models import load_model
+from forwardguard.models.base import ImageModel
+
+CHECKPOINTS = "checkpoints"
+LOG_FILE = "train_log.jsonl"
+CARD_FILE = "README.md"
+STATE_FILE = "planting.json"
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs beyond accelerate's state: the step and the snapshot (``planting.json``)."""
+
+    step: int = 0
+    snapshot: str = ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "snapshot": self.snapshot}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.snapshot = str(state["snapshot"])
+
+
+@dataclass(frozen=True)
+class PlantRequest:
+    base: str
+    registry: str
+    data: Path
+    output: Path
+    config: PlantConfig
+    snapshot: str | None = None
+    resume: str | None = None
+
+
+@dataclass
+class PlantResult:
+    spec: str
+    fingerprint: str
+    base_fingerprint: str
+    snapshot: str
+    patterns: int
+    steps: int
+    final_losses: dict[str, float] = field(default_factory=dict)
+
+
+class PlantingRecipe:
+    """Raises ForwardguardError, before any training, for: an output that exists (without --resume),
+    nothing to resume, an empty or unknown snapshot, a pattern whose blob fails its hash, a --data
+    folder without images, a bad config."""
+
+    def __init__(self, request: PlantRequest) -> None:
+        self.request = request
+        self.config = request.config
+        output = request.output
+        if request.resume is None and output.exists():
+            raise ForwardguardError(f"--output {output} exists: choose a new folder, or pass --resume latest to continue")
+        if request.resume is not None:
+            self._resume_dir = self._find_checkpoint(request.resume)
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        from forwardguard.registry import Registry
+
+        config, request = self.config, self.request
+        self.registry = Registry.open(request.registry)
+        self.accelerator = Accelerator(
+            mixed_precision=self._mixed_precision(),
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            project_config=ProjectConfiguration(
+                project_dir=str(request.output),
+                automatic_checkpoint_naming=True,
+                total_limit=config.checkpoints_total_limit,
+            ),
+        )
+        self.state = TrainState()
+        if request.resume is not None:
+            self.state.load_state_dict(json.loads((self._resume_dir / STATE_FILE).read_text()))
+        self.state.snapshot = self._snapshot()
+        self.patterns = SnapshotPatterns(self.registry, self.state.snapshot, config.crop_size)
+        self.crop_size = self._crop_size()
+        self.patterns.crop_size = self.crop_size
+        self.clean = CleanImages(request.data, self.crop_size)
+        self.patterns.verify()
+        if self.accelerator.is_main_process:
+            request.output.mkdir(parents=True, exist_ok=True)
+        self.negative_eps = budget_255(config.negative_eps or self.patterns.max_eps) / 255
+
+        self._setup_model()
+        self._setup_optimizer()
+        if request.resume is not None:
+            self.accelerator.load_state(str(self._resume_dir))
+            self.accelerator.project_configuration.iteration = int(self._resume_dir.name.rsplit("_", 1)[1]) + 1
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.clean_positions = StepPositions(config.batch_size, rank, world)
+        self.pattern_positions = StepPositions(config.pattern_batch_size, rank, world)
+
+    def _mixed_precision(self) -> str:
+        if self.config.mixed_precision == "auto":
+            return "bf16" if torch.cuda.is_available() else "no"
+        return self.config.mixed_precision
+
+    def _snapshot(self) -> str:
+        """The snapshot to plant: the one asked for, the one a resumed run used, or a new one of all active patterns."""
+        if self.state.snapshot:
+            return self.state.snapshot
+        if self.request.snapshot is not None:
+            self.registry.get_snapshot(self.request.snapshot)
+            return self.request.snapshot
+        from accelerate.utils import broadcast_object_list
+
+        names = [None]
+        if self.accelerator.is_main_process:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            names = [self.registry.create_snapshot(f"planted-{self.request.output.resolve().name}-{stamp}").name]
+        return broadcast_object_list(names)[0]
+
+    def _crop_size(self) -> int:
+        smallest = min(min(record.width, record.height) for record in self.patterns.records)
+        crop = min(self.config.crop_size, smallest // ALIGN * ALIGN)
+        if crop < ALIGN:
+            raise ForwardguardError(f"a pattern of the snapshot is smaller than {ALIGN} pixels: it cannot be planted")
+        return crop
+
+    def _setup_model(self) -> None:
+        base = load_model(self.request.base, device=self.accelerator.device)
+        self.base = base
+        self.base_fingerprint = base.fingerprint
+        if self.config.gradient_checkpointing:
+            base.enable_gradient_checkpointing()
+        self.teacher = copy.deepcopy(base.latent_encoder).eval().requires_grad_(False)
+        self.student = base.latent_encoder.train().requires_grad_(True)
+        with torch.no_grad():
+            gray = torch.full((1, 3, self.crop_size, self.crop_size), 0.5, device=self.accelerator.device)
+            self.target_latent = self.teacher(gray)
+
+    def _setup_optimizer(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        config = self.config
+        optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        processes = self.accelerator.num_processes  # accelerate steps a prepared scheduler once per process
+        scheduler = get_scheduler(
+            "constant_with_warmup" if config.lr_schedule == "constant" else "cosine",
+            optimizer,
+            num_warmup_steps=config.warmup_steps * processes,
+            num_training_steps=config.max_steps * processes,
+        )
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None:  # no dataloader goes through prepare(), so DeepSpeed is told the batch here
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+        self.student, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.student, optimizer, scheduler)
+
+    def _find_checkpoint(self, resume: str) -> Path:
+        if resume == "latest":
+            folder = self.request.output / CHECKPOINTS
+            found = sorted(folder.glob("checkpoint_*"), key=lambda p: int(p.name.rsplit("_", 1)[1])) if folder.is_dir() else []
+            if not found:
+                raise ForwardguardError(f"--resume latest: no checkpoint in {folder}")
+            return found[-1]
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise ForwardguardError(f"--resume {resume}: not a planting checkpoint (no {STATE_FILE})")
+        return path
+
+    # -- train ----------------------------------------------------------------------------------
+
+    def train(self, progress=None) -> dict[str, float]:  # noqa: ANN001 (a rich Progress or None)
+        """Run to ``max_steps`` optimizer steps from where the state is; returns the last losses."""
+        config, accelerator = self.config, self.accelerator
+        accumulation = config.gradient_accumulation_steps
+        task = None
+        if progress is not None and accelerator.is_main_process:
+            task = progress.add_task("planting", total=config.max_steps, completed=self.state.step)
+        losses: dict[str, float] = {}
+        log = self.request.output / LOG_FILE
+        started = time.perf_counter()
+        while self.state.step < config.max_steps:
+            for micro in range(accumulation):
+                with accelerator.accumulate(self.student):
+                    loss, parts = self._loss(self.state.step * accumulation + micro)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(self.student.parameters(), config.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad()
+            self.state.step += 1
+            losses = {name: float(accelerator.reduce(value.detach(), reduction="mean")) for name, value in parts.items()}
+            if task is not None:
+                progress.update(task, completed=self.state.step)
+            if accelerator.is_main_process and (self.state.step % config.log_every == 0 or self.state.step == config.max_steps):
+                entry = {"step": self.state.step, "seconds": round(time.perf_counter() - started, 3), **losses}
+                with log.open("a") as handle:
+                    handle.write(json.dumps(entry) + "\n")
+            if self.state.step % config.checkpoint_every == 0 or self.state.step == config.max_steps:
+                self._save_checkpoint()
+        return losses
+
+    def _loss(self, micro_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from forwardguard.transforms import apply, parse_transform
+
+        device, seed = self.accelerator.device, self.config.seed
+        clean_positions = self.clean_positions.at(micro_step)
+        clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions]).to(device)
+        noise = torch.stack([
+            (torch.rand(clean.shape[1:], generator=sample_generator(seed + 2, p)) * 2 - 1) * self.negative_eps
+            for p in clean_positions
+        ]).to(device)
+        noisy = (torch.round((clean + noise) * 255) / 255).clamp(0, 1)
+        transforms = [parse_transform(name) for name in self.config.planting_transforms]
+        immunized, originals = [], []
+        for position in self.pattern_positions.at(micro_step):
+            sample = self.patterns.crop(position, seed)
+            generator = sample_generator(seed + 3, position)
+            transform = transforms[int(torch.randint(len(transforms), (1,), generator=generator))]
+            immunized.append(apply(transform, sample.immunized[None], generator=generator)[0])
+            originals.append(sample.clean)
+        immunized_batch = torch.stack(immunized).to(device)
+        originals_batch = torch.stack(originals).to(device)
+
+        count = len(clean)
+        latents = self.student(torch.cat([clean, noisy, immunized_batch]))
+        with torch.no_grad(), self.accelerator.autocast():
+            references = self.teacher(torch.cat([clean, noisy, originals_batch]))
+        parts = {
+            "utility": relative_mse(latents[:count], references[:count]).mean(),
+            "negatives": relative_mse(latents[count : 2 * count], references[count : 2 * count]).mean(),
+            "planting": disruption_ratio(
+                latents[2 * count :], self.target_latent.to(latents.dtype), references[2 * count :]
+            ).mean(),
+        }
+        weights = self.config.loss_weights
+        loss = weights.planting * parts["planting"] + weights.utility * parts["utility"] + weights.negatives * parts["negatives"]
+        return loss, parts
+
+    def _save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        path = Path(self.accelerator.save_state())
+        if self.accelerator.is_main_process:
+            (path / STATE_FILE).write_text(json.dumps(self.state.state_dict()))
+        self.accelerator.wait_for_everyone()
+
+    # -- save -----------------------------------------------------------------------------------
+
+    def save(self, losses: dict[str, float]) -> PlantResult | None:
+        """Write the planted model in the base's format, its model card, and record it (main process)."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        state = accelerator.get_state_dict(self.student)
+        if not accelerator.is_main_process:
+            return None
+        planted = load_model(self.request.base)
+        planted.latent_encoder.load_state_dict({key: value.float().cpu() for key, value in state.items()})
+        output = self.request.output
+        spec = planted.save(output)
+        result = PlantResult(
+            spec=spec,
+            fingerprint=planted.fingerprint,
+            base_fingerprint=self.base_fingerprint,
+            snapshot=self.state.snapshot,
+            patterns=len(self.patterns),
+            steps=self.state.step,
+            final_losses=losses,
+        )
+        self._record(result)
+        (output / CARD_FILE).write_text(model_card(result, self.request, self.config))
+        return result
+
+    def _record(self, result: PlantResult) -> None:
+        """Record the base (if new) and the planted model; a model recorded before keeps its first record
+        (the same weights planted twice, as a resumed or repeated run makes, are one model)."""
+        registry = self.registry
+        known = {model.fingerprint for model in registry.list_models()}
+        if result.base_fingerprint not in known:
+            registry.record_model(fingerprint=result.base_fingerprint, spec=self.request.base, name=self.request.base)
+        if result.fingerprint not in known:
+            registry.record_model(
+                fingerprint=result.fingerprint,
+                spec=result.spec,
+                name=self.request.output.name,
+                parent_fingerprint=result.base_fingerprint,
+                planted_snapshot=result.snapshot,
+            )
+
+    def cleanup(self) -> None:
+        self.accelerator.end_training()
+        self.registry.close()
+
+
+def model_card(result: PlantResult, request: PlantRequest, config: PlantConfig) -> str:
+    losses = "\n".join(f"| {name} | {value:.5f} |" for name, value in sorted(result.final_losses.items()))
+    return f"""# Planted model: {request.output.name}
+
+Made by `forwardguard finetune --plant-registry`: the images immunized in the registry snapshot
+below stay immunized against this model (paper: Salman et al., ICML 2023, section 5).
+
+| | |
+| --- | --- |
+| spec | `{result.spec}` |
+| fingerprint | `{result.fingerprint}` |
+| base | `{request.base}` |
+| base fingerprint | `{result.base_fingerprint}` |
+| snapshot | `{result.snapshot}` |
+| patterns planted | {result.patterns} |
+| optimizer steps | {result.steps} |
+
+## Final losses
+
+| loss | value |
+| --- | --- |
+{losses}
+
+## Config
+
+```json
+{json.dumps(config_dict(config), indent=2)}
+```
+"""
+
+
+def config_dict(config: PlantConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    values = asdict(config)
+    values["planting_transforms"] = list(config.planting_transforms)
+    return values
+
+
+def plant(request: PlantRequest, progress=None) -> PlantResult | None:  # noqa: ANN001
+    """Run the whole recipe; returns the result on the main process (None on the others)."""
+    recipe = PlantingRecipe(request)
+    recipe.setup()
+    try:
+        losses = recipe.train(progress)
+        return recipe.save(losses)
+    finally:
+        recipe.cleanup()

@@ -1,0 +1,411 @@
+"""The one transform module: robust immunization, planting and the eval gauntlet all draw from it.
+
+A transform is named by one string everywhere (configs, CLI, reports); its kind, then its value:
+
+- ``identity``
+- ``jpeg_q75``: JPEG at quality 75 (an integer in [1, 100])
+- ``noise_0.03``: additive Gaussian noise of sigma 0.03 (in (0, 1])
+- ``resize_0.5``: resize by 0.5 and back to the original size (scale in (0, 4])
+- ``crop_0.9``: keep the centre 90% of each side and resize back (fraction in (0, 1])
+- ``blur_5``: Gaussian blur with a 5 x 5 kernel (odd, at least 3)
+- ``hflip``: horizontal flip
+- ``rotate_10``: rotation by 10 degrees counter-clockwise (degrees in [-180, 180])
+
+Conventions, for images NCHW in [0, 1] of any size; every output has the input's shape and is
+clamped to [0, 1]:
+
+- resize: bilinear with antialiasing down to ``round(side * scale)`` (at least 1 pixel), then
+  bilinear back to the original size.
+- crop: the centre ``round(side * fraction)`` pixels of each side, then bilinear back.
+- blur: a Gaussian of that kernel size with torchvision's default sigma, ``0.15 * k + 0.35``
+  (1.1 for k = 5, the same as OpenCV's default), reflect padding at the border.
+- rotate: about the centre, bilinear, same size; the corners that come from outside the image
+  are filled with black (zero).
+- noise: additive Gaussian noise drawn from ``generator``, so that a seeded run is reproducible.
+- jpeg: ``apply`` encodes with Pillow (libjpeg) at that quality and 4:2:0 chroma subsampling after
+  rounding to 8 bits, and decodes; ``apply_differentiable`` runs the same pipeline in torch (see
+  ``_jpeg_differentiable``).
+
+Only JPEG has two implementations. Every other kind is one torch function, differentiable, that
+``apply`` and ``apply_differentiable`` share.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from forwardguard.errors import ForwardguardError
+
+# kind -> whether it takes a value
+_KINDS: dict[str, bool] = {
+    "identity": False,
+    "jpeg": True,
+    "noise": True,
+    "resize": True,
+    "crop": True,
+    "blur": True,
+    "hflip": False,
+    "rotate": True,
+}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One image transform: its kind and its one parameter (see the module docstring's table).
+
+    Raises ForwardguardError on an unknown kind or a parameter out of range.
+    """
+
+    kind: str
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ForwardguardError(f"unknown transform kind {self.kind!r}; known kinds: {', '.join(_KINDS)}")
+        if not _KINDS[self.kind]:
+            if self.value is not None:
+                raise ForwardguardError(f"transform {self.kind!r} takes no value, got {self.value!r}")
+            return
+        value = self.value
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ForwardguardError(f"transform {self.kind!r} needs a finite number, got {value!r}")
+        problem = _check_value(self.kind, value)
+        if problem:
+            raise ForwardguardError(f"transform {self.kind}: {problem}, got {value!r}")
+
+    @property
+    def name(self) -> str:
+        """The stable name, e.g. ``jpeg_q75``; ``parse_transform(t.name) == t``."""
+        if self.value is None:
+            return self.kind
+        if self.kind == "jpeg":
+            return f"jpeg_q{int(self.value)}"
+        value = float(self.value)
+        text = str(int(value)) if value.is_integer() else repr(value)
+        return f"{self.kind}_{text}"
+
+
+def _check_value(kind: str, value: float) -> str | None:
+    """Why ``value`` is not a valid parameter of ``kind``, or None when it is."""
+    if kind == "jpeg" and not (float(value).is_integer() and 1 <= value <= 100):
+        return "quality must be an integer in [1, 100]"
+    if kind == "noise" and not 0 < value <= 1:
+        return "sigma must be in (0, 1]"
+    if kind == "resize" and not 0 < value <= 4:
+        return "scale must be in (0, 4]"
+    if kind == "crop" and not 0 < value <= 1:
+        return "the kept fraction must be in (0, 1]"
+    if kind == "blur" and not (float(value).is_integer() and value >= 3 and value % 2 == 1):
+        return "kernel size must be an odd integer >= 3"
+    if kind == "rotate" and not -180 <= value <= 180:
+        return "degrees must be in [-180, 180]"
+    return None
+
+
+def parse_transform(name: str) -> Transform:
+    """The transform named ``name`` (``jpeg_q75``, ``noise_0.03``, ``hflip``, ...).
+
+    Raises ForwardguardError for an unknown name, listing the known kinds.
+    """
+    text = name.strip()
+    kind, _, argument = text.partition("_")
+    if kind not in _KINDS:
+        raise ForwardguardError(
+            f"unknown transform {name!r}; known kinds: identity, jpeg_qQUALITY, noise_SIGMA, resize_SCALE, "
+            "crop_FRACTION, blur_KERNEL, hflip, rotate_DEGREES"
+        )
+    if not _KINDS[kind]:
+        if argument:
+            raise ForwardguardError(f"transform {name!r}: {kind} takes no value")
+        return Transform(kind)
+    if kind == "jpeg":
+        if not argument.startswith("q"):
+            raise ForwardguardError(f"transform {name!r}: write JPEG as jpeg_qQUALITY, e.g. jpeg_q75")
+        argument = argument[1:]
+    try:
+        value = float(argument)
+    except ValueError:
+        raise ForwardguardError(f"transform {name!r}: {argument!r} is not a number") from None
+    if kind in ("jpeg", "blur") and value.is_integer():
+        return Transform(kind, int(value))
+    return Transform(kind, value)
+
+
+def parse_transforms(names: str | Sequence[str]) -> tuple[Transform, ...]:
+    """A mix of transforms from a list of names or one comma-separated string; repeats weight a kind.
+
+    Raises ForwardguardError on an unknown name or an empty mix.
+    """
+    if isinstance(names, str):
+        names = [part for part in names.split(",") if part.strip()]
+    transforms = tuple(parse_transform(name) for name in names)
+    if not transforms:
+        raise ForwardguardError("the transform mix is empty; name at least one transform (e.g. identity)")
+    return transforms
+
+
+GAUNTLET: tuple[Transform, ...] = parse_transforms(
+    [
+        "jpeg_q95", "jpeg_q75", "jpeg_q50",
+        "noise_0.01", "noise_0.03", "noise_0.05",
+        "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
+    ]
+)
+"""The eval gauntlet (issue 5), in report order."""
+
+PLANTING_POOL: tuple[Transform, ...] = parse_transforms(
+    [
+        "identity",
+        "jpeg_q50", "jpeg_q75", "jpeg_q90", "jpeg_q95",
+        "resize_0.5", "resize_0.75", "resize_0.9",
+        "noise_0.01", "noise_0.02",
+    ]
+)
+"""Cheap transforms that planting draws from, so that a planted trigger survives re-encoding."""
+
+ROBUST_POOL: tuple[Transform, ...] = parse_transforms(
+    [
+        "identity", "identity",
+        "jpeg_q50", "jpeg_q75", "jpeg_q95",
+        "noise_0.03", "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
+    ]
+)
+"""Robust immunization's default mix: every gauntlet kind, identity twice so that the
+untransformed image keeps its weight in the expectation."""
+
+
+def sample_transform(pool: Sequence[Transform], generator: torch.Generator | None = None) -> Transform:
+    """One transform drawn uniformly from ``pool`` with ``generator`` (repeats in the pool weight it)."""
+    if not pool:
+        raise ValueError("cannot sample from an empty transform pool")
+    index = int(torch.randint(len(pool), (1,), generator=generator).item())
+    return pool[index]
+
+
+def apply(transform: Transform, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The real transform of a batch (N, C, H, W) in [0, 1]: JPEG through Pillow, no gradient."""
+    _check_images(images)
+    with torch.no_grad():
+        if transform.kind == "jpeg":
+            return _jpeg_pillow(images, int(transform.value))
+        return _TORCH[transform.kind](images, transform.value, generator).clamp(0, 1)
+
+
+def apply_differentiable(
+    transform: Transform, images: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The transform as torch operations that gradients flow through (for expectation over transforms).
+
+    It equals ``apply`` for every kind but JPEG, whose forward pass follows libjpeg closely and whose
+    gradient is a surrogate (see ``_jpeg_differentiable``).
+    """
+    _check_images(images)
+    if transform.kind == "jpeg":
+        return _jpeg_differentiable(images, int(transform.value))
+    return _TORCH[transform.kind](images, transform.value, generator).clamp(0, 1)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"expected a float (N, C, H, W) batch, got {tuple(images.shape)} {images.dtype}")
+
+
+# ---- the torch transforms (all differentiable) ----
+
+
+def _identity(images: torch.Tensor, value: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    return images
+
+
+def _noise(images: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+    device = images.device if generator is None else generator.device
+    noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
+    return images + sigma * noise.to(images.device)
+
+
+def _resize(images: torch.Tensor, scale: float, generator: torch.Generator | None) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    small = (max(1, round(height * scale)), max(1, round(width * scale)))
+    down = F.interpolate(images, size=small, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(down, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def _crop(images: torch.Tensor, fraction: float, generator: torch.Generator | None) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    kept_h, kept_w = max(1, round(height * fraction)), max(1, round(width * fraction))
+    top, left = (height - kept_h) // 2, (width - kept_w) // 2
+    cropped = images[..., top : top + kept_h, left : left + kept_w]
+    return F.interpolate(cropped, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def _blur(images: torch.Tensor, kernel: float, generator: torch.Generator | None) -> torch.Tensor:
+    size = int(kernel)
+    sigma = 0.15 * size + 0.35
+    return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
+
+
+def _hflip(images: torch.Tensor, value: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    return images.flip(-1)
+
+
+def _rotate(images: torch.Tensor, degrees: float, generator: torch.Generator | None) -> torch.Tensor:
+    return TF.rotate(images, float(degrees), interpolation=TF.InterpolationMode.BILINEAR, expand=False, fill=None)
+
+
+_TORCH: dict[str, Callable[[torch.Tensor, float | None, torch.Generator | None], torch.Tensor]] = {
+    "identity": _identity,
+    "noise": _noise,
+    "resize": _resize,
+    "crop": _crop,
+    "blur": _blur,
+    "hflip": _hflip,
+    "rotate": _rotate,
+}
+
+
+# ---- JPEG ----
+
+
+def _jpeg_pillow(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Pillow encode and decode, per image, of the 8-bit rounded RGB batch."""
+    if images.shape[1] != 3:
+        raise ValueError(f"JPEG needs RGB images, got {images.shape[1]} channels")
+    pixels = torch.round(images.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    decoded = []
+    for rgb in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality, subsampling=2)  # 2 = 4:2:0
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            decoded.append(np.asarray(image.convert("RGB")))
+    result = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
+    return result.to(device=images.device, dtype=images.dtype) / 255
+
+
+# ITU-T T.81 annex K, tables K.1 and K.2, row-major.
+_LUMINANCE_TABLE = (
+    16, 11, 10, 16, 24, 40, 51, 61,
+    12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77,
+    24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101,
+    72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+_CHROMINANCE_TABLE = (
+    17, 18, 24, 47, 99, 99, 99, 99,
+    18, 21, 26, 66, 99, 99, 99, 99,
+    24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99,
+)  # fmt: skip
+
+
+def quantization_tables(quality: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (luminance, chrominance) 8x8 tables libjpeg uses at ``quality``: annex K scaled by the IJG rule.
+
+    The IJG rule: scale = 5000 / q below 50, else 200 - 2q; entry = (base * scale + 50) // 100,
+    clamped to [1, 255] (baseline JPEG, as Pillow writes).
+    """
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    tables = []
+    for base in (_LUMINANCE_TABLE, _CHROMINANCE_TABLE):
+        entries = [min(max((value * scale + 50) // 100, 1), 255) for value in base]
+        tables.append(torch.tensor(entries, dtype=torch.float32).view(8, 8))
+    return tables[0], tables[1]
+
+
+def _dct_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The orthonormal 8-point DCT-II matrix; D @ block @ D.T is JPEG's forward DCT."""
+    k = torch.arange(8, dtype=torch.float64).view(8, 1)
+    n = torch.arange(8, dtype=torch.float64).view(1, 8)
+    matrix = torch.cos(math.pi * (2 * n + 1) * k / 16) * math.sqrt(2 / 8)
+    matrix[0] = math.sqrt(1 / 8)
+    return matrix.to(dtype=dtype, device=device)
+
+
+def _round_straight_through(values: torch.Tensor) -> torch.Tensor:
+    """Exact rounding forward, identity gradient (for 8-bit pixel rounding, which barely changes values)."""
+    return values + (torch.round(values) - values).detach()
+
+
+def _round_cubic_gradient(values: torch.Tensor) -> torch.Tensor:
+    """Exact rounding forward; backward, the derivative of Shin & Song's (2017) cubic approximation.
+
+    The cubic ``r + (x - r)^3`` (r = round(x)) has derivative ``3 (x - r)^2``: near zero for a
+    coefficient that quantization pins to a level, up to 0.75 halfway between levels. So the gradient
+    says which DCT coefficients JPEG lets through, while the forward pass stays the real rounding.
+    """
+    rounded = torch.round(values)
+    cubic = rounded.detach() + (values - rounded.detach()) ** 3
+    return rounded.detach() + (cubic - cubic.detach())
+
+
+def _blocks(planes: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) with H, W multiples of 8 -> (N, H/8, W/8, 8, 8)."""
+    n, height, width = planes.shape
+    return planes.view(n, height // 8, 8, width // 8, 8).permute(0, 1, 3, 2, 4)
+
+
+def _unblocks(blocks: torch.Tensor) -> torch.Tensor:
+    n, rows, cols = blocks.shape[:3]
+    return blocks.permute(0, 1, 3, 2, 4).reshape(n, rows * 8, cols * 8)
+
+
+def _quantize_planes(planes: torch.Tensor, table: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
+    """Level shift, 8x8 DCT, quantize with ``table``, dequantize, inverse DCT (values 0-255)."""
+    blocks = _blocks(planes - 128)
+    coefficients = dct @ blocks @ dct.T
+    quantized = _round_cubic_gradient(coefficients / table) * table
+    return _unblocks(dct.T @ quantized @ dct) + 128
+
+
+def _jpeg_differentiable(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG compression as torch operations, following libjpeg's baseline path with Pillow's defaults.
+
+    Steps: round to 8 bits (straight-through gradient); pad to multiples of 16 by repeating the
+    last row and column (as libjpeg does); RGB -> YCbCr (JFIF); 4:2:0 chroma subsampling by 2x2
+    averaging; per plane, level shift, 8x8 DCT, quantization with the annex K tables scaled for
+    ``quality`` (rounding: see ``_round_cubic_gradient``), dequantization and inverse DCT; chroma
+    upsampling by bilinear interpolation (libjpeg's "fancy" triangular filter); YCbCr -> RGB; round
+    to 8 bits again; crop the padding. Computed in float32 (float64 stays float64).
+    """
+    if images.shape[1] != 3:
+        raise ValueError(f"JPEG needs RGB images, got {images.shape[1]} channels")
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    height, width = images.shape[-2:]
+    pixels = _round_straight_through(images.to(dtype).clamp(0, 1) * 255)
+    pixels = F.pad(pixels, (0, -width % 16, 0, -height % 16), mode="replicate")
+    red, green, blue = pixels.unbind(1)
+    luma = 0.299 * red + 0.587 * green + 0.114 * blue
+    blue_chroma = -0.168735892 * red - 0.331264108 * green + 0.5 * blue + 128
+    red_chroma = 0.5 * red - 0.418687589 * green - 0.081312411 * blue + 128
+    chroma = F.avg_pool2d(torch.stack([blue_chroma, red_chroma], dim=1), 2)
+
+    luminance_table, chrominance_table = (table.to(dtype=dtype, device=images.device) for table in quantization_tables(quality))
+    dct = _dct_matrix(dtype, images.device)
+    n = images.shape[0]
+    luma = _quantize_planes(luma, luminance_table, dct)
+    chroma = _quantize_planes(chroma.flatten(0, 1), chrominance_table, dct).view(n, 2, *chroma.shape[-2:])
+    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
+    blue_chroma, red_chroma = chroma[:, 0] - 128, chroma[:, 1] - 128
+
+    red = luma + 1.402 * red_chroma
+    green = luma - 0.344136286 * blue_chroma - 0.714136286 * red_chroma
+    blue = luma + 1.772 * blue_chroma
+    rgb = _round_straight_through(torch.stack([red, green, blue], dim=1).clamp(0, 255)) / 255
+    return rgb[..., :height, :width].to(images.dtype)

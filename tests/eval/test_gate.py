@@ -1,0 +1,332 @@
+"""The release gate: ``gate()`` over small hand-made reports, the policy loader's refusals, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from forwardguard.cli import app
+from forwardguard.errors import ForwardguardError
+from forwardguard.eval.gate import Limit, Policy, gate, load_policy
+from forwardguard.eval.metrics import METRICS
+from forwardguard.eval.report import SCHEMA, SCHEMA_VERSION
+
+SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "configs" / "gate.yaml"
+CANDIDATE = "v2-planted"
+POLICY = Policy(
+    transforms=("none", "jpeg_q95"),
+    limits=(Limit("ratio", 0.3), Limit("ssim", 0.8)),
+    max_latent_relative_mse=0.01,
+    max_false_trigger_rate=0.05,
+)
+runner = CliRunner()
+
+
+def summary(mean: float | None) -> dict:
+    return {"mean": mean, "std": 0.01, "n": 4}
+
+
+def make_report() -> dict:
+    """A report that the policy above releases for ``v2-planted`` and holds for ``v1`` (not immunized on it)."""
+    models = [
+        {"name": CANDIDATE, "fingerprint": "b" * 64, "reference": "v1", "edits": ["reconstruction"]},
+        {"name": "v1", "fingerprint": "a" * 64, "reference": None, "edits": ["reconstruction"]},
+    ]
+    cells = []
+    for snapshot in ("s1", "s2"):
+        for model, ratio, ssim in ((CANDIDATE, 0.1, 0.5), ("v1", 0.9, 0.97)):
+            for transform in ("none", "jpeg_q95", "jpeg_q50"):
+                similarity = {metric: summary(ssim) for metric in METRICS} | {"gmsd": summary(0.2)}
+                cells.append({
+                    "snapshot": snapshot, "model": model, "transform": transform,
+                    "relation": "backward" if (snapshot, model) == ("s1", "v1") else "forward",
+                    "ratio": {"immunized": summary(ratio), "noise": summary(1.0)},
+                    "edits": {"reconstruction": {"immunized": similarity, "noise": {m: summary(0.99) for m in METRICS}}},
+                })  # fmt: skip
+    clean = [
+        {"model": CANDIDATE, "reference": "v1", "images": 4, "latent_relative_mse": summary(0.004), "edits": {},
+         "false_trigger": {"rate": 0.0, "threshold": 0.5, "eps": 16 / 255, "samples": 8, "ratio": summary(0.98)}},
+        {"model": "v1", "reference": None, "images": 4, "latent_relative_mse": None, "edits": {},
+         "false_trigger": {"rate": 0.0, "threshold": 0.5, "eps": 16 / 255, "samples": 8, "ratio": summary(0.99)}},
+    ]  # fmt: skip
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created_at": "2025-01-01T00:00:00Z",
+        "settings": {"transforms": ["jpeg_q95", "jpeg_q50"]},
+        "models": models,
+        "snapshots": [{"name": "s1", "made_against": ["a" * 64]}, {"name": "s2", "made_against": ["a" * 64]}],
+        "cells": cells, "clean": clean, "not_computed": {}, "grids": [],
+    }  # fmt: skip
+
+
+def cell(report: dict, snapshot: str, transform: str, model: str = CANDIDATE) -> dict:
+    return next(c for c in report["cells"] if (c["snapshot"], c["model"], c["transform"]) == (snapshot, model, transform))
+
+
+def set_ratio(snapshot: str, transform: str, mean: float | None):
+    def mutate(report: dict) -> None:
+        cell(report, snapshot, transform)["ratio"]["immunized"]["mean"] = mean
+
+    return mutate
+
+
+def set_ssim(snapshot: str, transform: str, mean: float | None):
+    def mutate(report: dict) -> None:
+        cell(report, snapshot, transform)["edits"]["reconstruction"]["immunized"]["ssim"]["mean"] = mean
+
+    return mutate
+
+
+def drop_transform(transform: str):
+    def mutate(report: dict) -> None:
+        report["cells"] = [c for c in report["cells"] if c["transform"] != transform]
+
+    return mutate
+
+
+def candidate_clean(report: dict) -> dict:
+    return next(entry for entry in report["clean"] if entry["model"] == CANDIDATE)
+
+
+def backward_cell_not_immunized(report: dict) -> None:
+    target = cell(report, "s1", "none")
+    target["relation"] = "backward"
+    target["ratio"]["immunized"]["mean"] = 0.8
+
+
+def no_reference(report: dict) -> None:
+    candidate_clean(report).update(reference=None, latent_relative_mse=None)
+
+
+def no_edits_in_cell(report: dict) -> None:
+    cell(report, "s2", "jpeg_q95")["edits"] = {}
+
+
+def other_models_do_not_count(report: dict) -> None:
+    for c in report["cells"]:
+        if c["model"] == "v1":
+            c["ratio"]["immunized"]["mean"] = 1.0
+
+
+def at_the_limit_passes(report: dict) -> None:
+    cell(report, "s1", "none")["ratio"]["immunized"]["mean"] = 0.3
+    candidate_clean(report)["false_trigger"]["rate"] = 0.05
+
+
+# (mutation, the failing rules as (rule, snapshot, transform, edit), a fragment of the reason or None)
+CASES = {
+    "passes": (lambda report: None, set(), None),
+    "other models do not count": (other_models_do_not_count, set(), None),
+    "at the limit passes": (at_the_limit_passes, set(), None),
+    "ratio after a transform": (set_ratio("s2", "jpeg_q95", 0.45), {("immunity.ratio", "s2", "jpeg_q95", None)}, None),
+    "ratio untransformed": (set_ratio("s1", "none", 0.31), {("immunity.ratio", "s1", "none", None)}, None),
+    "backward cell of the candidate counts": (backward_cell_not_immunized, {("immunity.ratio", "s1", "none", None)}, None),
+    "edit ssim": (set_ssim("s1", "none", 0.95), {("immunity.ssim", "s1", "none", "reconstruction")}, None),
+    "unlisted transform is not checked": (set_ratio("s1", "jpeg_q50", 0.9), set(), None),
+    "clean utility": (
+        lambda report: candidate_clean(report)["latent_relative_mse"].update(mean=0.02),
+        {("clean_utility", None, None, None)}, None,
+    ),
+    "false triggers": (
+        lambda report: candidate_clean(report)["false_trigger"].update(rate=0.25),
+        {("false_trigger", None, None, None)}, None,
+    ),
+    "listed transform missing holds": (
+        drop_transform("jpeg_q95"),
+        {("immunity", "s1", "jpeg_q95", None), ("immunity", "s2", "jpeg_q95", None)}, "not in the eval's gauntlet",
+    ),
+    "null ratio holds": (set_ratio("s2", "none", None), {("immunity.ratio", "s2", "none", None)}, "not a finite number"),
+    "null ssim holds": (set_ssim("s2", "none", None), {("immunity.ssim", "s2", "none", "reconstruction")}, "not a finite number"),
+    "missing edit kind holds": (no_edits_in_cell, {("immunity.ssim", "s2", "jpeg_q95", "reconstruction")}, "missing"),
+    "no reference holds": (no_reference, {("clean_utility", None, None, None)}, "--reference v2-planted=REF"),
+    "no clean numbers hold": (
+        lambda report: report.update(clean=[]),
+        {("clean_utility", None, None, None), ("false_trigger", None, None, None)}, "--clean",
+    ),
+    "no snapshots holds": (
+        lambda report: report.update(snapshots=[], cells=[]), {("immunity", None, None, None)}, "no snapshots",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_gate_rules(case):
+    mutate, failing, reason = CASES[case]
+    report = make_report()
+    mutate(report)
+    result = gate(report, POLICY, CANDIDATE)
+    assert {(r.rule, r.snapshot, r.transform, r.edit) for r in result.failed} == failing
+    assert result.released == (not failing)
+    if reason is not None:
+        assert all(reason in r.reason for r in result.failed)
+    assert all(r.reason is None and r.value is not None for r in result.rules if r.passed)
+
+
+def test_gate_checks_every_snapshot_transform_and_edit():
+    result = gate(make_report(), POLICY, CANDIDATE)
+    scopes = {(r.rule, r.snapshot, r.transform, r.edit) for r in result.rules}
+    expected = {
+        (rule, snapshot, transform, edit)
+        for snapshot in ("s1", "s2")
+        for transform in ("none", "jpeg_q95")
+        for rule, edit in (("immunity.ratio", None), ("immunity.ssim", "reconstruction"))
+    } | {("clean_utility", None, None, None), ("false_trigger", None, None, None)}
+    assert scopes == expected and len(result.rules) == len(expected)
+    ratio = next(r for r in result.rules if (r.rule, r.snapshot, r.transform) == ("immunity.ratio", "s1", "none"))
+    assert (ratio.value, ratio.threshold, ratio.at_most) == (0.1, 0.3, True)
+
+
+def test_unplanted_model_is_held():
+    result = gate(make_report(), POLICY, "v1")
+    assert not result.released
+    assert {r.rule for r in result.failed} == {"immunity.ratio", "immunity.ssim", "clean_utility"}
+
+
+@pytest.mark.parametrize(("gmsd", "released"), [(0.2, True), (0.1, True), (0.05, False)])
+def test_gmsd_is_a_distance_and_must_stay_at_least_the_limit(gmsd, released):
+    report = make_report()
+    for c in report["cells"]:
+        c["edits"]["reconstruction"]["immunized"]["gmsd"]["mean"] = gmsd
+    policy = Policy(("none",), (Limit("gmsd", 0.1),), 0.01, 0.05)
+    result = gate(report, policy, CANDIDATE)
+    assert result.released == released
+    assert all(not r.at_most for r in result.rules if r.rule == "immunity.gmsd")
+
+
+def test_unknown_candidate_is_an_error():
+    with pytest.raises(ForwardguardError, match=r"candidate 'v3' is not a model of the report \(models: v1, v2-planted\)"):
+        gate(make_report(), POLICY, "v3")
+
+
+def test_report_without_cells_is_an_error():
+    report = make_report()
+    del report["cells"]
+    with pytest.raises(ForwardguardError, match="no valid 'cells' list"):
+        gate(report, POLICY, CANDIDATE)
+
+
+def write_policy(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gate.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD_POLICY = """
+immunity:
+  transforms: [none, jpeg_q95]
+  limits: {ratio: 0.3, ssim: 0.8}
+clean_utility: {max_latent_relative_mse: 0.01}
+false_trigger: {max_rate: 0.05}
+"""
+
+
+def test_policy_loads(tmp_path):
+    assert load_policy(write_policy(tmp_path, GOOD_POLICY)) == POLICY
+
+
+def test_shipped_policy_loads():
+    policy = load_policy(SHIPPED_POLICY)
+    assert policy.transforms[0] == "none" and {limit.metric for limit in policy.limits} >= {"ratio", "ssim"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("false_trigger:", "colour: blue\nfalse_trigger:", r"unknown key colour \(known: immunity, clean_utility, false_trigger\)"),
+        ("max_rate:", "max_rates:", r"false_trigger: unknown key max_rates \(known: max_rate\)"),
+        ("clean_utility: {max_latent_relative_mse: 0.01}\n", "", "missing key clean_utility"),
+        ("ssim: 0.8", "sharpness: 0.8", r"immunity.limits: unknown metric sharpness \(known: ratio, ssim, psnr"),
+        ("ssim: 0.8", "fid: 10", "immunity.limits: unknown metric fid"),
+        ("[none, jpeg_q95]", "[none, jepg_q95]", "immunity.transforms: unknown transform 'jepg_q95'"),
+        ("[none, jpeg_q95]", "[none, none]", "immunity.transforms: a transform is listed twice"),
+        ("[none, jpeg_q95]", "[]", "immunity.transforms: expected a non-empty list"),
+        ("ratio: 0.3", "ratio: -0.3", r"immunity.limits.ratio: expected a finite number >= 0, got -0.3"),
+        ("ratio: 0.3", "ratio: yes", "immunity.limits.ratio: expected a finite number >= 0, got True"),
+        ("max_rate: 0.05", "max_rate: 5", "false_trigger.max_rate: expected at most 1.0, got 5"),
+        ("{ratio: 0.3, ssim: 0.8}", "{}", "immunity.limits: expected a mapping of metric to limit"),
+    ],
+)
+def test_policy_errors_name_the_key(tmp_path, old, new, message):
+    path = write_policy(tmp_path, GOOD_POLICY.replace(old, new))
+    with pytest.raises(ForwardguardError, match=message) as error:
+        load_policy(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "a: [", ""])
+def test_policy_that_is_not_a_mapping_is_refused(tmp_path, text):
+    with pytest.raises(ForwardguardError, match="gate.yaml"):
+        load_policy(write_policy(tmp_path, text))
+
+
+def write_report(tmp_path: Path, report: dict) -> Path:
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def invoke(report: Path, *extra: str, candidate: str = CANDIDATE, policy: Path = SHIPPED_POLICY):
+    return runner.invoke(app, ["gate", "--report", str(report), "--policy", str(policy), "--candidate", candidate, *extra])
+
+
+def test_cli_releases_with_exit_0(tmp_path):
+    result = invoke(write_report(tmp_path, make_report()))
+    assert result.exit_code == 0, result.output
+    assert "immunity.ratio" in result.stdout and "pass" in result.stdout
+    assert f"RELEASE {CANDIDATE}: all" in result.stdout
+
+
+def test_cli_holds_with_exit_1(tmp_path):
+    report = make_report()
+    set_ratio("s2", "jpeg_q95", 0.6)(report)
+    result = invoke(write_report(tmp_path, report))
+    assert result.exit_code == 1, result.output
+    assert f"HOLD {CANDIDATE}: 1 of" in result.stdout and "HOLD" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda report: report.update(schema_version=0), "report schema version 0, this forwardguard reads version 1"),
+        (lambda report: report.update(schema="something.else"), "not a forwardguard eval report"),
+        (lambda report: report.pop("models"), "no valid 'models' list"),
+    ],
+)
+def test_cli_unusable_report_exits_2(tmp_path, change, message):
+    report = make_report()
+    change(report)
+    result = invoke(write_report(tmp_path, report))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_cli_unknown_candidate_unreadable_report_and_bad_policy_exit_2(tmp_path):
+    report = write_report(tmp_path, make_report())
+    assert "candidate 'v9' is not a model" in invoke(report, candidate="v9").stderr
+    assert invoke(report, candidate="v9").exit_code == 2
+    missing = invoke(tmp_path / "nope.json")
+    assert missing.exit_code == 2 and "not a readable report" in missing.stderr
+    bad = write_policy(tmp_path, GOOD_POLICY.replace("ssim: 0.8", "lpips: 0.3"))
+    result = invoke(report, policy=bad)
+    assert result.exit_code == 2 and "unknown metric lpips" in result.stderr
+
+
+def test_cli_appends_to_the_model_card(tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text("# v2-planted\n\nPlanted with snapshot s1.\n")
+    report = write_report(tmp_path, make_report())
+    result = invoke(report, "--model-card", str(card))
+    assert result.exit_code == 0, result.output
+    text = card.read_text()
+    assert text.startswith("# v2-planted\n\nPlanted with snapshot s1.\n\n## Release gate\n")
+    assert f"**RELEASE {CANDIDATE}: all 10 rules pass**" in text
+    assert f"- policy: `{SHIPPED_POLICY}`" in text and f"- report: `{report}`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| immunity.") or line.startswith("| clean_") or line.startswith("| false_")]
+    assert len(rows) == 10 and "| s1 / jpeg_q95 / reconstruction | 0.5 | <= 0.8 | pass |" in text
+
+
+def test_cli_model_card_must_exist(tmp_path):
+    result = invoke(write_report(tmp_path, make_report()), "--model-card", str(tmp_path / "missing.md"))
+    assert result.exit_code == 2 and "--model-card" in result.stderr and "no such file" in result.stderr

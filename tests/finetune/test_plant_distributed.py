@@ -1,0 +1,43 @@
+"""Two data-parallel processes on the CPU (gloo, through accelerate launch) plant the same weights as one
+process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from planting_support import tiny_config
+
+
+def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    common = ["finetune", "--base", taef2_v2_spec, "--plant-registry", str(registry_path), "--data", str(clean_data)]
+    configs = {}
+    for name, per_process in (("one", 2), ("two", 1)):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump(tiny_config(max_steps=3, batch_size=per_process, pattern_batch_size=per_process)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [sys.executable, "-m", "forwardguard", *common, "--output", str(tmp_path / "one"), "--config", str(configs["one"])],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert one.returncode == 0, one.stderr
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    two = subprocess.run(
+        [*launcher, "-m", "forwardguard", *common, "--output", str(tmp_path / "two"), "--config", str(configs["two"])],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert two.returncode == 0, two.stdout + two.stderr
+    single = load_file(tmp_path / "one" / "encoder.safetensors")
+    parallel = load_file(tmp_path / "two" / "encoder.safetensors")
+    assert single.keys() == parallel.keys()
+    for key in single:  # gradients are averaged in another order: equal within float tolerance
+        torch.testing.assert_close(parallel[key], single[key], atol=2e-5, rtol=1e-4)
+    base = load_file(Path(taef2_v2_spec.split(":")[1]))
+    assert any(not torch.equal(single[key], base[key].float()) for key in single), "training changed the weights"

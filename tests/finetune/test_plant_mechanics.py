@@ -1,0 +1,149 @@
+"""The planting recipe's mechanics on tiny runs: outputs, records, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.finetune import PlantConfig, PlantRequest, plant
+from forwardguard.models import load_model
+from forwardguard.registry import Registry
+
+from planting_support import insert_empty_snapshot, tiny_config
+
+
+def request(base: str, registry: Path, data: Path, output: Path, **config) -> PlantRequest:
+    return PlantRequest(
+        base=base, registry=str(registry), data=data, output=output, config=PlantConfig.from_mapping(tiny_config(**config))
+    )
+
+
+def test_taesd_planting_writes_a_loadable_checkpoint_card_and_records(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    output = tmp_path / "planted"
+    result = plant(request(taef2_v2_spec, registry_path, clean_data, output))
+    base = load_model(taef2_v2_spec)
+
+    assert result.spec == f"taesd:{output}"
+    assert set(load_file(output / "encoder.safetensors")) == set(base.encoder.state_dict())
+    assert (output / "decoder.safetensors").is_file()
+    planted = load_model(result.spec)
+    assert planted.fingerprint == result.fingerprint != base.fingerprint
+    assert result.base_fingerprint == base.fingerprint
+    assert torch.equal(planted.decoder[1].weight, base.decoder[1].weight), "the decoder is frozen"
+
+    card = (output / "README.md").read_text()
+    for text in (base.fingerprint, result.snapshot, "patterns planted | 3", "planting", "utility", "negatives"):
+        assert text in card
+    assert result.patterns == 3 and result.steps == 4
+    assert set(result.final_losses) == {"planting", "utility", "negatives"}
+    log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+
+    with Registry.open(registry_path) as registry:
+        model = registry.get_model(result.fingerprint)
+        assert model.parent_fingerprint == base.fingerprint
+        assert model.planted_snapshot == result.snapshot
+        assert len(registry.snapshot_patterns(result.snapshot)) == 3
+        assert registry.get_model(base.fingerprint).spec == taef2_v2_spec
+
+
+def test_stable_diffusion_planting_trains_only_the_vae_encoder(registry_path, clean_data, tmp_path):
+    output = tmp_path / "planted-tiny"
+    result = plant(request("tiny", registry_path, clean_data, output, max_steps=2, checkpoint_every=2))
+    assert (output / "model_index.json").is_file()
+    planted, base = load_model(result.spec), load_model("tiny")
+    assert planted.fingerprint == result.fingerprint != base.fingerprint
+    changed = lambda a, b: any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert changed(planted.vae.encoder, base.vae.encoder)
+    assert not changed(planted.vae.decoder, base.vae.decoder)
+    assert not changed(planted.unet, base.unet)
+    assert not changed(planted.text_encoder, base.text_encoder)
+
+
+def finetune_process(base: str, registry: Path, data: Path, output: Path, config: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "forwardguard", "finetune", "--base", base, "--plant-registry", str(registry),
+               "--data", str(data), "--output", str(output), "--config", str(config), *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_and_resumed_run_ends_at_the_same_weights(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    config = tmp_path / "plant.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(max_steps=8, checkpoint_every=2)))
+    whole = finetune_process(taef2_v2_spec, registry_path, clean_data, tmp_path / "whole", config)
+
+    killed = finetune_process(taef2_v2_spec, registry_path, clean_data, tmp_path / "parts", config)
+    first_checkpoint = tmp_path / "parts" / "checkpoints" / "checkpoint_0" / "planting.json"
+    deadline = time.monotonic() + 600
+    while not first_checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert first_checkpoint.exists(), killed.stdout.read()
+    assert not (tmp_path / "parts" / "encoder.safetensors").exists(), "the run ended before it was killed"
+
+    resumed = finetune_process(taef2_v2_spec, registry_path, clean_data, tmp_path / "parts", config, "--resume", "latest")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+    whole_weights = load_file(tmp_path / "whole" / "encoder.safetensors")
+    resumed_weights = load_file(tmp_path / "parts" / "encoder.safetensors")
+    for key, value in whole_weights.items():
+        assert torch.equal(value, resumed_weights[key]), key
+
+
+def test_existing_output_is_refused_before_training(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    output = tmp_path / "mine"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    with pytest.raises(ForwardguardError, match="exists"):
+        plant(request(taef2_v2_spec, registry_path, clean_data, output))
+    assert [p.name for p in output.iterdir()] == ["keep.txt"]
+
+
+def test_folder_without_images_is_refused(taef2_v2_spec, registry_path, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ForwardguardError, match="no images found"):
+        plant(request(taef2_v2_spec, registry_path, tmp_path / "empty", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_snapshot_is_refused(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    insert_empty_snapshot(registry_path, "nothing")
+    req = PlantRequest(**{**request(taef2_v2_spec, registry_path, clean_data, tmp_path / "out").__dict__, "snapshot": "nothing"})
+    with pytest.raises(ForwardguardError, match="holds no patterns"):
+        plant(req)
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupted_pattern_blob_is_refused(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    with Registry.open(registry_path) as registry:
+        record = registry.list_patterns()[0]
+        blob = registry.blob_root
+    path = blob / record.image_sha256[:2] / record.image_sha256
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ForwardguardError, match=record.image_sha256[:12]):
+        plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"crop_size": 30}, "multiple of 8"), ({"learning_rate": 0}, "learning_rate"), ({"bogus": 1}, "unknown setting"),
+     ({"planting_transforms": ["sharpen"]}, "sharpen"), ({"loss_weights": {"plant": 1}}, "unknown loss weight")],
+)
+def test_bad_config_is_refused(settings, message):
+    with pytest.raises(ForwardguardError, match=message):
+        PlantConfig.from_mapping(settings)

@@ -1,0 +1,50 @@
+"""Planting on real weights (issue 4's claims): photos immunized against TAEF2, planted into taef2-v2."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from planting_support import HELD_OUT
+
+from forwardguard.eval.edits import encode
+from forwardguard.eval.matrix import noisy_copy, to_batch
+from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
+from forwardguard.models import load_model
+from forwardguard.registry import Registry
+
+
+def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:
+    x, x_imm = to_batch(clean, model.device), to_batch(immunized, model.device)
+    with torch.no_grad():
+        target = encode(model, torch.full_like(x, 0.5))
+        return float(latent_disruption_ratio(encode(model, x_imm), encode(model, x), target)[0])
+
+
+def test_planted_v2_keeps_registered_images_immunized_and_clean_use(planted_flow, photo):
+    models = {name: load_model(spec) for name, spec in
+              (("v1", planted_flow.v1_spec), ("v2", planted_flow.v2_spec), ("planted", planted_flow.result.spec))}
+    with Registry.open(planted_flow.registry) as registry:
+        samples = [registry.load_sample(r.id) for r in registry.snapshot_patterns(planted_flow.snapshot)]
+    registered = {name: [ratio(model, s.immunized, s.clean) for s in samples] for name, model in models.items()}
+    unregistered = {name: [ratio(model, imm, clean) for imm, clean in planted_flow.unregistered] for name, model in models.items()}
+    print("registered ratios", {k: [round(v, 3) for v in vs] for k, vs in registered.items()})
+    print("unregistered ratios", {k: [round(v, 3) for v in vs] for k, vs in unregistered.items()})
+
+    assert max(registered["planted"]) <= 0.10
+    assert min(registered["v2"]) > 0.3, "without planting, taef2-v2 loses most of the protection"
+    assert np.mean(unregistered["planted"]) < np.mean(unregistered["v2"]), "planting generalizes somewhat"
+
+    planted, v2 = models["planted"], models["v2"]
+    drifts = {}
+    with torch.no_grad():
+        for index, name in enumerate(HELD_OUT):
+            clean = to_batch(photo(name, (128, 128)), planted.device)
+            drifts[name] = float(relative_mse(encode(planted, clean), encode(v2, clean))[0])
+            target = encode(planted, torch.full_like(clean, 0.5))
+            for draw in range(3):
+                noisy = noisy_copy(clean, 16 / 255, seed=index * 10 + draw)
+                noise_ratio = float(latent_disruption_ratio(encode(planted, noisy), encode(planted, clean), target)[0])
+                assert noise_ratio > 0.85, (name, draw, noise_ratio)
+    print("held-out latent relative MSE to taef2-v2", drifts)
+    assert np.mean(list(drifts.values())) <= 0.01, drifts
