@@ -13,7 +13,9 @@ from forwardguard.cli.eval import eval_command
 from forwardguard.cli.finetune import finetune_command
 from forwardguard.cli.gate import gate_command
 from forwardguard.cli.immunize import immunize_command
+from forwardguard.cli.keys import app as keys_app
 from forwardguard.cli.registry import app as registry_app
+from forwardguard.cli.serve import serve_command
 
 app = typer.Typer(
     name="forwardguard",
@@ -28,6 +30,8 @@ app.command("eval")(eval_command)
 app.command("gate")(gate_command)
 app.command("demo")(demo_command)
 app.add_typer(registry_app, name="registry")
+app.command("serve")(serve_command)
+app.add_typer(keys_app, name="keys")
 
 
 def _show_version(value: bool) -> None:

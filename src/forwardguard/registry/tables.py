@@ -75,3 +75,18 @@ models = sa.Table(
     sa.Column("planted_snapshot", sa.String(200), sa.ForeignKey("snapshots.name"), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    # A short random id that names the key in listings and revocations; not secret.
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    # sha256 of the key: the key itself is shown once, at creation, and never stored.
+    sa.Column("key_sha256", sa.String(64), nullable=False),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_api_keys_key_sha256", "key_sha256", unique=True),
+    sa.Index("ix_api_keys_tenant", "tenant"),
+)

@@ -1,0 +1,1 @@
+"""One router per resource: immunize, lookup, patterns, models, and health with metrics."""
