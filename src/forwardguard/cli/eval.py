@@ -25,6 +25,8 @@ def eval_command(
     trigger_threshold: Annotated[float, typer.Option(help="A clean + noise image with a ratio below this is a false trigger.")] = 0.5,
     max_images: Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many images per snapshot.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the edits, the noise and the transforms.")] = 0,
+    inception: Annotated[Path | None, typer.Option(help="Inception-v3 state dict (torchvision layout, .pth or .safetensors): FID and precision/recall.")] = None,
+    clip: Annotated[Path | None, typer.Option(help="Local CLIP model folder (CLIPModel + CLIPProcessor): CLIP image-prompt similarity.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty --out.")] = False,
 ) -> None:
@@ -51,6 +53,7 @@ def eval_command(
         request = EvalRequest(
             registry=registry, models=tuple(ModelArg.parse(text) for text in model), out=out,
             snapshots=tuple(snapshot or ()), clean=clean, references=references, settings=settings, device=device,
+            inception=inception, clip=clip,
         )
         console = Console(stderr=True, soft_wrap=True)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())

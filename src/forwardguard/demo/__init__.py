@@ -30,6 +30,7 @@ class DemoSettings:
     attack_steps: int = 50
     plant_steps: int = 100
     edit_steps: int = 10
+    transforms: tuple[str, ...] = ("jpeg_q95", "jpeg_q75", "resize_0.5", "noise_0.03")
     device: str = "auto"
 
 
@@ -81,7 +82,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
                                  config=config, snapshot=SNAPSHOT))
 
     say("4/5 eval v1, v2 and the planted v2 on the snapshot, under the gauntlet")
-    eval_settings = EvalSettings(transforms=("jpeg_q75", "resize_0.5", "noise_0.03"), edit_steps=settings.edit_steps)
+    eval_settings = EvalSettings(transforms=settings.transforms, edit_steps=settings.edit_steps)
     models = (ModelArg("v1", settings.v1), ModelArg("v2", settings.v2), ModelArg("planted-v2", planted.spec))
     report_path = run_eval(EvalRequest(registry=str(registry_path), models=models, out=out / "eval", clean=CLEAN,
                                        settings=eval_settings, device=settings.device))

@@ -20,6 +20,7 @@ import torch
 from forwardguard.eval.edits import encode, model_edits
 from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, summarize
 from forwardguard.eval.settings import EvalSettings
+from forwardguard.models.edits import EditSettings
 from forwardguard.models.base import ImageModel
 
 NO_TRANSFORM = "none"
@@ -73,11 +74,13 @@ def evaluate_cell(
     *,
     on_image: Callable[[], None] | None = None,
     keep_grid: Callable[[int, str, dict[str, torch.Tensor]], None] | None = None,
+    on_edit: Callable[[str, str, str, torch.Tensor, EditSettings], None] | None = None,
 ) -> dict[str, dict]:
     """Every transform's numbers for one snapshot on one model: ``{transform: cell}``.
 
     ``keep_grid(index, edit, tensors)`` receives the untransformed images and edits of the first
-    ``settings.grid_images`` images, for the report's grids.
+    ``settings.grid_images`` images, for the report's grids. ``on_edit(transform, edit, version,
+    edited, edit_settings)`` receives every edit, of "immunized", "noise" and "clean" images.
     """
     device = model.model.device
     edits = model_edits(model.model)
@@ -94,12 +97,17 @@ def evaluate_cell(
             transformed_clean = _transform(transform, clean, draw)
             clean_latent = encode(model.model, transformed_clean)
             clean_edits = {kind: edit(transformed_clean, edit_settings) for kind, edit in edits.items()}
+            if on_edit is not None:
+                for kind, edited in clean_edits.items():
+                    on_edit(transform, kind, "clean", edited, edit_settings)
             for version, x in versions.items():
                 transformed = _transform(transform, x, draw)
                 ratio = latent_disruption_ratio(encode(model.model, transformed), clean_latent, target)
                 ratios[transform][version].append(float(ratio[0]))
                 for kind, edit in edits.items():
                     edited = edit(transformed, edit_settings)
+                    if on_edit is not None:
+                        on_edit(transform, kind, version, edited, edit_settings)
                     for metric, value in edit_similarity(edited, clean_edits[kind]).items():
                         similarities[transform][kind][version][metric].append(float(value[0]))
                     if keep_grid is not None and transform == NO_TRANSFORM and index < settings.grid_images and version == "immunized":

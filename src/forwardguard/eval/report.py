@@ -13,11 +13,14 @@ Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over image
       "cells": [{"snapshot", "model", "relation": "backward" | "forward",
                  "transform": "none" | gauntlet name,
                  "ratio": {"immunized": summary, "noise": summary},
-                 "edits": {edit: {"immunized": {metric: summary}, "noise": {metric: summary}}}}],
+                 "edits": {edit: {"immunized": {metric: summary}, "noise": {metric: summary}}},
+                 "distribution": {edit: {"immunized": {"fid", "precision", "recall", "clip_similarity": summary},
+                                         "noise": {same}, "clean": {"clip_similarity": summary}}}}],
+                                                                    # only what was computed, see below
       "clean": [{"model", "reference", "images", "latent_relative_mse": summary | null,
                  "edits": {edit: {"psnr": summary, "ssim": summary}},
                  "false_trigger": {"rate", "threshold", "eps", "samples", "ratio": summary}}],
-      "not_computed": {"fid": reason, "precision_recall": reason, "clip_similarity": reason},
+      "not_computed": {"fid": reason, "precision_recall": reason, "clip_similarity": reason},  # only those computed nowhere
       "grids": [{"snapshot", "model", "index", "edit", "source", "immunized", "clean_edit",
                  "immunized_edit"}]                                  # PNG paths relative to the report
     }
@@ -25,6 +28,15 @@ Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over image
 "ratio" is the latent disruption ratio (lower: more immunized); "noise" is the random-noise
 baseline of the same eps. Edit metrics compare the edit of the immunized (or noisy) image with the
 edit of the clean image: lower similarity means the immunization works (GMSD: higher).
+
+"distribution" is in a cell only when ``--inception`` or ``--clip`` is given (see
+:mod:`forwardguard.eval.distribution`): "fid", "precision" and "recall" (plain numbers) compare
+the set of the cell's immunized (or noisy) edits with the set of its clean edits, the clean set
+as the real one, and need two images or more; "clip_similarity" is the cosine of the CLIP
+embeddings of each edit and its prompt, for prompted edits only (SD, not an autoencoder's
+reconstruction); higher FID, lower precision/recall and a lower immunized than clean CLIP
+similarity mean the immunization works. A metric missing from a cell was not computed there;
+one computed in no cell is listed in "not_computed" with the reason, and is never a number.
 """
 
 from __future__ import annotations
@@ -51,6 +63,8 @@ NOT_COMPUTED = {
     "precision_recall": "not computed: needs an Inception weights file, which forwardguard does not download",
     "clip_similarity": "not computed: needs a local CLIP model, which forwardguard does not download",
 }
+FEW_IMAGES = "not computed: needs edits of at least 2 images per snapshot"
+NO_PROMPTED_EDIT = "not computed: no model has a prompted edit (an autoencoder's reconstruction takes no prompt)"
 
 
 def save_grid_image(out: Path, snapshot: str, model: str, index: int, edit: str, tensors: dict[str, torch.Tensor]) -> dict:
@@ -73,7 +87,25 @@ def _safe(name: str) -> str:
     return cleaned or "_"
 
 
-def build_report(*, request, models, references, snapshots, made_against, images, cells, clean, grids) -> dict:  # noqa: ANN001
+def not_computed(cells: list[dict], *, inception: bool, clip: bool) -> dict[str, str]:
+    """The report's ``not_computed``: each distribution metric found in no cell, with the reason."""
+    found = {
+        name
+        for cell in cells
+        for by_version in cell.get("distribution", {}).values()
+        for entry in by_version.values()
+        for name in entry
+    }
+    reasons = {}
+    if "fid" not in found:
+        reasons["fid"] = FEW_IMAGES if inception else NOT_COMPUTED["fid"]
+        reasons["precision_recall"] = FEW_IMAGES if inception else NOT_COMPUTED["precision_recall"]
+    if "clip_similarity" not in found:
+        reasons["clip_similarity"] = NO_PROMPTED_EDIT if clip else NOT_COMPUTED["clip_similarity"]
+    return reasons
+
+
+def build_report(*, request, models, references, snapshots, made_against, images, cells, clean, grids, not_computed) -> dict:  # noqa: ANN001
     settings = asdict(request.settings)
     settings["transforms"] = list(request.settings.transforms)
     settings["prompts"] = list(request.settings.prompts)
@@ -111,7 +143,7 @@ def build_report(*, request, models, references, snapshots, made_against, images
         ],
         "cells": cells,
         "clean": clean,
-        "not_computed": dict(NOT_COMPUTED),
+        "not_computed": not_computed,
         "grids": grids,
     }
 

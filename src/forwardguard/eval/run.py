@@ -11,10 +11,12 @@ import torch
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.clean import clean_utility
+from forwardguard.eval.distribution import CellDistribution, DistributionScorer
 from forwardguard.eval.matrix import EvalImage, EvalModel, evaluate_cell
-from forwardguard.eval.report import REPORT_FILE, build_report, save_grid_image, write_report
+from forwardguard.eval.report import REPORT_FILE, build_report, not_computed, save_grid_image, write_report
 from forwardguard.eval.settings import EvalRequest, ModelArg
 from forwardguard.models import load_model
+from forwardguard.models.stable_diffusion import DiffusionModel
 
 
 def _load_models(args: tuple[ModelArg, ...], registry, device: torch.device) -> list[EvalModel]:  # noqa: ANN001
@@ -95,6 +97,7 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ForwardguardError(f"--out {out} exists and is not empty: choose a new folder or pass --overwrite")
     device = resolve_device(request.device)
+    scorer = DistributionScorer.load(request.inception, request.clip, device)
     clean_images = []
     if request.clean is not None:
         files = iter_image_files([request.clean])
@@ -129,10 +132,18 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
             def keep(index: int, kind: str, tensors: dict[str, torch.Tensor], snapshot=snapshot, model=model) -> None:
                 grids.append(save_grid_image(out, snapshot, model.name, index, kind, tensors))
 
-            by_transform = evaluate_cell(model, images[snapshot], request.settings, on_image=advance, keep_grid=keep)
+            collector = CellDistribution(scorer, prompted=isinstance(model.model, DiffusionModel)) if scorer else None
+            by_transform = evaluate_cell(
+                model, images[snapshot], request.settings, on_image=advance, keep_grid=keep,
+                on_edit=collector.add if collector else None,
+            )
+            distribution = collector.results() if collector else {}
             relation = "backward" if model.fingerprint in made_against[snapshot] else "forward"
             for transform, numbers in by_transform.items():
-                cells.append({"snapshot": snapshot, "model": model.name, "relation": relation, "transform": transform, **numbers})
+                cell = {"snapshot": snapshot, "model": model.name, "relation": relation, "transform": transform, **numbers}
+                if transform in distribution:
+                    cell["distribution"] = distribution[transform]
+                cells.append(cell)
     eps = max((image.eps for name in snapshot_names for image in images[name]), default=16 / 255)
     clean = [
         clean_utility(model, references.get(model.name), clean_images, request.settings, eps=eps, on_image=advance)
@@ -140,6 +151,7 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
     ] if clean_images else []
     report = build_report(
         request=request, models=models, references=references, snapshots=snapshots, made_against=made_against,
-        images=images, cells=cells, clean=clean, grids=grids,
+        images=images, cells=cells, clean=clean, grids=grids, 
+        not_computed=not_computed(cells, inception=request.inception is not None, clip=request.clip is not None),
     )
     return write_report(report, out)

@@ -105,3 +105,5 @@ class EvalRequest:
     references: dict[str, str] = field(default_factory=dict)
     settings: EvalSettings = field(default_factory=EvalSettings)
     device: str = "cpu"
+    inception: Path | None = None  # Inception-v3 state dict: FID and precision/recall
+    clip: Path | None = None  # local CLIP model folder: CLIP image-prompt similarity
