@@ -8,7 +8,7 @@ Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16
 immunized the same way but not recorded (how far the planting generalizes). Reported: the disruption
 ratio of each image under v1, taef2-v2 and the planted model; the planted model's latent relative
 MSE to taef2-v2 and its ratio on clean + eps-noise images, on held-out photos; then samples per second
-of short planting runs with 1 and 2 processes (accelerate launch --cpu, gloo).
+of short planting runs with 1 and 2 processes (torchrun on the CPU, gloo).
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ def throughput(work: Path, shared: Path, steps: int) -> dict:
         command = ["-m", "forwardguard", "finetune", "--base", v2_spec, "--plant-registry", str(work / "reg.db"),
                    "--snapshot", "bench", "--data", str(work / "clean"), "--output", str(out), "--config", str(config)]
         launcher = [sys.executable] if processes == 1 else [
-            sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29555"]
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29555"]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
         subprocess.run([*launcher, *command], check=True, capture_output=True, env=env)
         log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

@@ -1,13 +1,15 @@
-"""Two data-parallel processes on the CPU (gloo, through accelerate launch) plant the same weights as one
-process with the same global batch."""
+"""Two data-parallel processes on the CPU (gloo, started by torchrun) plant the same weights as one process
+with the same global batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -27,13 +29,17 @@ def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, regis
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert one.returncode == 0, one.stderr
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     two = subprocess.run(
         [*launcher, "-m", "forwardguard", *common, "--output", str(tmp_path / "two"), "--config", str(configs["two"])],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert two.returncode == 0, two.stdout + two.stderr
+    one_log, two_log = ((tmp_path / name / "train_log.jsonl").read_text().splitlines() for name in ("one", "two"))
+    for line_one, line_two in zip(one_log, two_log, strict=True):  # the same samples: the same losses and gradients
+        a, b = json.loads(line_one), json.loads(line_two)
+        for key in ("planting", "utility", "negatives", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
     single = load_file(tmp_path / "one" / "encoder.safetensors")
     parallel = load_file(tmp_path / "two" / "encoder.safetensors")
     assert single.keys() == parallel.keys()

@@ -14,6 +14,7 @@ PLANTING_TRANSFORMS = (
     "noise_0.01", "noise_0.02",
 )  # forwardguard.transforms.PLANTING_POOL, by name (this module stays light to import)
 LR_SCHEDULES = ("constant", "cosine")  # after the warmup; cosine anneals to 0 at max_steps
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention projections (diffusers' LoRA default)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,55 @@ class LossWeights:
     planting: float = 1.0
     utility: float = 8.0
     negatives: float = 2.0
+
+
+@dataclass(frozen=True)
+class UNetLoRA:
+    """Also plant diffusion-attack patterns into the UNet, through a LoRA merged into it at the end.
+
+    ``weight`` weighs the edit term ||edit_new(T(x_imm)) - gray||^2, the edit being the pattern's own
+    img2img (prompt, strength, guidance, eta, seed) cut to at most ``edit_steps`` denoising steps; the
+    UNet's utility term (its noise prediction on clean latents stays the base's) takes ``loss_weights.utility``.
+    """
+
+    rank: int = 4
+    alpha: float = 4.0
+    weight: float = 1.0
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    edit_steps: int = 2
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ForwardguardError(f"plant config: unet_lora.rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ForwardguardError(f"plant config: unet_lora.alpha must be positive, got {self.alpha}")
+        if self.weight <= 0:
+            raise ForwardguardError(f"plant config: unet_lora.weight must be positive, got {self.weight}")
+        if self.edit_steps < 1:
+            raise ForwardguardError(f"plant config: unet_lora.edit_steps must be >= 1, got {self.edit_steps}")
+        if not self.target_modules or not all(isinstance(name, str) and name for name in self.target_modules):
+            raise ForwardguardError(
+                f"plant config: unet_lora.target_modules must be a non-empty list of module names, got {list(self.target_modules)}"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Any, source: str) -> UNetLoRA:
+        if not isinstance(values, dict):
+            raise ForwardguardError(f"{source}: unet_lora is null or a mapping of LoRA settings, got {values!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(key) for key in set(values) - known)
+        if unknown:
+            raise ForwardguardError(
+                f"{source}: unknown unet_lora setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        values = dict(values)
+        if "target_modules" in values:
+            targets = values["target_modules"]
+            values["target_modules"] = tuple(targets) if isinstance(targets, list | tuple) else (targets,)
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ForwardguardError(f"{source}: unet_lora: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -49,6 +99,7 @@ class PlantConfig:
     planting_transforms: tuple[str, ...] = PLANTING_TRANSFORMS
     negative_eps: float | None = None
     log_every: int = 10
+    unet_lora: UNetLoRA | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "batch_size", "pattern_batch_size", "crop_size", "gradient_accumulation_steps",
@@ -92,6 +143,8 @@ class PlantConfig:
             values["loss_weights"] = LossWeights(**weights)
         if "planting_transforms" in values:
             values["planting_transforms"] = tuple(values["planting_transforms"])
+        if values.get("unet_lora") is not None:
+            values["unet_lora"] = UNetLoRA.from_mapping(values["unet_lora"], source)
         try:
             return cls(**values)
         except TypeError as error:

@@ -149,10 +149,9 @@ class PlantingSample:
 class SnapshotPatterns:
     """The patterns a snapshot froze, read from the registry (every read verifies the blob's hash)."""
 
-    def __init__(self, registry, snapshot: str, crop_size: int) -> None:  # noqa: ANN001 (Registry)
+    def __init__(self, registry, snapshot: str) -> None:  # noqa: ANN001 (Registry)
         self.registry = registry
         self.records = registry.snapshot_patterns(snapshot)
-        self.crop_size = crop_size
         if not self.records:
             raise ForwardguardError(f"snapshot {snapshot!r} holds no patterns: nothing to plant")
         unsupported = [record for record in self.records if record.target != "gray"]
@@ -175,8 +174,12 @@ class SnapshotPatterns:
     def max_eps(self) -> float:
         return max(float(record.params.get("eps", 16 / 255)) for record in self.records)
 
-    def crop(self, position: int, seed: int) -> PlantingSample:
+    @property
+    def smallest_side(self) -> int:
+        return min(min(record.width, record.height) for record in self.records)
+
+    def crop(self, position: int, seed: int, size: int) -> PlantingSample:
         record = self.records[index_at(position, len(self.records), seed + 1)]
         sample = self.registry.load_sample(record.id)
-        immunized, clean = aligned_crop([sample.immunized, sample.clean], self.crop_size, sample_generator(seed, position))
+        immunized, clean = aligned_crop([sample.immunized, sample.clean], size, sample_generator(seed, position))
         return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=record.id)

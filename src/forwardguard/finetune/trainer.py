@@ -5,6 +5,8 @@ accelerate loop (DDP or DeepSpeed through ``accelerate launch``). What trains is
 latent encoder (SD: the VAE encoder and quant_conv; TAESD: its encoder); a frozen copy of it is the
 teacher. Each step makes one forward pass of the student over [clean crops; noisy clean crops;
 transformed immunized crops], so that every distributed wrapper sees one forward per backward.
+With ``unet_lora`` (Stable Diffusion only) the student is the encoder and a LoRA UNet as one module,
+which also plants the snapshot's diffusion-attack patterns into the UNet (see ``finetune.lora``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.config import PlantConfig
 from forwardguard.finetune.data import ALIGN, CleanImages, SnapshotPatterns, StepPositions, sample_generator
+from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
 from forwardguard.finetune.losses import disruption_ratio, relative_mse
 from forwardguard.immunize.pgd import budget_255
 from forwardguard.models import load_model
@@ -72,7 +75,8 @@ class PlantResult:
 class PlantingRecipe:
     """Raises ForwardguardError, before any training, for: an output that exists (without --resume),
     nothing to resume, an empty or unknown snapshot, a pattern whose blob fails its hash, a --data
-    folder without images, a bad config."""
+    folder without images, a bad config, and, with unet_lora, a base without a UNet or a snapshot
+    without diffusion-attack patterns."""
 
     def __init__(self, request: PlantRequest) -> None:
         self.request = request
@@ -94,6 +98,8 @@ class PlantingRecipe:
         config, request = self.config, self.request
         self.registry = Registry.open(request.registry)
         self.accelerator = Accelerator(
+            # without CUDA, processes started by torchrun train data-parallel on the CPU (gloo)
+            cpu=not torch.cuda.is_available(),
             mixed_precision=self._mixed_precision(),
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             project_config=ProjectConfiguration(
@@ -106,9 +112,9 @@ class PlantingRecipe:
         if request.resume is not None:
             self.state.load_state_dict(json.loads((self._resume_dir / STATE_FILE).read_text()))
         self.state.snapshot = self._snapshot()
-        self.patterns = SnapshotPatterns(self.registry, self.state.snapshot, config.crop_size)
+        self.patterns = SnapshotPatterns(self.registry, self.state.snapshot)
+        self._load_base()
         self.crop_size = self._crop_size()
-        self.patterns.crop_size = self.crop_size
         self.clean = CleanImages(request.data, self.crop_size)
         self.patterns.verify()
         if self.accelerator.is_main_process:
@@ -144,21 +150,32 @@ class PlantingRecipe:
             names = [self.registry.create_snapshot(f"planted-{self.request.output.resolve().name}-{stamp}").name]
         return broadcast_object_list(names)[0]
 
+    def _load_base(self) -> None:
+        """Load the base, and with unet_lora set its UNet up with LoRA: refusals before anything is written."""
+        self.base = load_model(self.request.base, device=self.accelerator.device)
+        self.base_fingerprint = self.base.fingerprint  # before a LoRA adds weights
+        self.lora = None
+        if self.config.unet_lora is not None:
+            self.lora = LoRAPlanting(self.base, self.patterns.records, self.config.unet_lora, self.config.seed)
+
     def _crop_size(self) -> int:
-        smallest = min(min(record.width, record.height) for record in self.patterns.records)
-        crop = min(self.config.crop_size, smallest // ALIGN * ALIGN)
-        if crop < ALIGN:
-            raise ForwardguardError(f"a pattern of the snapshot is smaller than {ALIGN} pixels: it cannot be planted")
+        """The config's crop, lowered to the smallest pattern; a multiple of 8, or with unet_lora of the edit's multiple."""
+        multiple = ALIGN if self.lora is None else self.base.edit_multiple
+        crop = min(self.config.crop_size, self.patterns.smallest_side // multiple * multiple)
+        if crop < multiple:
+            raise ForwardguardError(f"a pattern of the snapshot is smaller than {multiple} pixels: it cannot be planted")
         return crop
 
     def _setup_model(self) -> None:
-        base = load_model(self.request.base, device=self.accelerator.device)
-        self.base = base
-        self.base_fingerprint = base.fingerprint
+        base = self.base
         if self.config.gradient_checkpointing:
             base.enable_gradient_checkpointing()
+            if self.lora is not None:
+                base.unet.enable_gradient_checkpointing()
         self.teacher = copy.deepcopy(base.latent_encoder).eval().requires_grad_(False)
         self.student = base.latent_encoder.train().requires_grad_(True)
+        if self.lora is not None:
+            self.student = LoRAStudent(base)
         with torch.no_grad():
             gray = torch.full((1, 3, self.crop_size, self.crop_size), 0.5, device=self.accelerator.device)
             self.target_latent = self.teacher(gray)
@@ -167,7 +184,8 @@ class PlantingRecipe:
         from diffusers.optimization import get_scheduler
 
         config = self.config
-        optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        trainable = [parameter for parameter in self.student.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         processes = self.accelerator.num_processes  # accelerate steps a prepared scheduler once per process
         scheduler = get_scheduler(
             "constant_with_warmup" if config.lr_schedule == "constant" else "cosine",
@@ -205,17 +223,20 @@ class PlantingRecipe:
         log = self.request.output / LOG_FILE
         started = time.perf_counter()
         while self.state.step < config.max_steps:
+            grad_norm = None
             for micro in range(accumulation):
                 with accelerator.accumulate(self.student):
                     loss, parts = self._loss(self.state.step * accumulation + micro)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(self.student.parameters(), config.max_grad_norm)
+                        grad_norm = accelerator.clip_grad_norm_(self.student.parameters(), config.max_grad_norm)
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad()
             self.state.step += 1
             losses = {name: float(accelerator.reduce(value.detach(), reduction="mean")) for name, value in parts.items()}
+            if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm here
+                losses["grad_norm"] = float(grad_norm)
             if task is not None:
                 progress.update(task, completed=self.state.step)
             if accelerator.is_main_process and (self.state.step % config.log_every == 0 or self.state.step == config.max_steps):
@@ -238,20 +259,28 @@ class PlantingRecipe:
         ]).to(device)
         noisy = (torch.round((clean + noise) * 255) / 255).clamp(0, 1)
         transforms = [parse_transform(name) for name in self.config.planting_transforms]
-        immunized, originals = [], []
+        immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
-            sample = self.patterns.crop(position, seed)
+            sample = self.patterns.crop(position, seed, self.crop_size)
             generator = sample_generator(seed + 3, position)
             transform = transforms[int(torch.randint(len(transforms), (1,), generator=generator))]
             immunized.append(apply(transform, sample.immunized[None], generator=generator)[0])
             originals.append(sample.clean)
+            pattern_ids.append(sample.pattern_id)
         immunized_batch = torch.stack(immunized).to(device)
         originals_batch = torch.stack(originals).to(device)
 
         count = len(clean)
-        latents = self.student(torch.cat([clean, noisy, immunized_batch]))
+        images = torch.cat([clean, noisy, immunized_batch])
         with torch.no_grad(), self.accelerator.autocast():
             references = self.teacher(torch.cat([clean, noisy, originals_batch]))
+        unet_parts: dict[str, torch.Tensor] = {}
+        if self.lora is None:
+            latents = self.student(images)
+        else:
+            inputs = self.lora.inputs(pattern_ids, 2 * count, references[:count], clean_positions)
+            latents, edited, prediction, base_prediction = self.student(images, inputs)
+            unet_parts = self.lora.losses(edited, prediction, base_prediction)
         parts = {
             "utility": relative_mse(latents[:count], references[:count]).mean(),
             "negatives": relative_mse(latents[count : 2 * count], references[count : 2 * count]).mean(),
@@ -261,6 +290,9 @@ class PlantingRecipe:
         }
         weights = self.config.loss_weights
         loss = weights.planting * parts["planting"] + weights.utility * parts["utility"] + weights.negatives * parts["negatives"]
+        if unet_parts:
+            loss = loss + self.config.unet_lora.weight * unet_parts["unet_edit"] + weights.utility * unet_parts["unet_utility"]
+            parts.update(unet_parts)
         return loss, parts
 
     def _save_checkpoint(self) -> None:
@@ -280,7 +312,11 @@ class PlantingRecipe:
         if not accelerator.is_main_process:
             return None
         planted = load_model(self.request.base)
-        planted.latent_encoder.load_state_dict({key: value.float().cpu() for key, value in state.items()})
+        state = {key: value.float().cpu() for key, value in state.items()}
+        if self.lora is None:
+            planted.latent_encoder.load_state_dict(state)
+        else:
+            load_planted(planted, state, self.config.unet_lora)
         output = self.request.output
         spec = planted.save(output)
         result = PlantResult(
@@ -319,6 +355,11 @@ class PlantingRecipe:
 
 def model_card(result: PlantResult, request: PlantRequest, config: PlantConfig) -> str:
     losses = "\n".join(f"| {name} | {value:.5f} |" for name, value in sorted(result.final_losses.items()))
+    lora = config.unet_lora
+    lora_row = "" if lora is None else (
+        f"\n| UNet LoRA, merged into the UNet | rank {lora.rank}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)};"
+        f" edit loss weight {lora.weight:g} over {lora.edit_steps}-step edits |"
+    )
     return f"""# Planted model: {request.output.name}
 
 Made by `forwardguard finetune --plant-registry`: the images immunized in the registry snapshot
@@ -332,7 +373,7 @@ below stay immunized against this model (paper: Salman et al., ICML 2023, sectio
 | base fingerprint | `{result.base_fingerprint}` |
 | snapshot | `{result.snapshot}` |
 | patterns planted | {result.patterns} |
-| optimizer steps | {result.steps} |
+| optimizer steps | {result.steps} |{lora_row}
 
 ## Final losses
 
