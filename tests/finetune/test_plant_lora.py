@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune import PlantConfig, PlantRequest, UNetLoRA, plant
@@ -24,7 +29,7 @@ EDITS = (  # two denoising steps each (int(steps * strength)): planting runs the
     EditSettings(prompt="a painting", strength=1.0, steps=2, guidance_scale=3.0, seed=1),
     EditSettings(prompt="", strength=0.7, steps=3, guidance_scale=1.0, seed=2),
 )
-LORA_STEPS = 10
+LORA_STEPS = 8
 LORA = {"edit_steps": 2, "alpha": 32, "weight": 30}
 """On tiny's random weights the edit loss is small (about 0.02) and the encoder terms pull against it
 (E(gray) does not decode to gray), so the test weighs the edit up and scales the LoRA up to see it move."""
@@ -67,15 +72,20 @@ def lora_planting(diffusion_registry, clean_data, tmp_path_factory):
     return result, output, registry
 
 
+@pytest.fixture(scope="module")
+def planted_and_base(lora_planting):
+    return load_model(str(lora_planting[1])), load_model("tiny:1")
+
+
 def changed(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     first, second = a.state_dict(), b.state_dict()
     assert first.keys() == second.keys()
     return any(not torch.equal(first[key], second[key]) for key in first)
 
 
-def test_output_is_a_plain_sd_folder_with_the_lora_merged_into_the_unet(lora_planting):
+def test_output_is_a_plain_sd_folder_with_the_lora_merged_into_the_unet(lora_planting, planted_and_base):
     result, output, registry = lora_planting
-    planted, base = load_model(str(output)), load_model("tiny:1")
+    planted, base = planted_and_base
     assert result.spec == str(output) and planted.fingerprint == result.fingerprint != base.fingerprint
     assert result.base_fingerprint == base.fingerprint, "the base fingerprint is taken before the LoRA is added"
     assert changed(planted.unet, base.unet), "the LoRA is merged into the UNet's own weights"
@@ -101,9 +111,9 @@ def test_lora_losses_are_reported_and_the_unet_edit_loss_decreases(lora_planting
     assert "| unet_edit |" in card and "| unet_utility |" in card
 
 
-def test_planted_model_edits_the_registered_images_closer_to_gray(lora_planting):
+def test_planted_model_edits_the_registered_images_closer_to_gray(lora_planting, planted_and_base):
     result, _, registry = lora_planting
-    planted, base = load_model(result.spec), load_model("tiny:1")
+    planted, base = planted_and_base
     with Registry.open(registry) as opened:
         records = opened.snapshot_patterns(result.snapshot)
         samples = [opened.load_sample(record.id) for record in records]
@@ -114,6 +124,36 @@ def test_planted_model_edits_the_registered_images_closer_to_gray(lora_planting)
             distances = {name: float((img2img(model, image, edit) - 0.5).pow(2).mean())
                          for name, model in (("planted", planted), ("base", base))}
         assert distances["planted"] < distances["base"], (record.params["edit"], distances)
+
+
+def test_two_processes_plant_the_same_lora_as_one_with_the_same_global_batch(diffusion_registry, clean_data, tmp_path):
+    """The encoder and the LoRA UNet are one DDP module whose forward runs every UNet call of the step:
+    two gloo processes (torchrun) with half the batch each plant the same UNet as one process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for name, per_process, launcher in (
+        ("one", 2, []), ("two", 1, ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]),
+    ):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(tiny_config(
+            max_steps=2, batch_size=per_process, pattern_batch_size=per_process, crop_size=SIZE, unet_lora=LORA,
+            planting_transforms=["identity"],
+        )))
+        registry = private_copy(diffusion_registry, tmp_path / f"registry-{name}")
+        outputs[name] = tmp_path / name
+        command = [sys.executable, *launcher, "-m", "forwardguard", "finetune", "--base", "tiny:1", "--plant-registry",
+                   str(registry), "--data", str(clean_data), "--output", str(outputs[name]), "--config", str(config)]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+        assert run.returncode == 0, run.stdout + run.stderr
+    logs = {name: [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+            for name, output in outputs.items()}
+    for a, b in zip(logs["one"], logs["two"], strict=True):
+        for key in ("planting", "unet_edit", "unet_utility"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    single, parallel = load_file(outputs["one"] / unet_file), load_file(outputs["two"] / unet_file)
+    for key in single:
+        torch.testing.assert_close(parallel[key], single[key], atol=1e-5, rtol=1e-4)
 
 
 def test_edit_from_latents_is_the_img2img_edit(tiny, photo):
@@ -145,9 +185,11 @@ def test_loaded_student_state_merges_into_a_unet_with_the_same_outputs():
     latents, context = torch.randn(2, 4, 4, 4), torch.randn(2, 16, 32)
     with torch.no_grad():
         expected = trained.unet(latents, 500, encoder_hidden_states=context).sample
-        torch.testing.assert_close(planted.unet(latents, 500, encoder_hidden_states=context).sample, expected, atol=1e-5, rtol=1e-4)
+        merged = planted.unet(latents, 500, encoder_hidden_states=context).sample
         trained.unet.disable_adapters()
-        assert not torch.allclose(trained.unet(latents, 500, encoder_hidden_states=context).sample, expected, atol=1e-3)
+        without_lora = trained.unet(latents, 500, encoder_hidden_states=context).sample
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(without_lora, expected, atol=1e-3), "the LoRA changes the UNet's output"
 
 
 def random_taesd(folder: Path) -> str:

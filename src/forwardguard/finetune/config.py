@@ -51,9 +51,8 @@ class UNetLoRA:
         if self.edit_steps < 1:
             raise ForwardguardError(f"plant config: unet_lora.edit_steps must be >= 1, got {self.edit_steps}")
         if not self.target_modules or not all(isinstance(name, str) and name for name in self.target_modules):
-            raise ForwardguardError(
-                f"plant config: unet_lora.target_modules must be a non-empty list of module names, got {list(self.target_modules)}"
-            )
+            targets = list(self.target_modules)
+            raise ForwardguardError(f"plant config: unet_lora.target_modules must be a non-empty list of module names, got {targets}")
 
     @classmethod
     def from_mapping(cls, values: Any, source: str) -> UNetLoRA:

@@ -41,13 +41,18 @@ GRAY = 0.5  # the patterns' target (planting supports gray targets only)
 UTILITY_SEED_OFFSET = 4  # the data streams use seed + 0..3
 
 
-def add_lora(unet: nn.Module, settings: UNetLoRA) -> None:
-    """Inject a LoRA adapter (peft, through diffusers' integration); only its weights are trainable."""
+def add_lora(unet: nn.Module, settings: UNetLoRA, seed: int = 0) -> None:
+    """Inject a LoRA adapter (peft, through diffusers' integration); only its weights are trainable.
+
+    Its random initial weights are drawn from ``seed``, so that a run, a resumed run and a data-parallel
+    run all start from the same LoRA."""
     from peft import LoraConfig
 
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules))
     try:
-        unet.add_adapter(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet.add_adapter(config)
     except ValueError as error:
         reason = str(error).strip().splitlines()[0]
         raise ForwardguardError(f"plant config: unet_lora.target_modules {list(settings.target_modules)}: {reason}") from None
@@ -171,8 +176,7 @@ class LoRAPlanting:
             raise ForwardguardError(
                 "unet_lora is set but the snapshot holds no diffusion-attack patterns: nothing for the UNet to plant"
             )
-        add_lora(model.unet, settings)
-        self.settings = settings
+        add_lora(model.unet, settings, seed)
         self.seed = seed
         self.latent_scale = model.latent_scale
         self.noise_scheduler = DDIMScheduler.from_config(model.scheduler.config)

@@ -358,7 +358,7 @@ def model_card(result: PlantResult, request: PlantRequest, config: PlantConfig) 
     lora = config.unet_lora
     lora_row = "" if lora is None else (
         f"\n| UNet LoRA, merged into the UNet | rank {lora.rank}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)};"
-        f" edit loss weight {lora.weight:g} over {lora.edit_steps}-step edits |"
+        f" edit loss weight {lora.weight:g}, edits of at most {lora.edit_steps} denoising steps |"
     )
     return f"""# Planted model: {request.output.name}
 
