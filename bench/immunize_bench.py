@@ -7,7 +7,8 @@ Every row runs in a fresh subprocess, so that its peak memory is its own. A row 
 (``encoder``: paper algorithm 1; ``diffusion``: algorithm 2 through an img2img edit) by one
 implementation:
 
-- ``forwardguard``: :func:`forwardguard.immunize.immunize` with its defaults, batched (``--batch``);
+- ``forwardguard``: :func:`forwardguard.immunize.immunize` with its defaults (the ``momentum`` step
+  rule; bf16 autocast and channels_last on CUDA), batched (``--batch``);
 - ``naive``: the loop of the paper's notebooks: one image at a time, fp32, a fresh graph per step,
   ``(model(X_adv) - target).norm()``, ``torch.autograd.grad``, a signed step, clamps; for the
   diffusion attack an img2img written with the same components and the same noise draws, without
@@ -23,8 +24,12 @@ step, forward and backward, counted by torch's FlopCounterMode, times the steps 
 time), the final loss. CPU rows are not warmed up (a warm-up would hide the attack's peak RSS);
 CUDA rows are, with one step.
 
-To add an implementation (a faster step rule, autocast, compile...), write a function with the
-signature of :func:`forwardguard_attack` and add it to ``IMPLEMENTATIONS``.
+A second table compares the step rules: forwardguard with ``--step-rule paper`` for ``--rule-steps``
+(200, the paper's) steps, then with the default rule stopped early (checked every step) once its loss
+reaches the paper rule's final loss: the steps and the time each took, and their ratios.
+
+To add an implementation, write a function with the signature of :func:`forwardguard_attack` and add
+it to ``IMPLEMENTATIONS``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from forwardguard.demo import demo_photos
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+from forwardguard.immunize.compute import ComputeOptions
+from forwardguard.immunize.step_rules import DEFAULT_RULE
 from forwardguard.models import load_model, resolve_device
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings, img2img
@@ -58,6 +65,8 @@ from forwardguard.models.stable_diffusion import DiffusionModel
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("encoder", "diffusion")
 SD15_SHAPED = "sd15-shaped"
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 peaks (SXM parts), by a word of ``torch.cuda.get_device_name()``: the share of peak reported."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,10 @@ class Case:
     edit_steps: int
     strength: float
     guidance: float
+    step_rule: str = DEFAULT_RULE
+    target_loss: float | None = None
+    precision: str = "auto"
+    compile: bool = False
 
     @property
     def denoising_steps(self) -> int:
@@ -83,32 +96,40 @@ class Case:
 
 
 # ----------------------------------------------------------------------------------------------
-# The implementations: (model, clean (N, H, W, 3) uint8, settings, batch) -> immunized uint8
+# The implementations: (model, clean (N, H, W, 3) uint8, settings, batch, compute)
+#   -> (immunized uint8, PGD steps run over all images)
 # ----------------------------------------------------------------------------------------------
 
 
-def forwardguard_attack(model: ImageModel, clean: np.ndarray, settings: AttackSettings, batch: int) -> np.ndarray:
+def forwardguard_attack(
+    model: ImageModel, clean: np.ndarray, settings: AttackSettings, batch: int, compute: ComputeOptions
+) -> tuple[np.ndarray, int]:
     """forwardguard's public API, ``batch`` images per call."""
-    results = []
+    results, steps = [], 0
     for start in range(0, len(clean), batch):
         chunk = [LoadedImage(rgb=rgb, alpha=None, path=None) for rgb in clean[start : start + batch]]
-        results += [result.rgb for result in immunize(chunk, model, settings)]
-    return np.stack(results)
+        immunized = immunize(chunk, model, settings, compute=compute)
+        results += [result.rgb for result in immunized]
+        steps += sum(result.steps_run for result in immunized)
+    return np.stack(results), steps
 
 
-def naive_attack(model: ImageModel, clean: np.ndarray, settings: AttackSettings, batch: int) -> np.ndarray:
-    """The paper's notebooks: a Python loop over images, batch 1 whatever ``batch`` says, fp32."""
-    del batch  # the notebooks attack one image at a time
+def naive_attack(
+    model: ImageModel, clean: np.ndarray, settings: AttackSettings, batch: int, compute: ComputeOptions
+) -> tuple[np.ndarray, int]:
+    """The paper's notebooks: a Python loop over images, batch 1 and fp32 whatever ``batch`` and ``compute`` say."""
+    del batch, compute  # the notebooks attack one image at a time, in float32
     results = []
     for rgb in clean:
         X = _to_tensor(rgb, model.device)
         loss_fn = _naive_loss(model, settings, target=torch.full_like(X, 0.5))
         X_adv = _naive_pgd(X, loss_fn, eps=settings.eps, step_size=settings.step_size, iters=settings.steps)
         results.append(torch.round(X_adv[0] * 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy())
-    return np.stack(results)
+    return np.stack(results), settings.steps * len(clean)
 
 
-IMPLEMENTATIONS: dict[str, Callable[[ImageModel, np.ndarray, AttackSettings, int], np.ndarray]] = {
+Implementation = Callable[[ImageModel, np.ndarray, AttackSettings, int, ComputeOptions], tuple[np.ndarray, int]]
+IMPLEMENTATIONS: dict[str, Implementation] = {
     "forwardguard": forwardguard_attack,
     "naive": naive_attack,
 }
@@ -187,13 +208,17 @@ def run_case(case: Case) -> dict:
     _check_fits(model, case)
     clean = _photos(case.images, case.size)
     edit = EditSettings(strength=case.strength, steps=case.edit_steps, guidance_scale=case.guidance)
-    settings = AttackSettings(method=case.attack, steps=case.steps, edit=edit)
+    settings = AttackSettings(
+        method=case.attack, steps=case.steps, edit=edit, step_rule=case.step_rule, target_loss=case.target_loss,
+        check_every=1,
+    )
+    compute = ComputeOptions(precision=case.precision, compile=case.compile)
     attack = IMPLEMENTATIONS[case.implementation]
-    if device.type == "cuda":
-        attack(model, clean[: case.batch], replace(settings, steps=1), case.batch)
+    if device.type == "cuda":  # also where torch.compile compiles
+        attack(model, clean[: case.batch], replace(settings, steps=1, target_loss=None), case.batch, compute)
     memory = _PeakMemory(device)
     start = time.perf_counter()
-    immunized = attack(model, clean, settings, case.batch)
+    immunized, steps_run = attack(model, clean, settings, case.batch, compute)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -202,18 +227,18 @@ def run_case(case: Case) -> dict:
     weights_mb = sum(p.numel() * p.element_size() for module in used for p in module.parameters()) / 2**20
     loss_before, loss_after = _losses(model, settings, clean, immunized)
     flops = _step_flops(model, settings, clean[0])
-    image_steps = case.steps * case.images
     return {
         **asdict(case),
         "denoising_steps": case.denoising_steps if case.attack == "diffusion" else None,
         "seconds": seconds,
         "seconds_per_image": seconds / case.images,
-        "steps_per_second": image_steps / seconds,
+        "steps_run": steps_run / case.images,
+        "steps_per_second": steps_run / seconds,
         "peak_memory_mb": weights_mb + working_mb,
         "weights_mb": weights_mb,
         "working_memory_mb": working_mb,
         "flops_per_step": flops,
-        "tflops": flops * image_steps / seconds / 1e12,
+        "tflops": flops * steps_run / seconds / 1e12,
         "loss_before": loss_before,
         "final_loss": loss_after,
         "linf_255": int(np.abs(immunized.astype(int) - clean).max()),
@@ -319,26 +344,69 @@ def plan(args: argparse.Namespace) -> list[Case]:
     """Every row: per attack, forwardguard at each batch size, then the naive loop (batch 1)."""
     cases = []
     for attack in args.attack:
-        model, size = (args.model, args.size) if attack == "encoder" else (args.diffusion_model, args.diffusion_size)
         for implementation in args.impl:
             naive = implementation == "naive"
             for batch in [1] if naive else args.batch:
+                images = args.naive_images if naive else args.images
+                rule = "paper" if naive else DEFAULT_RULE  # the naive loop is the paper's rule, written as the notebooks do
                 cases.append(
-                    Case(
-                        attack=attack,
-                        implementation=implementation,
-                        model=model,
-                        device=args.device,
-                        size=size,
-                        batch=batch,
-                        images=args.naive_images if naive else args.images,
-                        steps=args.steps,
-                        edit_steps=args.edit_steps,
-                        strength=args.strength,
-                        guidance=args.guidance,
-                    )
+                    _case(args, attack, implementation, batch=batch, images=images, steps=args.steps, step_rule=rule)
                 )
     return cases
+
+
+def _case(args: argparse.Namespace, attack: str, implementation: str, **fields) -> Case:  # noqa: ANN003
+    model, size = (args.model, args.size) if attack == "encoder" else (args.diffusion_model, args.diffusion_size)
+    return Case(
+        attack=attack, implementation=implementation, model=model, device=args.device, size=size,
+        edit_steps=args.edit_steps, strength=args.strength, guidance=args.guidance, precision=args.precision,
+        compile=args.compile, **fields,
+    )
+
+
+def run_step_rules(args: argparse.Namespace) -> list[dict]:
+    """Per attack: the paper rule for ``--rule-steps``, then the default rule until it reaches that loss."""
+    rows = []
+    for attack in args.rule_attack:
+        paper = _case(args, attack, "forwardguard", batch=1, images=1, steps=args.rule_steps, step_rule="paper")
+        _announce("step rules", paper)
+        paper_row = run_in_subprocess(paper)
+        rows.append(paper_row)
+        if "error" in paper_row:
+            continue
+        fast = replace(paper, step_rule=DEFAULT_RULE, target_loss=paper_row["final_loss"])
+        _announce("step rules", fast)
+        fast_row = run_in_subprocess(fast)
+        if "error" not in fast_row:
+            fast_row["steps_vs_paper"] = fast_row["steps_run"] / paper_row["steps_run"]
+            fast_row["time_vs_paper"] = fast_row["seconds"] / paper_row["seconds"]
+            fast_row["reached"] = fast_row["final_loss"] <= paper_row["final_loss"]
+        rows.append(fast_row)
+    return rows
+
+
+def compare_with_naive(rule_rows: list[dict], rows: list[dict]) -> None:
+    """Add ``time_vs_naive`` to the default rule's rows where the main table timed the naive loop for as many steps."""
+    def key(row: dict) -> tuple:
+        return row["attack"], row["model"], row["size"], row["steps"]
+
+    for row in rule_rows:
+        naive = [
+            other for other in rows
+            if other["implementation"] == "naive" and "error" not in other and "time_vs_paper" in row and key(other) == key(row)
+        ]
+        if naive:
+            row["time_vs_naive"] = row["seconds"] / naive[0]["seconds_per_image"]
+
+
+def _announce(phase: str, case: Case) -> None:
+    target = f", until loss {case.target_loss:.4g}" if case.target_loss is not None else ""
+    rule = "" if case.implementation == "naive" else f" ({case.step_rule} rule)"
+    print(
+        f"[{phase}] {case.attack} {case.implementation}{rule}: {case.model} {case.size}x{case.size}, "
+        f"batch {case.batch}, {case.images} image(s), at most {case.steps} steps{target}",
+        file=sys.stderr, flush=True,
+    )
 
 
 def run_in_subprocess(case: Case) -> dict:
@@ -359,6 +427,8 @@ def environment(args: argparse.Namespace) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "peak_tflops": args.peak_tflops,
+        "precision": args.precision,
+        "compile": args.compile,
         "load_average_1m": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
         "argv": sys.argv[1:],
@@ -367,6 +437,14 @@ def environment(args: argparse.Namespace) -> dict:
         info["device_name"] = torch.cuda.get_device_name()
         info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     return info
+
+
+def peak_tflops(args: argparse.Namespace) -> float | None:
+    """``--peak-tflops``, else the dense bf16 peak of a known GPU (an H100, H200 or A100), else None."""
+    if args.peak_tflops is not None or args.device != "cuda":
+        return args.peak_tflops
+    name = torch.cuda.get_device_name()
+    return next((peak for word, peak in PEAK_BF16_TFLOPS.items() if word in name), None)
 
 
 def print_table(rows: list[dict], peak_tflops: float | None) -> None:
@@ -396,6 +474,26 @@ def print_table(rows: list[dict], peak_tflops: float | None) -> None:
             console.print(f"[red]failed[/red] {what}: {row['error']}")
 
 
+def print_rules_table(rows: list[dict]) -> None:
+    table = Table(
+        "attack", "model", "size", "step rule", "stops at", "steps", "seconds", "final loss", "steps vs paper",
+        "time vs paper", "time vs naive",
+        title="step rules: the default rule until it reaches the paper rule's final loss",
+        caption="stops at: the paper rule's final loss (checked every step); vs: default rule / paper rule, "
+        "or / the naive loop's time for as many steps (when the first table ran it, --steps = --rule-steps)",
+    )
+    for row in rows:
+        head = [row["attack"], _label(row["model"]), f"{row['size']}x{row['size']}", row["step_rule"]]
+        target = f"{row['target_loss']:.4g}" if row.get("target_loss") is not None else f"({row['steps']} steps)"
+        if "error" in row:
+            table.add_row(*head, target, "[red]failed[/red]", *[""] * 5)
+            continue
+        ratios = [f"{row[key]:.2f}" if key in row else "" for key in ("steps_vs_paper", "time_vs_paper", "time_vs_naive")]
+        loss = f"{row['final_loss']:.4g}" + ("" if row.get("reached", True) else " (not reached)")
+        table.add_row(*head, target, f"{row['steps_run']:.0f}", f"{row['seconds']:.3g}", loss, *ratios)
+    Console(width=max(Console().width, 160)).print(table)
+
+
 def _label(spec: str) -> str:
     """A model spec short enough for the table, paths cut to their last part (the JSON keeps the whole spec)."""
     prefix, _, rest = spec.partition(":")
@@ -420,7 +518,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--edit-steps", type=int, default=4, help="img2img steps of the diffusion attack's edit")
     parser.add_argument("--strength", type=float, default=1.0, help="img2img strength (1: every edit step runs)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance of the edit (default 7.5)")
-    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, to report the share reached")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="forwardguard's precision (auto: bf16 autocast on CUDA, fp32 on the CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile forwardguard's attacked modules")
+    parser.add_argument("--rule-steps", type=int, default=200,
+                        help="the paper rule's steps in the step-rules table (default 200; 0 skips the table)")
+    parser.add_argument("--rule-attack", action="append", choices=ATTACKS,
+                        help="attack of the step-rules table (repeatable; default encoder)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s, for the share reached (default: known for H100, H200, A100)")
     parser.add_argument("--json", type=Path, help="also write the rows and the environment to this JSON file")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one Case (JSON) and print its row
     args = parser.parse_args(argv)
@@ -440,6 +546,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.batch = default(args.batch, [1], [1, 8])
     args.images = max(args.batch) if args.images is None else args.images
     args.steps = default(args.steps, 100, 200)
+    args.rule_attack = args.rule_attack or ["encoder"]
+    if args.rule_steps < 0:
+        parser.error("--rule-steps must be at least 0")
     for name in ("size", "diffusion_size", "images", "naive_images", "steps", "edit_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -485,17 +594,17 @@ def main(argv: list[str] | None = None) -> int:
     cases = plan(args)
     rows = []
     for index, case in enumerate(cases, 1):
-        print(
-            f"[{index}/{len(cases)}] {case.attack} {case.implementation}: {case.model} {case.size}x{case.size}, "
-            f"batch {case.batch}, {case.images} image(s), {case.steps} steps",
-            file=sys.stderr,
-            flush=True,
-        )
+        _announce(f"{index}/{len(cases)}", case)
         rows.append(run_in_subprocess(case))
-    print_table(rows, args.peak_tflops)
+    rule_rows = run_step_rules(args) if args.rule_steps else []
+    compare_with_naive(rule_rows, rows)
+    env["peak_tflops"] = peak_tflops(args)
+    print_table(rows, env["peak_tflops"])
+    if rule_rows:
+        print_rules_table(rule_rows)
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    return 1 if any("error" in row for row in rows) else 0
+        args.json.write_text(json.dumps({"environment": env, "rows": rows, "step_rules": rule_rows}, indent=2) + "\n")
+    return 1 if any("error" in row for row in rows + rule_rows) else 0
 
 
 if __name__ == "__main__":

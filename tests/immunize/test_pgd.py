@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from forwardguard.immunize.pgd import budget_255, pgd, quantize
+from forwardguard.immunize.pgd import budget_255, quantize, run_pgd
 
 
 def test_pgd_walks_to_the_edge_of_the_ball_towards_the_optimum():
     images = torch.full((2, 3, 4, 4), 0.5)
     goal = torch.zeros_like(images)
-    delta = pgd(images, lambda x: (x - goal).pow(2).flatten(1).sum(1), eps=0.1, step_size=0.03, steps=10)
+    delta = run_pgd(images, lambda x: (x - goal).pow(2).flatten(1).sum(1), eps=0.1, step_size=0.03, steps=10).delta
     assert torch.allclose(delta, torch.full_like(delta, -0.1))
 
 
 def test_pgd_keeps_pixels_in_range_and_counts_steps():
     images = torch.tensor([0.0, 0.02, 0.98, 1.0]).view(1, 1, 2, 2)
     calls = []
-    delta = pgd(images, lambda x: -(x - 0.5).pow(2).sum((1, 2, 3)), eps=0.05, step_size=0.05, steps=3, on_step=lambda: calls.append(1))
+    delta = run_pgd(images, lambda x: -(x - 0.5).pow(2).sum((1, 2, 3)), eps=0.05, step_size=0.05, steps=3, on_step=lambda: calls.append(1)).delta
     assert len(calls) == 3
     assert ((images + delta) >= 0).all() and ((images + delta) <= 1).all()
     assert delta.abs().max() <= 0.05 + 1e-7

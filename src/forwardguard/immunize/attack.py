@@ -16,9 +16,12 @@ import numpy as np
 import torch
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.immunize.buckets import Bucket
+from forwardguard.immunize.compute import ComputeOptions, autocast, prepare_model
 from forwardguard.immunize.images import LoadedImage
-from forwardguard.immunize.objectives import diffusion_objective, encoder_objective
-from forwardguard.immunize.pgd import Objective, budget_255, pgd, quantize
+from forwardguard.immunize.objectives import bucket_multiple, diffusion_objective, encoder_objective
+from forwardguard.immunize.pgd import EarlyStop, Objective, budget_255, quantize, run_pgd
+from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings
 
@@ -27,7 +30,13 @@ METHODS = ("encoder", "diffusion", "noise")
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """The paper's defaults (table 3): L-inf, eps 16/255, step 2/255, 200 steps, a gray target."""
+    """The paper's defaults (table 3): L-inf, eps 16/255, step 2/255, 200 steps, a gray target.
+
+    ``step_rule`` is how PGD steps (``paper``: the paper's fixed signed step, reproduced exactly; the
+    default is faster, see :mod:`forwardguard.immunize.step_rules`). ``target_loss`` and
+    ``target_ratio`` (of the loss at delta 0) stop each image early once reached, checked every
+    ``check_every`` steps; ``steps`` stays the most it runs.
+    """
 
     method: str = "encoder"
     eps: float = 16 / 255
@@ -36,6 +45,10 @@ class AttackSettings:
     seed: int = 0
     edit: EditSettings = field(default_factory=EditSettings)
     noise_draws: int = 1
+    step_rule: str = DEFAULT_RULE
+    target_loss: float | None = None
+    target_ratio: float | None = None
+    check_every: int = 10
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -54,12 +67,33 @@ class AttackSettings:
             raise ForwardguardError(f"strength must be in (0, 1], got {self.edit.strength:g}")
         if self.edit.steps < 1:
             raise ForwardguardError(f"edit steps must be >= 1, got {self.edit.steps}")
+        if self.step_rule not in STEP_RULES:
+            raise ForwardguardError(f"unknown step rule {self.step_rule!r} (choose from {', '.join(STEP_RULES)})")
+        if self.target_loss is not None and not self.target_loss >= 0:
+            raise ForwardguardError(f"target loss must be >= 0, got {self.target_loss:g}")
+        if self.target_ratio is not None and not 0 < self.target_ratio <= 1:
+            raise ForwardguardError(f"target ratio must be in (0, 1], got {self.target_ratio:g}")
+        if self.check_every < 1:
+            raise ForwardguardError(f"check every must be >= 1, got {self.check_every}")
+
+    @property
+    def early_stop(self) -> EarlyStop | None:
+        if self.target_loss is None and self.target_ratio is None:
+            return None
+        return EarlyStop(target_loss=self.target_loss, target_ratio=self.target_ratio, check_every=self.check_every)
 
     def as_record(self) -> dict:
-        """Every parameter, JSON-ready (what the sidecar file and the registry keep)."""
+        """Every parameter that shaped the result, JSON-ready (what the sidecar file and the registry keep)."""
         record = asdict(self)
         if self.method != "diffusion":
             del record["edit"], record["noise_draws"]
+        if self.method == "noise":
+            del record["step_rule"]
+        for key in ("target_loss", "target_ratio"):
+            if record[key] is None:
+                del record[key]
+        if self.early_stop is None:
+            del record["check_every"]
         record["eps_255"] = self.eps * 255
         record["step_size_255"] = self.step_size * 255
         return record
@@ -74,6 +108,7 @@ class ImmunizedImage:
     delta: np.ndarray
     loss_before: float
     loss_after: float
+    steps_run: int = 0
 
     @property
     def linf_255(self) -> int:
@@ -101,69 +136,136 @@ def immunize(
     targets: Sequence[torch.Tensor] | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
     on_step: Callable[[], None] | None = None,
+    compute: ComputeOptions = ComputeOptions(),
 ) -> list[ImmunizedImage]:
-    """Immunize same-sized images as one batch against ``model``.
+    """Immunize images as one batch against ``model``; images of different sizes share a padded bucket.
 
-    ``targets`` are (3, H, W) tensors in [0, 1], one per image (default: gray 0.5). ``masks``
-    (H, W) in {0, 1}, white = region the adversary edits, turn the diffusion attack's edit into
-    inpainting. ``on_step`` is called after each PGD step (for progress bars).
+    ``targets`` are (3, H, W) tensors in [0, 1], one per image at its size (default: gray 0.5).
+    ``masks`` (H, W) in {0, 1}, white = region the adversary edits, turn the diffusion attack's edit
+    into inpainting. ``on_step`` is called after each PGD step (for progress bars). ``compute`` picks
+    precision, memory format and compilation; it prepares the model in place (see
+    :func:`forwardguard.immunize.compute.prepare_model`). Each reported loss is the float32 loss of the
+    8-bit image attacked alone, whatever its batch.
     """
     if not images:
         return []
-    sizes = {(image.height, image.width) for image in images}
-    if len(sizes) != 1:
-        raise ValueError(f"immunize() takes images of one size per call, got {sorted(sizes)}")
     device = model.device
-    clean_255 = torch.from_numpy(np.stack([image.rgb for image in images])).permute(0, 3, 1, 2).float().to(device)
+    bucket = Bucket(tuple((image.height, image.width) for image in images), bucket_multiple(model, settings.method))
+    mask_batch = _mask_batch(masks, bucket, device)
+    if mask_batch is not None and settings.method != "diffusion":
+        raise ForwardguardError("a mask is for the diffusion attack's inpainting edit; use --method diffusion")
+    prepare_model(model, settings.method, compute)
+    memory_format = compute.memory_format(device)
+    clean_255 = _clean_batch(images, bucket, device)
+    if memory_format == torch.channels_last:
+        clean_255 = clean_255.contiguous(memory_format=torch.channels_last)
     clean = clean_255 / 255
     if targets is None:
         target_batch = torch.full_like(clean, 0.5)
     else:
-        target_batch = torch.stack(list(targets)).to(device)
-    mask_batch = _mask_batch(masks, device)
-    if mask_batch is not None and settings.method != "diffusion":
-        raise ForwardguardError("a mask is for the diffusion attack's inpainting edit; use --method diffusion")
+        target_batch = bucket.place([target.to(device) for target in targets])
+    sizes = None if bucket.uniform else bucket.sizes
+    pad = bucket.padder(device)
+    objective = _objective(model, settings, pad(target_batch), mask_batch, sizes)
 
-    objective = _objective(model, settings, target_batch, mask_batch)
-    with torch.no_grad():
-        loss_before = objective(clean)
+    def reported_losses(batch_255: torch.Tensor) -> torch.Tensor:
+        """float32 loss of each image alone (a uniform batch is scored as it is: each image's loss is its own)."""
+        with torch.no_grad():
+            if bucket.uniform:
+                return objective(batch_255 / 255)
+            alone = [_alone(model, settings, bucket, target_batch, mask_batch, batch_255, i) for i in range(len(images))]
+            return torch.cat(alone)
+
+    loss_before = reported_losses(clean_255)
     if settings.method == "noise":
-        delta = _uniform_noise(clean.shape, settings.eps, settings.seed).to(device)
+        noise = [_uniform_noise((3, height, width), settings.eps, settings.seed) for height, width in bucket.sizes]
+        delta = bucket.place(noise).to(device)
+        steps_run = torch.zeros(len(images), dtype=torch.long)
     else:
-        delta = pgd(clean, objective, eps=settings.eps, step_size=settings.step_size, steps=settings.steps, on_step=on_step)
+        dtype = compute.autocast_dtype(device)
+
+        def attack_objective(batch: torch.Tensor) -> torch.Tensor:
+            padded = pad(batch)
+            if memory_format == torch.channels_last:
+                padded = padded.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                return objective(padded)
+
+        result = run_pgd(
+            clean, attack_objective, eps=settings.eps, step_size=settings.step_size, steps=settings.steps,
+            rule=settings.step_rule, stop=settings.early_stop, region=bucket.region(device), on_step=on_step,
+        )
+        delta, steps_run = result.delta, result.steps_run
     delta_255 = quantize(clean_255, delta, settings.eps)
-    with torch.no_grad():
-        loss_after = objective((clean_255 + delta_255) / 255)
+    immunized_255 = clean_255 + delta_255
+    loss_after = reported_losses(immunized_255)
     return [
         ImmunizedImage(
-            rgb=(clean_255[i] + delta_255[i]).permute(1, 2, 0).to("cpu", torch.uint8).numpy(),
+            rgb=bucket.crop(immunized_255, i).permute(1, 2, 0).to("cpu", torch.uint8).numpy(),
             alpha=image.alpha,
-            delta=delta_255[i].permute(1, 2, 0).to("cpu", torch.int16).numpy(),
+            delta=bucket.crop(delta_255, i).permute(1, 2, 0).to("cpu", torch.int16).numpy(),
             loss_before=float(loss_before[i]),
             loss_after=float(loss_after[i]),
+            steps_run=int(steps_run[i]),
         )
         for i, image in enumerate(images)
     ]
 
 
+def _clean_batch(images: Sequence[LoadedImage], bucket: Bucket, device: torch.device) -> torch.Tensor:
+    """(N, 3, H, W) float 0..255, each image at the top-left of the bucket.
+
+    Built from the stacked (N, H, W, 3) pixels and permuted, so that the batch has the channels-last
+    strides that it always had (convolution kernels can round differently on other layouts).
+    """
+    pixels = [image.rgb for image in images]
+    if not bucket.uniform:
+        canvas = np.zeros((len(images), *bucket.shape, 3), dtype=np.uint8)
+        for index, rgb in enumerate(pixels):
+            canvas[index, : rgb.shape[0], : rgb.shape[1]] = rgb
+        pixels = list(canvas)
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().to(device)
+
+
+def _alone(
+    model: ImageModel,
+    settings: AttackSettings,
+    bucket: Bucket,
+    targets: torch.Tensor,
+    masks: torch.Tensor | None,
+    batch_255: torch.Tensor,
+    index: int,
+) -> torch.Tensor:
+    """The loss of image ``index`` of a bucket as if it were attacked alone, at its own size."""
+    target = bucket.crop(targets, index)[None]
+    mask = None if masks is None else bucket.crop(masks, index)[None]
+    objective = _objective(model, settings, target, mask, None)
+    return objective(bucket.crop(batch_255, index)[None] / 255)
+
+
 def _objective(
-    model: ImageModel, settings: AttackSettings, targets: torch.Tensor, masks: torch.Tensor | None
+    model: ImageModel,
+    settings: AttackSettings,
+    targets: torch.Tensor,
+    masks: torch.Tensor | None,
+    sizes: tuple[tuple[int, int], ...] | None,
 ) -> Objective:
     if settings.method == "diffusion":
-        return diffusion_objective(model, targets, settings.edit, masks, settings.noise_draws)
-    return encoder_objective(model, targets)
+        return diffusion_objective(model, targets, settings.edit, masks, settings.noise_draws, sizes)
+    return encoder_objective(model, targets, sizes)
 
 
-def _mask_batch(masks: Sequence[np.ndarray | None] | None, device: torch.device) -> torch.Tensor | None:
+def _mask_batch(masks: Sequence[np.ndarray | None] | None, bucket: Bucket, device: torch.device) -> torch.Tensor | None:
+    """(N, 1, H, W) masks padded to the bucket as the images are; None without masks."""
     if masks is None or all(mask is None for mask in masks):
         return None
     if any(mask is None for mask in masks):
         raise ValueError("give a mask for every image of a batch, or for none")
-    return torch.from_numpy(np.stack(masks)).float().unsqueeze(1).to(device)
+    placed = bucket.place([torch.from_numpy(np.asarray(mask, dtype=np.float32))[None] for mask in masks])
+    return bucket.padder(device)(placed.to(device))
 
 
-def _uniform_noise(shape: torch.Size, eps: float, seed: int) -> torch.Tensor:
+def _uniform_noise(shape: tuple[int, int, int], eps: float, seed: int) -> torch.Tensor:
     """The random-noise baseline: uniform in [-eps, eps], one seeded draw per image (batch-independent)."""
     generator = torch.Generator().manual_seed(seed)
-    single = (torch.rand(shape[1:], generator=generator) * 2 - 1) * eps
-    return single.expand(shape).clone()
+    return (torch.rand(shape, generator=generator) * 2 - 1) * eps

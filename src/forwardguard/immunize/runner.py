@@ -1,14 +1,16 @@
 """Immunize files: read, batch by size, attack, write ``NAME.png`` and ``NAME.json`` per input.
 
 Each input succeeds or fails on its own: a bad file is reported with a one-line reason and nothing
-is written for it, and the other inputs are still processed.
+is written for it, and the other inputs are still processed. Images of similar sizes share a batch
+(a padded bucket, :mod:`forwardguard.immunize.buckets`). With ``resume``, an input whose outputs are
+already complete (see :func:`finished`) is skipped, and partial outputs are replaced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,9 @@ import torch
 import forwardguard
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
+from forwardguard.immunize.buckets import group_into_buckets
+from forwardguard.immunize.compute import ComputeOptions
+from forwardguard.immunize.objectives import bucket_multiple
 from forwardguard.immunize.images import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -29,8 +34,10 @@ from forwardguard.immunize.images import (
 )
 from forwardguard.models.base import ImageModel
 
-
-PATTERN_PARAMS = ("eps", "eps_255", "step_size", "step_size_255", "steps", "seed", "edit", "noise_draws", "mask", "source")
+PATTERN_PARAMS = (
+    "eps", "eps_255", "step_size", "step_size_255", "steps", "seed", "edit", "noise_draws", "mask", "source",
+    "step_rule", "target_loss", "target_ratio", "check_every", "steps_run",
+)
 """The sidecar's keys that a registry record keeps as the pattern's parameters."""
 
 
@@ -43,6 +50,8 @@ class Job:
     out_png: Path
     out_json: Path
     mask: np.ndarray | None = None
+    replace: bool = False
+    """Its outputs exist but are partial (a resumed run): they are replaced."""
 
 
 @dataclass
@@ -57,16 +66,25 @@ class Written:
 class RunReport:
     written: list[Written] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    """Inputs whose complete outputs were already there (``resume``)."""
 
 
 @dataclass(frozen=True)
 class RunOptions:
+    """``batch_size``: images attacked together; ``bucket_growth``: how far an image may be padded to
+    share a batch (see :func:`forwardguard.immunize.buckets.group_into_buckets`). ``resume``: skip
+    inputs whose outputs are complete and were made with the same model and settings."""
+
     out_dir: Path
     target: str = "gray"
     mask: Path | None = None
     batch_size: int = 1
+    bucket_growth: float = 1.0
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resume: bool = False
+    compute: ComputeOptions = field(default_factory=ComputeOptions)
 
 
 def immunize_files(
@@ -93,41 +111,52 @@ def immunize_files(
 
     jobs: list[Job] = []
     claimed: dict[Path, Path] = {}
+    expected = _expected_record(model, settings, options)
     for path in files:
+        out_png = options.out_dir / f"{path.stem}.png"
+        if out_png in claimed:
+            fail(path, f"{path}: its output {out_png.name} is already taken by {claimed[out_png]}")
+            continue
         try:
+            if options.resume and finished(path, options.out_dir, expected):
+                claimed[out_png] = path
+                report.skipped.append(path)
+                if on_done is not None:
+                    on_done(path, None)
+                continue
             job = _prepare(path, options)
         except ForwardguardError as error:
             fail(path, str(error))
             continue
-        if job.out_png in claimed:
-            fail(path, f"{path}: its output {job.out_png.name} is already taken by {claimed[job.out_png]}")
-            continue
-        claimed[job.out_png] = path
+        claimed[out_png] = path
         jobs.append(job)
 
-    for batch in _batches(jobs, options.batch_size):
+    try:
+        multiple = bucket_multiple(model, settings.method)
+    except ForwardguardError as error:  # the model cannot run this attack: every input fails with the reason
+        for job in jobs:
+            fail(job.source, f"{job.source}: {error}")
+        return report
+    sizes = [(job.image.height, job.image.width) for job in jobs]
+    for indices in group_into_buckets(sizes, options.batch_size, multiple, options.bucket_growth):
+        batch = [jobs[index] for index in indices]
         targets = [_target(options.target, job.image) for job in batch]
         masks = [job.mask for job in batch] if options.mask is not None else None
         try:
-            results = immunize([job.image for job in batch], model, settings, targets=targets, masks=masks, on_step=on_step)
+            results = immunize(
+                [job.image for job in batch], model, settings, targets=targets, masks=masks, on_step=on_step,
+                compute=options.compute,
+            )
         except ForwardguardError as error:
             for job in batch:
                 fail(job.source, f"{job.source}: {error}")
             continue
         for job, result in zip(batch, results):
             try:
-                written = _write(job, result, model, settings, options)
+                written = _deliver(job, result, model, settings, options, on_written)
             except ForwardguardError as error:
                 fail(job.source, str(error))
                 continue
-            if on_written is not None:
-                try:
-                    on_written(written)
-                except ForwardguardError as error:  # an image is delivered only with its record
-                    job.out_png.unlink(missing_ok=True)
-                    job.out_json.unlink(missing_ok=True)
-                    fail(job.source, f"{job.source}: {error}")
-                    continue
             report.written.append(written)
             if on_done is not None:
                 on_done(job.source, None)
@@ -158,28 +187,50 @@ def registry_recorder(registry, *, tenant: str | None = None) -> Callable[[Writt
     return record
 
 
+def finished(source: Path, out_dir: Path, expected: dict) -> bool:
+    """Whether ``source``'s outputs in ``out_dir`` are complete: both files, a readable record of this
+    source whose ``image_sha256`` is the PNG's, made with the ``expected`` model and settings.
+
+    Raises ForwardguardError when they are complete but were made with other settings: resuming must
+    not mix two runs' images (use another folder, or --overwrite).
+    """
+    out_png, out_json = out_dir / f"{source.stem}.png", out_dir / f"{source.stem}.json"
+    try:
+        record = json.loads(out_json.read_text())
+        png = out_png.read_bytes()
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("source") != source.name:
+        return False
+    if record.get("image_sha256") != hashlib.sha256(png).hexdigest():
+        return False
+    differing = sorted(key for key, value in expected.items() if record.get(key) != value)
+    if differing:
+        raise ForwardguardError(
+            f"{source}: {out_json} was made with other settings ({', '.join(differing)}); "
+            "resume with the same ones, or use another --out or --overwrite"
+        )
+    return True
+
+
+def _expected_record(model: ImageModel, settings: AttackSettings, options: RunOptions) -> dict:
+    """What a resumable output's record must say: the same model, target, mask and attack parameters."""
+    expected = {"model_fingerprint": model.fingerprint, "target": options.target, **settings.as_record()}
+    expected["mask"] = options.mask.name if options.mask is not None else None
+    return json.loads(json.dumps(expected))  # as it reads back from a sidecar (tuples become lists)
+
+
 def _prepare(path: Path, options: RunOptions) -> Job:
     out_png = options.out_dir / f"{path.stem}.png"
     out_json = options.out_dir / f"{path.stem}.json"
-    if not options.overwrite:
-        for out in (out_png, out_json):
-            if out.exists():
-                raise ForwardguardError(f"{path}: output {out} exists (use --overwrite to replace it)")
+    existing = [out for out in (out_png, out_json) if out.exists()]
+    if existing and not options.overwrite and not options.resume:
+        raise ForwardguardError(f"{path}: output {existing[0]} exists (use --overwrite to replace it, or --resume)")
     image = read_image(path, max_pixels=options.max_pixels)
     mask = None
     if options.mask is not None:
         mask = read_mask(options.mask, size=(image.width, image.height), max_pixels=options.max_pixels)
-    return Job(source=path, image=image, out_png=out_png, out_json=out_json, mask=mask)
-
-
-def _batches(jobs: list[Job], batch_size: int) -> Iterator[list[Job]]:
-    """Images of one size go together, ``batch_size`` at a time, in input order within a size."""
-    by_size: dict[tuple[int, int], list[Job]] = {}
-    for job in jobs:
-        by_size.setdefault((job.image.height, job.image.width), []).append(job)
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
+    return Job(source=path, image=image, out_png=out_png, out_json=out_json, mask=mask, replace=bool(existing))
 
 
 def _target(target: str, image: LoadedImage) -> torch.Tensor:
@@ -193,7 +244,41 @@ def _target(target: str, image: LoadedImage) -> torch.Tensor:
     return to_tensor(np.asarray(resized))
 
 
-def _write(job: Job, result: ImmunizedImage, model: ImageModel, settings: AttackSettings, options: RunOptions) -> Written:
+def _deliver(
+    job: Job,
+    result: ImmunizedImage,
+    model: ImageModel,
+    settings: AttackSettings,
+    options: RunOptions,
+    on_written: Callable[[Written], None] | None,
+) -> Written:
+    """Write the PNG, run ``on_written`` (the registry records the image), then write the sidecar.
+
+    The sidecar comes last because it marks a complete output (see :func:`finished`): a run
+    interrupted before it leaves an output that a resumed run redoes (recording is idempotent). On
+    any failure nothing of this input is left.
+    """
+    written = _written(job, result, model, settings, options)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    overwrite = options.overwrite or job.replace
+    write_bytes_atomic(job.out_png, written.png, overwrite=overwrite)
+    try:
+        if on_written is not None:
+            try:
+                on_written(written)
+            except ForwardguardError as error:  # an image is delivered only with its record
+                raise ForwardguardError(f"{job.source}: {error}") from error
+        write_bytes_atomic(job.out_json, (json.dumps(written.record, indent=2) + "\n").encode(), overwrite=overwrite)
+    except BaseException:
+        job.out_png.unlink(missing_ok=True)
+        job.out_json.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _written(
+    job: Job, result: ImmunizedImage, model: ImageModel, settings: AttackSettings, options: RunOptions
+) -> Written:
     png = encode_png(result.rgb, result.alpha, icc_profile=job.image.icc_profile)
     record = {
         "source": job.source.name,
@@ -208,16 +293,10 @@ def _write(job: Job, result: ImmunizedImage, model: ImageModel, settings: Attack
         "loss_after": result.loss_after,
         "loss_ratio": result.loss_ratio,
         "linf_255": result.linf_255,
+        **({"steps_run": result.steps_run} if settings.method != "noise" else {}),
         "image_sha256": hashlib.sha256(png).hexdigest(),
         "forwardguard_version": forwardguard.__version__,
     }
     if options.mask is not None:
         record["mask"] = options.mask.name
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(job.out_png, png, overwrite=options.overwrite)
-    try:
-        write_bytes_atomic(job.out_json, (json.dumps(record, indent=2) + "\n").encode(), overwrite=options.overwrite)
-    except BaseException:
-        job.out_png.unlink(missing_ok=True)  # nothing partial: an image without its record is removed
-        raise
     return Written(job=job, result=result, png=png, record=record)
