@@ -209,3 +209,12 @@ def test_differentiable_jpeg_is_close_to_pillows_and_passes_gradients(quality, p
     weights = torch.rand(out.shape, generator=torch.Generator().manual_seed(0))
     (grad,) = torch.autograd.grad((out * weights).sum(), leaf)
     assert torch.isfinite(grad).all() and (grad != 0).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 7), (3, 40)])
+def test_every_transform_takes_images_smaller_than_its_kernel(size):
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    for transform in (*GAUNTLET, *ROBUST_POOL, parse_transform("blur_201")):
+        for function in (apply, apply_differentiable):
+            out = function(transform, images, generator=torch.Generator().manual_seed(1))
+            assert out.shape == images.shape and torch.isfinite(out).all(), transform.name

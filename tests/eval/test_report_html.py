@@ -54,7 +54,8 @@ def make_report(models: tuple[str, str] = ("v2-planté", "v1"), snapshot: str = 
             {"name": base, "spec": "taesd:/models/taef2", "fingerprint": "a" * 64, "recorded": True,
              "parent_fingerprint": None, "planted_snapshot": None, "reference": None, "edits": [EDIT]},
         ],
-        "snapshots": [{"name": snapshot, "patterns": 4, "evaluated": 4, "made_against": ["a" * 64], "eps": 16 / 255}],
+        "snapshots": [{"name": snapshot, "patterns": 4, "evaluated": 4, "made_against": ["a" * 64], "eps": 16 / 255,
+                       "attacks": [{"method": "encoder", "step_rule": "momentum", "robust": None, "patterns": 4}]}],
         "cells": cells,
         "clean": [
             {"model": candidate, "reference": base, "images": 4, "latent_relative_mse": summary(0.0042, 0.001),
@@ -101,6 +102,15 @@ def test_page_is_self_contained():
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "@import" not in page and "url(" not in page and "<link" not in page
     assert page.count('<svg class="chart"') == len(TRANSFORMS)
+
+
+def test_robustness_table_of_one_snapshot_lists_the_transforms():
+    page = render_html(make_report(snapshot="s1"))
+    tables = re.findall(r'<table class="heat robustness">.*?</table>', page, re.S)
+    assert len(tables) == 2  # one per model
+    for table in tables:
+        assert re.findall(r"<tr><th>([^<]*)</th>", table) == ["transform", *TRANSFORMS]
+        assert "s1<br>" in table and ">plain<" in table and "Δ" not in table
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,6 +95,49 @@ def test_noise_and_diffusion_methods_and_model_choice(server: str, served_regist
     assert sorted(records) == ["diffusion", "noise"]
     assert records["diffusion"].model_spec == "tiny" and records["diffusion"].params["mask"] == "mask.png"
     assert records["noise"].params["seed"] == 5
+
+
+def test_robust_immunization_is_recorded_with_its_mix(server: str, served_registry: Path, photo) -> None:
+    from forwardguard.immunize.robust import DEFAULT_MIX
+
+    clean = photo("astronaut", (48, 40))
+    with client(server, new_key(served_registry, "robust")) as http:
+        plain = immunize(http, clean, steps=2)
+        mixed = immunize(http, clean, steps=2, robust_mix=" jpeg_q75, resize_0.50,hflip", robust_draws=2)
+        default = immunize(http, clean, steps=2, robust="true")
+        responses = [plain, mixed, default]
+        assert [response.status_code for response in responses] == [200] * 3, [r.text for r in responses]
+        ids = [response.headers["x-pattern-id"] for response in responses]
+        assert len(set(ids)) == 3, "the robust attacks must perturb the image differently from the plain one"
+        shown = http.get(f"/v1/patterns/{ids[1]}").json()["params"]
+
+    with Registry.open(served_registry) as registry:
+        params = [registry.get_pattern(pattern_id).params for pattern_id in ids]
+    assert "robust" not in params[0] and "robust_draws" not in params[0]
+    assert params[1]["robust"] == ["jpeg_q75", "resize_0.5", "hflip"] and params[1]["robust_draws"] == 2
+    assert params[2]["robust"] == list(DEFAULT_MIX) and params[2]["robust_draws"] == 1
+    assert shown == params[1]
+
+
+def test_bad_robust_settings_are_422_and_record_nothing(server: str, served_registry: Path) -> None:
+    before = pattern_count(served_registry)
+    with client(server, new_key(served_registry, "robust-bad")) as http:
+
+        def refused(**fields: object) -> Any:
+            """The 422's detail: a message from the handler, a list of errors from the form's validation."""
+            response = immunize(http, random_image(seed=6, size=32), steps=1, **fields)
+            assert response.status_code == 422, (fields, response.text)
+            return response.json()["detail"]
+
+        assert refused(robust_mix="jpeg_q75,sharpen").startswith("robust_mix: unknown transform 'sharpen'; known kinds:")
+        assert refused(robust_mix="blur_4").startswith("robust_mix: transform blur: kernel size must be an odd integer")
+        assert refused(robust_mix=" , ").startswith("robust_mix: the transform mix is empty")
+        assert "not the noise baseline" in refused(method="noise", robust="true")
+        assert "not the noise baseline" in refused(method="noise", robust_mix="hflip")
+        for draws in (0, 9):
+            assert refused(robust="true", robust_draws=draws)[0]["loc"] == ["body", "robust_draws"]
+        assert refused(robust="sometimes")[0]["loc"] == ["body", "robust"]
+    assert pattern_count(served_registry) == before
 
 
 def test_lookup_finds_only_the_callers_patterns(server: str, served_registry: Path, photo) -> None:

@@ -74,6 +74,27 @@ def test_full_queue_is_503_and_alike_waiting_requests_are_batched(tmp_path: Path
     assert pattern_count(registry) == 4
 
 
+def test_robust_and_plain_requests_are_not_batched_together(tmp_path: Path, taef2_spec: str) -> None:
+    registry = make_registry(tmp_path)
+    settings = _settings(registry, taef2_spec, max_batch=8, max_steps=20)
+    with running_server(settings) as url, client(url, new_key(registry, "mixed")) as http:
+        slow, slow_response = _in_thread(http, random_image(seed=0, size=256), steps=12)
+        wait_for_metric(url, "forwardguard_immunizations_running", 1)
+        kinds = [{}, {"robust": "true"}, {}, {"robust_mix": "hflip"}, {"robust": "true"}, {"robust_draws": 2}]
+        waiting = [_in_thread(http, random_image(seed=seed), steps=1, **fields) for seed, fields in enumerate(kinds, 1)]
+        wait_for_metric(url, "forwardguard_queue_depth", len(kinds))
+
+        for thread, _ in [(slow, slow_response), *waiting]:
+            thread.join()
+        responses = slow_response + [response for _, responses in waiting for response in responses]
+        assert [response.status_code for response in responses] == [200] * 7, [r.text for r in responses]
+        # The slow job alone, then the three plain ones (draws without a mix is plain), the two with
+        # the default mix, and the hflip one: a batch per attack.
+        assert metric(url, "forwardguard_batch_size_count") == 4
+        assert metric(url, "forwardguard_batch_size_sum") == 7
+    assert pattern_count(registry) == 7
+
+
 def test_request_timeout_is_504_and_the_work_is_dropped(tmp_path: Path, taef2_spec: str) -> None:
     registry = make_registry(tmp_path)
     settings = _settings(registry, taef2_spec, request_timeout_s=2, max_steps=500)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from forwardguard.cli.common import print_error, user_errors
+from forwardguard.cli.common import user_errors
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -36,6 +36,9 @@ def immunize_command(
     target_loss: Annotated[float | None, typer.Option(help="Stop an image early once its loss is at most this.")] = None,
     target_ratio: Annotated[float | None, typer.Option(help="Stop an image early once its loss is at most this times its initial loss.")] = None,
     check_every: Annotated[int, typer.Option(help="Steps between early-stopping checks.")] = 10,
+    robust: Annotated[bool, typer.Option(help="Robust immunization: expectation over transforms (JPEG, resize, crop, blur, noise, flip, rotation) in every step.")] = False,
+    robust_mix: Annotated[str | None, typer.Option(help="The robust mix, comma-separated transform names (repeats weight one); implies --robust.")] = None,
+    robust_draws: Annotated[int, typer.Option(help="Transforms averaged per PGD step with --robust.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images attacked together (sizes that pad to the same shape share a batch).")] = 1,
     bucket_growth: Annotated[float, typer.Option(min=1.0, help="Let a batch pad an image up to this times its own padded area (faster, less exact).")] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -53,6 +56,7 @@ def immunize_command(
         from forwardguard.immunize.attack import AttackSettings, parse_fraction
         from forwardguard.immunize.compute import ComputeOptions
         from forwardguard.immunize.distributed import Shard
+        from forwardguard.immunize.robust import mix_names
         from forwardguard.immunize.images import iter_image_files
         from forwardguard.immunize.runner import RunOptions
         from forwardguard.models.edits import EditSettings
@@ -69,6 +73,8 @@ def immunize_command(
             target_loss=target_loss,
             target_ratio=target_ratio,
             check_every=check_every,
+            robust=mix_names(robust, robust_mix),
+            robust_draws=robust_draws,
         )
         compute = ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_model)
         if overwrite and resume:

@@ -17,6 +17,8 @@ from urllib.parse import quote
 NO_TRANSFORM = "none"
 IMMUNIZED_COLOUR = "#2f6bd8"
 NOISE_COLOUR = "#a9a9a9"
+MIX_KINDS_SHOWN = 3  # a robust mix's transform kinds named in a column head; its tooltip has the whole mix
+_NA_CELL = '<td class="cell" style="background:#eeeeee">n/a</td>'
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #1d1d1d; background: #fff; }
@@ -28,6 +30,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 table.heat td.cell { text-align: center; min-width: 120px; }
 table.heat .ratio { font-size: 18px; font-weight: 600; }
 table.heat .noise, table.heat .relation, .muted { color: #555; font-size: 12px; }
+table.robustness td.cell { min-width: 96px; white-space: nowrap; } table.robustness .ratio { font-size: 14px; }
+table.robustness td.delta { font-weight: 600; font-variant-numeric: tabular-nums; }
 table.grid img { width: 160px; height: auto; display: block; image-rendering: auto; }
 code { font-size: 12px; } .legend span { display: inline-block; padding: 2px 8px; margin-right: 4px; }
 svg.chart { display: block; margin: 8px 0 20px; font-size: 11px; }
@@ -52,6 +56,7 @@ def render_html(report: dict) -> str:
         _heat_map(report),
         _metric_tables(report),
         _charts(report),
+        _robustness(report),
         _clean(report),
         _not_computed(report),
         _grids(report),
@@ -172,9 +177,47 @@ def _snapshots(report: dict) -> str:
         against = [f"{_short(fp)} ({_e(names[fp])})" if fp in names else _short(fp) for fp in snapshot.get("made_against") or []]
         rows.append([
             _e(snapshot.get("name")), _num_cell(_e(snapshot.get("patterns"))), _num_cell(_e(snapshot.get("evaluated"))),
-            ", ".join(against) or "-", _num_cell(_eps(snapshot.get("eps"))),
+            ", ".join(against) or "-", _num_cell(_eps(snapshot.get("eps"))), _attacks(snapshot),
         ])  # fmt: skip
-    return _table(["name", "patterns", "evaluated", "made against", "eps"], rows, "snapshots")
+    return _table(["name", "patterns", "evaluated", "made against", "eps", "attack"], rows, "snapshots")
+
+
+def _attack_kind(snapshot: dict) -> str | None:
+    """"plain" or "robust" when every evaluated pattern of the snapshot was made so; None when mixed or unknown."""
+    kinds = {"robust" if attack.get("robust") else "plain" for attack in snapshot.get("attacks") or []}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _attack_label(attack: dict) -> str:
+    """"plain", or "robust (" the kinds of its mix, the first few only ")"; not escaped."""
+    mix = attack.get("robust")
+    if not mix:
+        return "plain"
+    kinds = list(dict.fromkeys(str(name) for name in mix if name != "identity")) or ["identity"]
+    more = len(kinds) - MIX_KINDS_SHOWN
+    draws = attack.get("robust_draws")
+    return (
+        f"robust ({', '.join(kinds[:MIX_KINDS_SHOWN])}" + (f" +{more}" if more > 0 else "")
+        + (f", {draws} draws" if isinstance(draws, int) and draws > 1 else "") + ")"
+    )
+
+
+def _attack_title(attack: dict) -> str:
+    """The whole description of an attack, for a tooltip; not escaped."""
+    mix = attack.get("robust")
+    robust = f"robust mix {', '.join(map(str, mix))}, {attack.get('robust_draws')} draw(s) per step" if mix else "plain"
+    step_rule = attack.get("step_rule") or "-"
+    return f"{attack.get('method')} attack, step rule {step_rule}, {robust}: {attack.get('patterns')} pattern(s)"
+
+
+def _attacks(snapshot: dict) -> str:
+    """The snapshot's attacks in short, the whole descriptions as a tooltip; escaped HTML."""
+    attacks = snapshot.get("attacks") or []
+    if not attacks:
+        return '<span class="muted">attack n/a</span>'
+    short = " + ".join(dict.fromkeys(_attack_label(attack) for attack in attacks))
+    title = "; ".join(_attack_title(attack) for attack in attacks)
+    return f'<span class="muted" title="{_e(title)}">{_e(short)}</span>'
 
 
 def _heat_colour(ratio: float | None) -> str:
@@ -182,6 +225,23 @@ def _heat_colour(ratio: float | None) -> str:
     if ratio is None:
         return "#eeeeee"
     return f"hsl({120 * (1 - min(max(ratio, 0.0), 1.0)):.0f}, 65%, 78%)"
+
+
+def _ratio(cell: dict | None, version: str) -> float | None:
+    return _mean(((cell or {}).get("ratio") or {}).get(version))
+
+
+def _ratio_cell(cell: dict | None, note: str = "") -> str:
+    """A heat-map cell: the immunized images' mean ratio, coloured, beside the noise baseline's, and
+    ``note`` (escaped HTML) under them."""
+    if cell is None:
+        return _NA_CELL
+    ratio = _ratio(cell, "immunized")
+    below = f'<br><span class="relation">{note}</span>' if note else ""
+    return (
+        f'<td class="cell" style="background:{_heat_colour(ratio)}"><span class="ratio">{_fmt(ratio)}</span>'
+        f' <span class="noise">noise {_fmt(_ratio(cell, "noise"))}</span>{below}</td>'
+    )
 
 
 def _heat_map(report: dict) -> str:
@@ -192,16 +252,7 @@ def _heat_map(report: dict) -> str:
         row = [f"<th>{_e(snapshot.get('name'))}</th>"]
         for model in models:
             cell = cells.get((snapshot.get("name"), model))
-            if cell is None:
-                row.append('<td class="cell" style="background:#eeeeee">n/a</td>')
-                continue
-            ratio = _mean((cell.get("ratio") or {}).get("immunized"))
-            noise = _mean((cell.get("ratio") or {}).get("noise"))
-            relation = _e(cell.get("relation", ""))
-            row.append(
-                f'<td class="cell" style="background:{_heat_colour(ratio)}"><span class="ratio">{_fmt(ratio)}</span>'
-                f' <span class="noise">noise {_fmt(noise)}</span><br><span class="relation">{relation}</span></td>'
-            )
+            row.append(_ratio_cell(cell, _e((cell or {}).get("relation", ""))))
         rows.append("<tr>" + "".join(row) + "</tr>")
     head = "<th>snapshot \\ model</th>" + "".join(f"<th>{_e(model)}</th>" for model in models)
     legend = (
@@ -327,6 +378,57 @@ def _charts(report: dict) -> str:
              '<p class="muted">mean ratio per snapshot and model; the dashed line is ratio 1 (no effect).</p>']  # fmt: skip
     for transform in _transforms(report):
         parts += [f"<h3>{_e(transform)}</h3>", _bar_chart(transform, _cells(report, transform))]
+    return "\n".join(parts)
+
+
+def _delta_colour(delta: float) -> str:
+    """Green where the robust attack's ratio is lower than the plain one's (it holds better), red where higher."""
+    return f"hsl({120 if delta < 0 else 0}, 65%, {92 - 14 * min(abs(delta), 1.0):.0f}%)"
+
+
+def _delta_cell(robust: dict | None, plain: dict | None) -> str:
+    robust_ratio, plain_ratio = _ratio(robust, "immunized"), _ratio(plain, "immunized")
+    if robust_ratio is None or plain_ratio is None:
+        return _NA_CELL
+    delta = robust_ratio - plain_ratio
+    return f'<td class="cell delta" style="background:{_delta_colour(delta)}">{delta:+.3f}</td>'
+
+
+def _snapshot_head(snapshot: dict, cell: dict | None) -> str:
+    """A robustness column's head: the snapshot, its attack and, from its untransformed cell, backward or forward."""
+    relation = (cell or {}).get("relation")
+    lines = [_e(snapshot.get("name")), _attacks(snapshot)]
+    if relation:
+        lines.append(f'<span class="muted">{_e(relation)}</span>')
+    return "<br>".join(lines)
+
+
+def _robustness(report: dict) -> str:
+    """Per model, every transform's ratio for each snapshot side by side, and robust - plain when there is
+    exactly one plain snapshot to compare the robust ones with."""
+    snapshots = report.get("snapshots", [])
+    plain = [snapshot for snapshot in snapshots if _attack_kind(snapshot) == "plain"]
+    robust = [snapshot for snapshot in snapshots if _attack_kind(snapshot) == "robust"] if len(plain) == 1 else []
+    cells = {(cell.get("snapshot"), cell.get("model"), cell.get("transform")): cell for cell in report.get("cells", [])}
+    parts = [
+        "<h2>Robustness per transform</h2>",
+        '<p class="muted">per model, the mean latent disruption ratio of each snapshot\'s immunized images after each '
+        "transform (coloured as the immunity matrix; lower: more immunized), beside the noise baseline. With one plain "
+        "snapshot and robust ones, Δ is robust − plain: negative (green) where the robust attack holds better.</p>",
+    ]
+    for model in (model.get("name") for model in report.get("models", [])):
+
+        def cell(snapshot: dict, transform: str, model=model) -> dict | None:
+            return cells.get((snapshot.get("name"), model, transform))
+
+        head = ["transform", *(_snapshot_head(snapshot, cell(snapshot, NO_TRANSFORM)) for snapshot in snapshots)]
+        head += [f"Δ {_e(snapshot.get('name'))} − {_e(plain[0].get('name'))}" for snapshot in robust]
+        rows = [
+            [f"<th>{_e(transform)}</th>", *(_ratio_cell(cell(snapshot, transform)) for snapshot in snapshots),
+             *(_delta_cell(cell(snapshot, transform), cell(plain[0], transform)) for snapshot in robust)]
+            for transform in _transforms(report)
+        ]  # fmt: skip
+        parts += [f"<h3>{_e(model)}</h3>", _table(head, rows, "heat robustness")]
     return "\n".join(parts)
 
 

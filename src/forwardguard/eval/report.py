@@ -9,7 +9,9 @@ Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over image
                    "trigger_threshold", "noise_draws", "max_images"},
       "models": [{"name", "spec", "fingerprint", "recorded", "parent_fingerprint", "planted_snapshot",
                   "reference", "edits": [edit names]}],            # newest first
-      "snapshots": [{"name", "patterns", "evaluated", "made_against": [fingerprints], "eps"}],
+      "snapshots": [{"name", "patterns", "evaluated", "made_against": [fingerprints], "eps",
+                     "attacks": [{"method", "step_rule", "robust": [transform names] | null,
+                                  "robust_draws" (robust only), "patterns"}]}],
       "cells": [{"snapshot", "model", "relation": "backward" | "forward",
                  "transform": "none" | gauntlet name,
                  "ratio": {"immunized": summary, "noise": summary},
@@ -29,6 +31,12 @@ Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over image
 baseline of the same eps. Edit metrics compare the edit of the immunized (or noisy) image with the
 edit of the clean image: lower similarity means the immunization works (GMSD: higher).
 
+"attacks" are the distinct attacks that made a snapshot's evaluated patterns (its first
+``max_images``), in the order they first appear, with how many patterns each made: "robust" is the
+mix of a robust (``immunize --robust``) attack and null for the plain one, whose "robust_draws" is
+left out; "step_rule" is null for the noise baseline. "attacks" was added within schema version 1:
+a report written before it has none, and readers treat its attacks as unknown.
+
 "distribution" is in a cell only when ``--inception`` or ``--clip`` is given (see
 :mod:`forwardguard.eval.distribution`): "fid", "precision" and "recall" (plain numbers) compare
 the set of the cell's immunized (or noisy) edits with the set of its clean edits, the clean set
@@ -44,14 +52,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import forwardguard
 from forwardguard.errors import ForwardguardError
+
+if TYPE_CHECKING:
+    from forwardguard.registry import PatternRecord  # the registry imports SQLAlchemy: gate reads reports without it
 
 SCHEMA = "forwardguard.eval.report"
 SCHEMA_VERSION = 1
@@ -105,7 +117,24 @@ def not_computed(cells: list[dict], *, inception: bool, clip: bool) -> dict[str,
     return reasons
 
 
-def build_report(*, request, models, references, snapshots, made_against, images, cells, clean, grids, not_computed) -> dict:  # noqa: ANN001
+def attack_descriptions(records: Sequence[PatternRecord]) -> list[dict]:
+    """The report's ``attacks`` of a snapshot, from the pattern records it evaluated (see the module docstring)."""
+    attacks: dict[str, dict] = {}
+    for record in records:
+        attack = _attack(record)
+        attacks.setdefault(json.dumps(attack, sort_keys=True), {**attack, "patterns": 0})["patterns"] += 1
+    return list(attacks.values())
+
+
+def _attack(record: PatternRecord) -> dict:
+    robust = record.params.get("robust") or None
+    attack = {"method": record.method, "step_rule": record.params.get("step_rule"), "robust": robust}
+    if robust:
+        attack["robust_draws"] = record.params.get("robust_draws", 1)
+    return attack
+
+
+def build_report(*, request, models, references, snapshots, made_against, attacks, images, cells, clean, grids, not_computed) -> dict:  # noqa: ANN001
     settings = asdict(request.settings)
     settings["transforms"] = list(request.settings.transforms)
     settings["prompts"] = list(request.settings.prompts)
@@ -138,6 +167,7 @@ def build_report(*, request, models, references, snapshots, made_against, images
                 "evaluated": len(images[name]),
                 "made_against": made_against[name],
                 "eps": max(image.eps for image in images[name]),
+                "attacks": attacks[name],
             }
             for name, record in snapshots.items()
         ],

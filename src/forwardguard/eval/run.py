@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,10 +14,13 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.eval.clean import clean_utility
 from forwardguard.eval.distribution import CellDistribution, DistributionScorer
 from forwardguard.eval.matrix import EvalImage, EvalModel, evaluate_cell
-from forwardguard.eval.report import REPORT_FILE, build_report, not_computed, save_grid_image, write_report
+from forwardguard.eval.report import attack_descriptions, build_report, not_computed, save_grid_image, write_report
 from forwardguard.eval.settings import EvalRequest, ModelArg
 from forwardguard.models import load_model
 from forwardguard.models.stable_diffusion import DiffusionModel
+
+if TYPE_CHECKING:
+    from forwardguard.registry import PatternRecord
 
 
 def _load_models(args: tuple[ModelArg, ...], registry, device: torch.device) -> list[EvalModel]:  # noqa: ANN001
@@ -73,12 +77,12 @@ def _references(models: list[EvalModel], explicit: dict[str, str], registry, dev
     return references
 
 
-def _snapshot_images(registry, name: str, limit: int | None) -> list[EvalImage]:  # noqa: ANN001
-    records = registry.snapshot_patterns(name)
+def _snapshot_images(registry, name: str, records: list[PatternRecord]) -> list[EvalImage]:  # noqa: ANN001
+    """``records``, the evaluated patterns of snapshot ``name``, as images; an empty snapshot is refused."""
     if not records:
         raise ForwardguardError(f"snapshot {name!r} holds no patterns: nothing to evaluate")
     images = []
-    for record in records[:limit]:
+    for record in records:
         sample = registry.load_sample(record.id)
         images.append(EvalImage(record.id, sample.immunized, sample.clean, float(record.params.get("eps", 16 / 255))))
     return images
@@ -109,8 +113,11 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
         if not snapshot_names:
             raise ForwardguardError("the registry has no snapshots: make one with `forwardguard registry snapshot`")
         snapshots = {name: registry.get_snapshot(name) for name in snapshot_names}
-        images = {name: _snapshot_images(registry, name, request.settings.max_images) for name in snapshot_names}
-        made_against = {name: sorted({r.model_fingerprint for r in registry.snapshot_patterns(name)}) for name in snapshot_names}
+        patterns = {name: registry.snapshot_patterns(name) for name in snapshot_names}
+        evaluated = {name: patterns[name][: request.settings.max_images] for name in snapshot_names}
+        images = {name: _snapshot_images(registry, name, evaluated[name]) for name in snapshot_names}
+        made_against = {name: sorted({r.model_fingerprint for r in patterns[name]}) for name in snapshot_names}
+        attacks = {name: attack_descriptions(evaluated[name]) for name in snapshot_names}
         makers = {fingerprint for fingerprints in made_against.values() for fingerprint in fingerprints}
         models = _newest_first(_load_models(request.models, registry, device), makers)
         references = _references(models, request.references, registry, device)
@@ -150,7 +157,7 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
         for model in models
     ] if clean_images else []
     report = build_report(
-        request=request, models=models, references=references, snapshots=snapshots, made_against=made_against,
+        request=request, models=models, references=references, snapshots=snapshots, made_against=made_against, attacks=attacks,
         images=images, cells=cells, clean=clean, grids=grids, 
         not_computed=not_computed(cells, inception=request.inception is not None, clip=request.clip is not None),
     )

@@ -27,7 +27,6 @@ from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
 from forwardguard.finetune.losses import disruption_ratio, relative_mse
 from forwardguard.immunize.pgd import budget_255
 from forwardguard.models import load_model
-from forwardguard.models.base import ImageModel
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"

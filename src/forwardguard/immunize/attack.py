@@ -21,9 +21,11 @@ from forwardguard.immunize.compute import ComputeOptions, autocast, prepare_mode
 from forwardguard.immunize.images import LoadedImage
 from forwardguard.immunize.objectives import bucket_multiple, diffusion_objective, encoder_objective
 from forwardguard.immunize.pgd import EarlyStop, Objective, budget_255, quantize, run_pgd
+from forwardguard.immunize.robust import expectation_over_transforms
 from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings
+from forwardguard.transforms import Transform, parse_transforms
 
 METHODS = ("encoder", "diffusion", "noise")
 
@@ -36,6 +38,11 @@ class AttackSettings:
     default is faster, see :mod:`forwardguard.immunize.step_rules`). ``target_loss`` and
     ``target_ratio`` (of the loss at delta 0) stop each image early once reached, checked every
     ``check_every`` steps; ``steps`` stays the most it runs.
+
+    ``robust``: a mix of transform names (``forwardguard.transforms``; repeats weight a kind) for
+    robust immunization, an expectation over ``robust_draws`` of them per step
+    (:mod:`forwardguard.immunize.robust`); empty for the plain attack. The reported losses stay
+    those of the untransformed image.
     """
 
     method: str = "encoder"
@@ -49,6 +56,8 @@ class AttackSettings:
     target_loss: float | None = None
     target_ratio: float | None = None
     check_every: int = 10
+    robust: tuple[str, ...] = ()
+    robust_draws: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -75,6 +84,17 @@ class AttackSettings:
             raise ForwardguardError(f"target ratio must be in (0, 1], got {self.target_ratio:g}")
         if self.check_every < 1:
             raise ForwardguardError(f"check every must be >= 1, got {self.check_every}")
+        if self.robust:
+            if self.method == "noise":
+                raise ForwardguardError("robust immunization is for the encoder and diffusion attacks, not the noise baseline")
+            object.__setattr__(self, "robust", tuple(transform.name for transform in self.robust_mix))
+        if self.robust_draws < 1:
+            raise ForwardguardError(f"robust draws must be >= 1, got {self.robust_draws}")
+
+    @property
+    def robust_mix(self) -> tuple[Transform, ...]:
+        """The parsed robust mix (empty for the plain attack); raises ForwardguardError on a bad name."""
+        return parse_transforms(list(self.robust)) if self.robust else ()
 
     @property
     def early_stop(self) -> EarlyStop | None:
@@ -94,6 +114,10 @@ class AttackSettings:
                 del record[key]
         if self.early_stop is None:
             del record["check_every"]
+        if self.robust:
+            record["robust"] = list(self.robust)
+        else:
+            del record["robust"], record["robust_draws"]
         record["eps_255"] = self.eps * 255
         record["step_size_255"] = self.step_size * 255
         return record
@@ -190,6 +214,11 @@ def immunize(
                 padded = padded.contiguous(memory_format=torch.channels_last)
             with autocast(device, dtype):
                 return objective(padded)
+
+        if settings.robust:
+            attack_objective = expectation_over_transforms(
+                attack_objective, settings.robust_mix, draws=settings.robust_draws, seed=settings.seed, sizes=bucket.sizes
+            )
 
         result = run_pgd(
             clean, attack_objective, eps=settings.eps, step_size=settings.step_size, steps=settings.steps,

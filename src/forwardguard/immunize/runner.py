@@ -36,7 +36,7 @@ from forwardguard.models.base import ImageModel
 
 PATTERN_PARAMS = (
     "eps", "eps_255", "step_size", "step_size_255", "steps", "seed", "edit", "noise_draws", "mask", "source",
-    "step_rule", "target_loss", "target_ratio", "check_every", "steps_run",
+    "step_rule", "target_loss", "target_ratio", "check_every", "steps_run", "robust", "robust_draws",
 )
 """The sidecar's keys that a registry record keeps as the pattern's parameters."""
 

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize.attack import AttackSettings, parse_fraction
+from forwardguard.immunize.robust import mix_names
 from forwardguard.immunize.runner import PATTERN_PARAMS
 from forwardguard.models.edits import EditSettings
 from forwardguard.serve.deps import ApiKey, MultipartBody, StateDep
@@ -33,6 +34,10 @@ from forwardguard.serve.workers import (
 )
 
 router = APIRouter(prefix="/v1", tags=["immunize"])
+
+# Each draw is one more pass of the model per PGD step, and a request that timed out is dropped
+# only between steps: the bound keeps one step's time in proportion.
+_MAX_ROBUST_DRAWS = 8
 
 _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -77,6 +82,20 @@ async def immunize_image(
     model: Annotated[
         str | None, Form(max_length=512, description="A served model's spec or fingerprint (default: the first).")
     ] = None,
+    robust: Annotated[
+        bool, Form(description="Robust immunization: every PGD step averages the loss over transforms of the image.")
+    ] = False,
+    robust_mix: Annotated[
+        str | None,
+        Form(
+            max_length=512,
+            description="The robust mix as comma-separated transform names, e.g. jpeg_q75,resize_0.5,hflip "
+            "(repeats weight one); implies robust. Default: JPEG, noise, resize, crop, blur, flip and rotation.",
+        ),
+    ] = None,
+    robust_draws: Annotated[
+        int, Form(ge=1, le=_MAX_ROBUST_DRAWS, description="Transforms averaged per PGD step when robust.")
+    ] = 1,
 ) -> Response:
     """Immunize the image against one of the served models and record it under the caller's tenant.
 
@@ -85,7 +104,18 @@ async def immunize_image(
     """
     settings = state.settings
     served = state.resolve_model(model)
-    attack = _attack_settings(settings, served, method=method, eps=eps, steps=steps, seed=seed, masked=mask is not None)
+    attack = _attack_settings(
+        settings,
+        served,
+        method=method,
+        eps=eps,
+        steps=steps,
+        seed=seed,
+        masked=mask is not None,
+        robust=robust,
+        robust_mix=robust_mix,
+        robust_draws=robust_draws,
+    )
     image_data = await image.read()
     check_image_upload(image_data, image.content_type, max_pixels=settings.max_pixels, field="image")
     mask_data = None
@@ -128,7 +158,17 @@ async def immunize_image(
 
 
 def _attack_settings(
-    settings: ServeSettings, served: ServedModel, *, method: str, eps: str, steps: int | None, seed: int, masked: bool
+    settings: ServeSettings,
+    served: ServedModel,
+    *,
+    method: str,
+    eps: str,
+    steps: int | None,
+    seed: int,
+    masked: bool,
+    robust: bool,
+    robust_mix: str | None,
+    robust_draws: int,
 ) -> AttackSettings:
     """The request's attack within the server's limits; 422 naming what is wrong."""
 
@@ -149,7 +189,19 @@ def _attack_settings(
     if steps > settings.max_steps:
         raise invalid(f"steps must be at most {settings.max_steps}, got {steps}")
     try:
-        return AttackSettings(method=method, eps=eps_value, steps=steps, seed=seed, edit=EditSettings(seed=seed))
+        mix = mix_names(robust, robust_mix)
+    except ForwardguardError as error:
+        raise invalid(f"robust_mix: {error}") from None
+    try:
+        return AttackSettings(
+            method=method,
+            eps=eps_value,
+            steps=steps,
+            seed=seed,
+            edit=EditSettings(seed=seed),
+            robust=mix,
+            robust_draws=robust_draws if mix else 1,  # a plain attack whatever the draws: batched with its likes
+        )
     except ForwardguardError as error:
         raise invalid(str(error)) from None
 

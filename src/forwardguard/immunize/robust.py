@@ -1,0 +1,84 @@
+"""Robust immunization: expectation over transformations (EOT) inside the PGD objective.
+
+An immunized image is re-encoded, resized, cropped or filtered before anyone edits it; a
+perturbation that only works on the exact pixels loses its effect (paper, section 5). With EOT
+(Athalye et al., ICML 2018) each PGD step minimises the attack's loss of ``T(x + delta)``, averaged
+over ``draws`` transforms T drawn from a mix, through their differentiable versions
+(:func:`forwardguard.transforms.apply_differentiable`; JPEG through a differentiable libjpeg
+pipeline), so the perturbation is pushed to survive them. The eval gauntlet applies the real
+transforms of the same module.
+
+The transforms are drawn without replacement: the mix is shuffled, taken in that order, and shuffled
+again once used up, so that over every ``len(mix)`` draws each transform gets exactly its share
+(a lower-variance estimate of the same expectation than independent draws, at no cost).
+
+Every draw comes from the attack's seed: the order of the transforms from one generator, and the
+random part of a transform (Gaussian noise) from a generator seeded by (seed, step, draw), the same
+for every image of a batch. So an image gets the same transforms whether it is attacked alone or in
+a batch, and a seeded run is reproducible. Each image is transformed at its own size (its part of a
+padded bucket), as the real transform would see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from forwardguard.immunize.pgd import Objective
+from forwardguard.transforms import ROBUST_POOL, Transform, apply_differentiable, parse_transforms
+
+Size = tuple[int, int]
+DEFAULT_MIX: tuple[str, ...] = tuple(transform.name for transform in ROBUST_POOL)
+"""``--robust`` without a mix: every gauntlet kind, JPEG and identity weighted (see ``forwardguard.transforms.ROBUST_POOL``)."""
+
+
+def mix_names(robust: bool, mix: str | None) -> tuple[str, ...]:
+    """The mix a request asks for: ``mix``'s comma-separated names (normalised; a mix implies robust),
+    the default mix for ``robust`` alone, or none. Raises ForwardguardError on a bad name or an empty mix."""
+    if mix is not None:
+        return tuple(transform.name for transform in parse_transforms(mix))
+    return DEFAULT_MIX if robust else ()
+
+
+def expectation_over_transforms(
+    objective: Objective,
+    mix: Sequence[Transform],
+    *,
+    draws: int,
+    seed: int,
+    sizes: Sequence[Size],
+) -> Objective:
+    """``objective`` averaged over ``draws`` transforms from ``mix`` per call; a fresh draw at every call.
+
+    The returned objective takes a placed bucket (N, 3, H, W) whose image ``i`` is its top-left
+    ``sizes[i]``; it transforms each image's own part and passes the batch on to ``objective``.
+    """
+    chooser = torch.Generator().manual_seed(seed)
+    upcoming: list[Transform] = []
+    calls = 0
+
+    def next_transform() -> Transform:
+        if not upcoming:
+            upcoming.extend(mix[index] for index in torch.randperm(len(mix), generator=chooser).tolist())
+        return upcoming.pop()
+
+    def transformed(images: torch.Tensor, transform: Transform, noise_seed: int) -> torch.Tensor:
+        out = images.clone()
+        for index, (height, width) in enumerate(sizes):
+            generator = torch.Generator(images.device).manual_seed(noise_seed)
+            own = images[index : index + 1, :, :height, :width]
+            out[index, :, :height, :width] = apply_differentiable(transform, own, generator=generator)[0]
+        return out
+
+    def robust(images: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        call, calls = calls, calls + 1
+        losses = []
+        for draw in range(draws):
+            transform = next_transform()
+            noise_seed = (seed * 1_000_003 + call * 1_009 + draw) % 2**63
+            losses.append(objective(transformed(images, transform, noise_seed)))
+        return torch.stack(losses).mean(dim=0)
+
+    return robust
