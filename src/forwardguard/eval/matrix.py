@@ -49,7 +49,7 @@ class EvalImage:
 
 
 def to_batch(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)  # a copy: registry arrays are read-only
 
 
 def noisy_copy(clean: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
