@@ -87,6 +87,7 @@ def test_the_gradient_reaches_the_image_through_every_transform(name):
         ({"robust": ("sharpen_3",)}, "unknown transform"),
         ({"robust": ("jpeg_q75",), "method": "noise"}, "not the noise baseline"),
         ({"robust": ("jpeg_q75",), "robust_draws": 0}, "robust draws"),
+        ({"robust": ("jpeg_q75",), "target_ratio": 0.5}, "early stopping is not for robust"),
     ],
 )
 def test_bad_robust_settings_are_refused(kwargs, message):

@@ -87,6 +87,11 @@ class AttackSettings:
         if self.robust:
             if self.method == "noise":
                 raise ForwardguardError("robust immunization is for the encoder and diffusion attacks, not the noise baseline")
+            if self.target_loss is not None or self.target_ratio is not None:
+                raise ForwardguardError(
+                    "early stopping is not for robust immunization: each step's loss is that of one drawn transform, "
+                    "and a lucky draw would stop an image early"
+                )
             object.__setattr__(self, "robust", tuple(transform.name for transform in self.robust_mix))
         if self.robust_draws < 1:
             raise ForwardguardError(f"robust draws must be >= 1, got {self.robust_draws}")
