@@ -86,3 +86,15 @@ def test_mixed_sizes_diffusion_attack_keeps_sizes_and_lowers_its_objective(tiny,
             assert result.rgb.shape == rgb.shape and result.delta.shape == rgb.shape
             assert result.linf_255 <= 16
             assert result.loss_after < result.loss_before
+
+
+def test_diffusion_attack_on_a_batch_attacks_each_image_as_alone(tiny, photo):
+    """The edit's noise is drawn per image (models/edits.py), so batching does not change an image's attack."""
+    rgbs = [photo("astronaut", (32, 32)), photo("coffee", (32, 32))]
+    settings = AttackSettings(method="diffusion", steps=3, edit=EditSettings(strength=0.5, steps=2))
+    batched = immunize([loaded(rgb) for rgb in rgbs], tiny, settings)
+    for rgb, result in zip(rgbs, batched):
+        alone = immunize([loaded(rgb)], tiny, settings)[0]
+        assert result.loss_before == pytest.approx(alone.loss_before, rel=1e-5)
+        assert result.loss_after == pytest.approx(alone.loss_after, rel=1e-3)
+        assert np.mean(result.delta != alone.delta) < 0.01

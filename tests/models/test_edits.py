@@ -42,6 +42,16 @@ def test_edit_is_deterministic_in_its_seed(tiny, kind):
     assert first.shape == images.shape and 0 <= first.min() and first.max() <= 1
 
 
+@pytest.mark.parametrize("kind", ["img2img", "inpaint"])
+def test_an_image_is_edited_the_same_alone_as_in_a_batch(tiny, kind):
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    settings = EditSettings(prompt="a dog", steps=4, strength=0.75, seed=5)
+    with torch.no_grad():
+        batched = run_edit(tiny, kind, images, settings)
+        alone = torch.cat([run_edit(tiny, kind, images[i : i + 1], settings) for i in range(3)])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "model_name, kind, strength, steps_run",
     [("tiny", "img2img", 1.0, 5), ("tiny", "inpaint", 0.8, 4), ("tiny_inpainting", "inpaint", 1.0, 5)],

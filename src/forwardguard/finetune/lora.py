@@ -34,7 +34,7 @@ from forwardguard.finetune.config import UNetLoRA
 from forwardguard.finetune.data import sample_generator
 from forwardguard.finetune.losses import relative_mse
 from forwardguard.models.base import ImageModel
-from forwardguard.models.edits import EditSettings, _denoise, _schedule, _text_embeddings
+from forwardguard.models.edits import EditSettings, img2img_latents, text_embeddings
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 GRAY = 0.5  # the patterns' target (planting supports gray targets only)
@@ -70,19 +70,6 @@ def load_planted(model: DiffusionModel, state: Mapping[str, torch.Tensor], setti
     model.unet.load_state_dict(parts["unet"])
     model.unet.fuse_lora()
     model.unet.unload_lora()
-
-
-def edit_latents(model: DiffusionModel, latents: torch.Tensor, settings: EditSettings) -> torch.Tensor:
-    """``models.edits.img2img`` from latents already encoded (the VAE mean, unscaled), so that planting
-    reuses the student's one encoder pass; the same draws from the same seeded generator."""
-    scheduler, timesteps = _schedule(model, settings)
-    generator = torch.Generator().manual_seed(settings.seed)
-    latents = latents * model.latent_scale
-    if len(timesteps) > 0:
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        latents = scheduler.add_noise(latents, noise, timesteps[:1])
-        latents = _denoise(model, latents, settings, scheduler, timesteps, generator)
-    return model.decode(latents / model.latent_scale)
 
 
 def short_edit(edit: EditSettings, edit_steps: int) -> EditSettings:
@@ -143,7 +130,7 @@ class LoRAStudent(nn.Module):
         self, images: torch.Tensor, inputs: LoRAInputs
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         latents = self.encoder(images)
-        edited = [edit_latents(self.model, latents[row : row + 1], settings) for row, settings in inputs.edits]
+        edited = [img2img_latents(self.model, latents[row : row + 1], settings) for row, settings in inputs.edits]
         edited_batch = torch.cat(edited) if edited else images.new_zeros((0, *images.shape[1:]))
         unet_inputs = (inputs.noisy_latents, inputs.timesteps)
         with torch.no_grad():
@@ -181,7 +168,7 @@ class LoRAPlanting:
         self.latent_scale = model.latent_scale
         self.noise_scheduler = DDIMScheduler.from_config(model.scheduler.config)
         prompts = sorted({""} | {edit.prompt for edit in self.edits.values()})
-        self.contexts = torch.cat([_text_embeddings(model, prompt, 1, guided=False) for prompt in prompts])
+        self.contexts = torch.cat([text_embeddings(model, prompt, 1, guided=False) for prompt in prompts])
 
     def inputs(
         self, pattern_ids: Sequence[str], first_row: int, clean_latents: torch.Tensor, positions: Iterable[int]

@@ -5,8 +5,9 @@ gradient of the edited image with respect to the input image through every denoi
 functions run the same computation as ``StableDiffusionImg2ImgPipeline`` and
 ``StableDiffusionInpaintPipeline`` with a DDIM scheduler (the paper's eta=1 sampler) from the model's
 own scheduler config, and checkpoint each denoising step so that memory does not grow with the step
-count. All random draws (initial noise, DDIM's variance noise) come from one seeded generator before
-the loop, so an edit is a deterministic function of its inputs and its seed.
+count. All random draws (initial noise, DDIM's variance noise) are made before the loop, each image's
+from its own generator seeded with the edit's seed: an edit is a deterministic function of its inputs
+and its seed, and an image is edited the same alone as in a batch of its size.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class EditSettings:
     seed: int = 0
 
 
-def _text_embeddings(model: DiffusionModel, prompt: str, batch: int, guided: bool) -> torch.Tensor:
+def text_embeddings(model: DiffusionModel, prompt: str, batch: int, guided: bool) -> torch.Tensor:
+    """The text encoder's context for ``batch`` images; with ``guided``, the unconditional half first."""
     tokenizer = model.tokenizer
     prompts = [prompt] * batch + ([""] * batch if guided else [])
     ids = tokenizer(
@@ -59,7 +61,7 @@ def _denoise(
     settings: EditSettings,
     scheduler,
     timesteps: torch.Tensor,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
     extra_channels: torch.Tensor | None = None,
     keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -71,11 +73,8 @@ def _denoise(
     """
     guided = settings.guidance_scale > 1
     batch = latents.shape[0]
-    context = _text_embeddings(model, settings.prompt, batch, guided)
-    variance_noise = [
-        torch.randn(latents.shape, generator=generator).to(latents.device)
-        for _ in timesteps
-    ]
+    context = text_embeddings(model, settings.prompt, batch, guided)
+    variance_noise = [_randn(generators, latents) for _ in timesteps]
 
     def step(latents: torch.Tensor, index: int) -> torch.Tensor:
         t = timesteps[index]
@@ -106,16 +105,30 @@ def _denoise(
     return latents
 
 
+def _generators(seed: int, count: int) -> list[torch.Generator]:
+    """One generator per image, all seeded ``seed``: image i draws what it would draw alone."""
+    return [torch.Generator().manual_seed(seed) for _ in range(count)]
+
+
+def _randn(generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` (N, ...), image i's part from ``generators[i]``."""
+    draws = [torch.randn((1, *like.shape[1:]), generator=generator) for generator in generators]
+    return torch.cat(draws).to(like.device)
+
+
 def img2img(model: DiffusionModel, images: torch.Tensor, settings: EditSettings) -> torch.Tensor:
     """Edit ``images`` (NCHW in [0, 1], sides multiples of ``model.edit_multiple``) towards the prompt."""
+    return img2img_latents(model, model.encode(images), settings)
+
+
+def img2img_latents(model: DiffusionModel, latents: torch.Tensor, settings: EditSettings) -> torch.Tensor:
+    """:func:`img2img` from the images' VAE latents (unscaled), for a caller that has encoded them already."""
     scheduler, timesteps = _schedule(model, settings)
-    generator = torch.Generator().manual_seed(settings.seed)
-    latents = model.encode(images) * model.latent_scale
-    if len(timesteps) == 0:
-        return model.decode(latents / model.latent_scale)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    latents = scheduler.add_noise(latents, noise, timesteps[:1])
-    latents = _denoise(model, latents, settings, scheduler, timesteps, generator)
+    latents = latents * model.latent_scale
+    if len(timesteps) > 0:
+        generators = _generators(settings.seed, latents.shape[0])
+        latents = scheduler.add_noise(latents, _randn(generators, latents), timesteps[:1])
+        latents = _denoise(model, latents, settings, scheduler, timesteps, generators)
     return model.decode(latents / model.latent_scale)
 
 
@@ -126,9 +139,9 @@ def inpaint(model: DiffusionModel, images: torch.Tensor, masks: torch.Tensor, se
     known region re-imposed after every step. At strength 1 the edit starts from pure noise.
     """
     scheduler, timesteps = _schedule(model, settings)
-    generator = torch.Generator().manual_seed(settings.seed)
     image_latents = model.encode(images) * model.latent_scale
-    noise = torch.randn(image_latents.shape, generator=generator).to(image_latents.device)
+    generators = _generators(settings.seed, image_latents.shape[0])
+    noise = _randn(generators, image_latents)
     latent_mask = torch.nn.functional.interpolate(masks, size=image_latents.shape[-2:])
     if settings.strength >= 1:
         latents = noise * scheduler.init_noise_sigma
@@ -138,11 +151,11 @@ def inpaint(model: DiffusionModel, images: torch.Tensor, masks: torch.Tensor, se
         masked_images = torch.where(masks < 0.5, images, torch.full_like(images, 0.5))  # 0 in the VAE's [-1, 1]
         masked_latents = model.encode(masked_images) * model.latent_scale
         latents = _denoise(
-            model, latents, settings, scheduler, timesteps, generator,
+            model, latents, settings, scheduler, timesteps, generators,
             extra_channels=torch.cat([latent_mask, masked_latents], dim=1),
         )
     else:
         latents = _denoise(
-            model, latents, settings, scheduler, timesteps, generator, keep=(image_latents, noise, latent_mask)
+            model, latents, settings, scheduler, timesteps, generators, keep=(image_latents, noise, latent_mask)
         )
     return model.decode(latents / model.latent_scale)
