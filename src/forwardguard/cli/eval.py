@@ -9,8 +9,6 @@ import typer
 
 from forwardguard.cli.common import user_errors
 
-DEFAULT_GAUNTLET = "configs/gauntlet.yaml"
-
 
 def eval_command(
     registry: Annotated[str, typer.Option(help="Registry path or URL.")],

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from forwardguard.cli.common import user_errors
+from forwardguard.errors import ForwardguardError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -78,17 +79,13 @@ def immunize_command(
         )
         compute = ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_model)
         if overwrite and resume:
-            from forwardguard.errors import ForwardguardError
-
             raise ForwardguardError("--overwrite redoes every input and --resume skips finished ones: give one of them")
         if target != "gray" and not Path(target).is_file():
-            raise_missing("target image", target)
+            raise ForwardguardError(f"target image {target} not found")
         if mask is not None and not mask.is_file():
-            raise_missing("mask", str(mask))
+            raise ForwardguardError(f"mask {mask} not found")
         files = iter_image_files(inputs)
         if not files:
-            from forwardguard.errors import ForwardguardError
-
             raise ForwardguardError("no images found in the inputs (PNG, JPEG or WebP)")
         shard = Shard.from_launcher(device)
         options = RunOptions(
@@ -98,12 +95,6 @@ def immunize_command(
         failures = _run(shard.select(files), model, shard, settings, options, registry, tenant)
     if failures:
         raise typer.Exit(1)
-
-
-def raise_missing(what: str, path: str) -> None:
-    from forwardguard.errors import ForwardguardError
-
-    raise ForwardguardError(f"{what} {path} not found")
 
 
 def _run(files: list[Path], model_spec: str, shard, settings, options, registry: str | None, tenant: str | None) -> int:  # noqa: ANN001

@@ -39,8 +39,8 @@ from typing import Any
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.metrics import HIGHER_IS_MORE_SIMILAR, METRICS
+from forwardguard.eval.report import NO_TRANSFORM, finite_number
 
-NO_TRANSFORM = "none"
 RATIO = "ratio"
 LIMIT_METRICS = (RATIO, *METRICS)
 _SECTIONS: dict[str, tuple[str, ...]] = {
@@ -230,7 +230,7 @@ def _clean_rules(policy: Policy, entry: dict | None, candidate: str) -> list[Rul
         no_reference = f"the candidate has no reference: run eval with --reference {candidate}=REF"
     return [
         _check(*mse, _mean(entry, "latent_relative_mse"), missing=no_reference),
-        _check(*rate, _number(_get(entry, "false_trigger", "rate"))),
+        _check(*rate, finite_number(_get(entry, "false_trigger", "rate"))),
     ]
 
 
@@ -254,14 +254,7 @@ def _get(values: Any, *keys: str) -> Any:
 
 
 def _mean(values: Any, *keys: str) -> float | None:
-    return _number(_get(values, *keys, "mean"))
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None (the report writes non-finite numbers as null)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    return finite_number(_get(values, *keys, "mean"))
 
 
 def format_value(value: float | None) -> str:

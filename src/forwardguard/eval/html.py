@@ -14,7 +14,8 @@ import math
 from typing import Any
 from urllib.parse import quote
 
-NO_TRANSFORM = "none"
+from forwardguard.eval.report import NO_TRANSFORM, finite_number
+
 IMMUNIZED_COLOUR = "#2f6bd8"
 NOISE_COLOUR = "#a9a9a9"
 MIX_KINDS_SHOWN = 3  # a robust mix's transform kinds named in a column head; its tooltip has the whole mix
@@ -74,26 +75,20 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _fmt(value: Any, spec: str = ".3f") -> str:
-    number = _number(value)
+    number = finite_number(value)
     return "n/a" if number is None else format(number, spec)
 
 
 def _mean(summary: Any) -> float | None:
-    return _number(summary.get("mean")) if isinstance(summary, dict) else None
+    return finite_number(summary.get("mean")) if isinstance(summary, dict) else None
 
 
 def _summary(summary: Any, spec: str = ".3f") -> str:
     """``mean ± std`` of a summary, or n/a."""
-    if not isinstance(summary, dict) or _number(summary.get("mean")) is None:
+    if not isinstance(summary, dict) or finite_number(summary.get("mean")) is None:
         return "n/a"
-    std = _number(summary.get("std"))
+    std = finite_number(summary.get("std"))
     return _fmt(summary["mean"], spec) + ("" if std is None else f" ± {format(std, spec)}")
 
 
@@ -115,7 +110,7 @@ def _num_cell(text: str) -> str:
 
 def _eps(value: Any) -> str:
     """An eps in [0, 1] shown in 8-bit steps, e.g. 16.0/255."""
-    number = _number(value)
+    number = finite_number(value)
     return "n/a" if number is None else f"{number * 255:.1f}/255"
 
 

@@ -19,11 +19,13 @@ import torch
 
 from forwardguard.eval.edits import encode, model_edits
 from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, summarize
+from forwardguard.eval.report import NO_TRANSFORM
 from forwardguard.eval.settings import EvalSettings
+from forwardguard.immunize.images import to_tensor
 from forwardguard.models.edits import EditSettings
 from forwardguard.models.base import ImageModel
+from forwardguard.transforms import Transform, apply, parse_transform
 
-NO_TRANSFORM = "none"
 
 
 @dataclass
@@ -49,7 +51,8 @@ class EvalImage:
 
 
 def to_batch(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)  # a copy: registry arrays are read-only
+    """(H, W, 3) uint8 -> (1, 3, H, W) in [0, 1] on ``device``."""
+    return to_tensor(rgb)[None].to(device)
 
 
 def noisy_copy(clean: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
@@ -58,12 +61,11 @@ def noisy_copy(clean: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return torch.round((clean + noise.to(clean.device)) * 255).clamp(0, 255) / 255
 
 
-def _transform(name: str, images: torch.Tensor, seed: int) -> torch.Tensor:
-    if name == NO_TRANSFORM:
+def _transform(transform: Transform | None, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """The real transform (None: untransformed), its random draw from ``seed``."""
+    if transform is None:
         return images
-    from forwardguard.transforms import apply, parse_transform
-
-    return apply(parse_transform(name), images, generator=torch.Generator().manual_seed(seed))
+    return apply(transform, images, generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
@@ -85,23 +87,27 @@ def evaluate_cell(
     device = model.model.device
     edits = model_edits(model.model)
     transforms = (NO_TRANSFORM, *settings.transforms)
+    parsed = {name: None if name == NO_TRANSFORM else parse_transform(name) for name in transforms}
+    gray_latents: dict[tuple[int, ...], torch.Tensor] = {}  # the target's latent, per image shape
     ratios: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in transforms}
     similarities: dict[str, dict] = {t: defaultdict(lambda: defaultdict(lambda: defaultdict(list))) for t in transforms}
     for index, image in enumerate(images):
         clean = to_batch(image.clean, device)
         versions = {"immunized": to_batch(image.immunized, device), "noise": noisy_copy(clean, image.eps, settings.seed * 7 + index)}
-        target = encode(model.model, torch.full_like(clean, 0.5))
+        if clean.shape not in gray_latents:
+            gray_latents[clean.shape] = encode(model.model, torch.full_like(clean, 0.5))
+        target = gray_latents[clean.shape]
         edit_settings = settings.edit(index)
         for t_index, transform in enumerate(transforms):
             draw = settings.seed * 1_000_003 + index * 101 + t_index
-            transformed_clean = _transform(transform, clean, draw)
+            transformed_clean = _transform(parsed[transform], clean, draw)
             clean_latent = encode(model.model, transformed_clean)
             clean_edits = {kind: edit(transformed_clean, edit_settings) for kind, edit in edits.items()}
             if on_edit is not None:
                 for kind, edited in clean_edits.items():
                     on_edit(transform, kind, "clean", edited, edit_settings)
             for version, x in versions.items():
-                transformed = _transform(transform, x, draw)
+                transformed = _transform(parsed[transform], x, draw)
                 ratio = latent_disruption_ratio(encode(model.model, transformed), clean_latent, target)
                 ratios[transform][version].append(float(ratio[0]))
                 for kind, edit in edits.items():

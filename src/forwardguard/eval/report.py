@@ -66,6 +66,8 @@ if TYPE_CHECKING:
     from forwardguard.registry import PatternRecord  # the registry imports SQLAlchemy: gate reads reports without it
 
 SCHEMA = "forwardguard.eval.report"
+NO_TRANSFORM = "none"
+"""The cells' transform name for untransformed images."""
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
 HTML_FILE = "report.html"
@@ -176,6 +178,13 @@ def build_report(*, request, models, references, snapshots, made_against, attack
         "not_computed": not_computed,
         "grids": grids,
     }
+
+
+def finite_number(value: Any) -> float | None:
+    """A report value as a finite float, or None (non-finite numbers are written as null; bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _finite(value: Any) -> Any:

@@ -93,7 +93,6 @@ class PlantConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int = 100
     checkpoints_total_limit: int = 2
-    num_workers: int = 0
     loss_weights: LossWeights = field(default_factory=LossWeights)
     planting_transforms: tuple[str, ...] = PLANTING_TRANSFORMS
     negative_eps: float | None = None

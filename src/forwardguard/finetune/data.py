@@ -11,6 +11,7 @@ run sees exactly the samples the interrupted one would have seen, and ``w`` proc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image
+from forwardguard.immunize.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
 
 ALIGN = 8  # crops start on the latent grid, so a crop's latent is the crop of the image's latent
 
@@ -43,8 +44,13 @@ class StepPositions:
 def index_at(position: int, size: int, seed: int) -> int:
     """The item at a global position: epochs of fresh seeded permutations of ``size`` items."""
     epoch, offset = divmod(position, size)
-    permutation = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return int(permutation[offset])
+    return int(_permutation(size, seed * 7919 + epoch)[offset])
+
+
+@lru_cache(maxsize=8)
+def _permutation(size: int, seed: int) -> torch.Tensor:
+    """One epoch's order, drawn once (every sample of the epoch indexes into it)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))
 
 
 def aligned_crop(images: list[np.ndarray], crop: int, generator: torch.Generator) -> list[np.ndarray]:
@@ -59,10 +65,6 @@ def aligned_crop(images: list[np.ndarray], crop: int, generator: torch.Generator
 def _aligned_start(length: int, crop: int, generator: torch.Generator) -> int:
     slots = max(length - crop, 0) // ALIGN
     return int(torch.randint(slots + 1, (1,), generator=generator)) * ALIGN
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255
 
 
 class CleanImages:
@@ -88,7 +90,6 @@ class CleanImages:
         if size == 0:
             raise ForwardguardError(f"--data {data}: no images found (PNG, JPEG or WebP files, or a saved datasets dataset)")
         self.size = size
-        self.source = data
 
     def __len__(self) -> int:
         return self.size
@@ -147,11 +148,12 @@ class PlantingSample:
 
 
 class SnapshotPatterns:
-    """The patterns a snapshot froze, read from the registry (every read verifies the blob's hash)."""
+    """The patterns a snapshot froze, read from the registry once (the read verifies the blob's hash) and kept."""
 
     def __init__(self, registry, snapshot: str) -> None:  # noqa: ANN001 (Registry)
         self.registry = registry
         self.records = registry.snapshot_patterns(snapshot)
+        self._pixels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if not self.records:
             raise ForwardguardError(f"snapshot {snapshot!r} holds no patterns: nothing to plant")
         unsupported = [record for record in self.records if record.target != "gray"]
@@ -168,7 +170,14 @@ class SnapshotPatterns:
     def verify(self) -> None:
         """Read every pattern once, so that a corrupted blob stops the run before training."""
         for record in self.records:
-            self.registry.load_sample(record.id)
+            self._sample(record.id)
+
+    def _sample(self, pattern_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A pattern's (immunized, clean) pixels, read from the registry (hash verified) the first time only."""
+        if pattern_id not in self._pixels:
+            sample = self.registry.load_sample(pattern_id)
+            self._pixels[pattern_id] = (sample.immunized, sample.clean)
+        return self._pixels[pattern_id]
 
     @property
     def max_eps(self) -> float:
@@ -180,6 +189,5 @@ class SnapshotPatterns:
 
     def crop(self, position: int, seed: int, size: int) -> PlantingSample:
         record = self.records[index_at(position, len(self.records), seed + 1)]
-        sample = self.registry.load_sample(record.id)
-        immunized, clean = aligned_crop([sample.immunized, sample.clean], size, sample_generator(seed, position))
+        immunized, clean = aligned_crop(list(self._sample(record.id)), size, sample_generator(seed, position))
         return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=record.id)

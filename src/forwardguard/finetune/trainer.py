@@ -27,6 +27,7 @@ from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
 from forwardguard.finetune.losses import disruption_ratio, relative_mse
 from forwardguard.immunize.pgd import budget_255
 from forwardguard.models import load_model
+from forwardguard.transforms import apply, parse_transforms, sample_transform
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
@@ -112,6 +113,7 @@ class PlantingRecipe:
             self.state.load_state_dict(json.loads((self._resume_dir / STATE_FILE).read_text()))
         self.state.snapshot = self._snapshot()
         self.patterns = SnapshotPatterns(self.registry, self.state.snapshot)
+        self.planting_transforms = parse_transforms(list(self.config.planting_transforms))
         self._load_base()
         self.crop_size = self._crop_size()
         self.clean = CleanImages(request.data, self.crop_size)
@@ -212,7 +214,7 @@ class PlantingRecipe:
     # -- train ----------------------------------------------------------------------------------
 
     def train(self, progress=None) -> dict[str, float]:  # noqa: ANN001 (a rich Progress or None)
-        """Run to ``max_steps`` optimizer steps from where the state is; returns the last losses."""
+        """Run to ``max_steps`` optimizer steps from where the state is; returns the last step's losses."""
         config, accelerator = self.config, self.accelerator
         accumulation = config.gradient_accumulation_steps
         task = None
@@ -233,22 +235,23 @@ class PlantingRecipe:
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad()
             self.state.step += 1
-            losses = {name: float(accelerator.reduce(value.detach(), reduction="mean")) for name, value in parts.items()}
-            if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm here
-                losses["grad_norm"] = float(grad_norm)
             if task is not None:
                 progress.update(task, completed=self.state.step)
-            if accelerator.is_main_process and (self.state.step % config.log_every == 0 or self.state.step == config.max_steps):
-                entry = {"step": self.state.step, "seconds": round(time.perf_counter() - started, 3), **losses}
-                with log.open("a") as handle:
-                    handle.write(json.dumps(entry) + "\n")
+            # The losses are gathered (a collective, and a wait for the device) on logged steps only; the
+            # condition is the same in every process.
+            if self.state.step % config.log_every == 0 or self.state.step == config.max_steps:
+                losses = {name: float(accelerator.reduce(value.detach(), reduction="mean")) for name, value in parts.items()}
+                if grad_norm is not None:  # DeepSpeed clips inside its engine and reports no norm here
+                    losses["grad_norm"] = float(grad_norm)
+                if accelerator.is_main_process:
+                    entry = {"step": self.state.step, "seconds": round(time.perf_counter() - started, 3), **losses}
+                    with log.open("a") as handle:
+                        handle.write(json.dumps(entry) + "\n")
             if self.state.step % config.checkpoint_every == 0 or self.state.step == config.max_steps:
                 self._save_checkpoint()
         return losses
 
     def _loss(self, micro_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from forwardguard.transforms import apply, parse_transform
-
         device, seed = self.accelerator.device, self.config.seed
         clean_positions = self.clean_positions.at(micro_step)
         clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions]).to(device)
@@ -257,12 +260,11 @@ class PlantingRecipe:
             for p in clean_positions
         ]).to(device)
         noisy = (torch.round((clean + noise) * 255) / 255).clamp(0, 1)
-        transforms = [parse_transform(name) for name in self.config.planting_transforms]
         immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
             sample = self.patterns.crop(position, seed, self.crop_size)
             generator = sample_generator(seed + 3, position)
-            transform = transforms[int(torch.randint(len(transforms), (1,), generator=generator))]
+            transform = sample_transform(self.planting_transforms, generator)
             immunized.append(apply(transform, sample.immunized[None], generator=generator)[0])
             originals.append(sample.clean)
             pattern_ids.append(sample.pattern_id)

@@ -197,13 +197,20 @@ def immunize(
     pad = bucket.padder(device)
     objective = _objective(model, settings, pad(target_batch), mask_batch, sizes)
 
+    # Each image's objective at its own size, for the reported losses (a uniform batch is scored as it
+    # is: each image's loss is its own); built once, so each target is encoded once.
+    alone = None if bucket.uniform else [
+        _objective(model, settings, bucket.crop(target_batch, i)[None],
+                   None if mask_batch is None else bucket.crop(mask_batch, i)[None], None)
+        for i in range(len(images))
+    ]  # fmt: skip
+
     def reported_losses(batch_255: torch.Tensor) -> torch.Tensor:
-        """float32 loss of each image alone (a uniform batch is scored as it is: each image's loss is its own)."""
+        """The float32 loss of each image alone."""
         with torch.no_grad():
-            if bucket.uniform:
+            if alone is None:
                 return objective(batch_255 / 255)
-            alone = [_alone(model, settings, bucket, target_batch, mask_batch, batch_255, i) for i in range(len(images))]
-            return torch.cat(alone)
+            return torch.cat([score(bucket.crop(batch_255, i)[None] / 255) for i, score in enumerate(alone)])
 
     loss_before = reported_losses(clean_255)
     if settings.method == "noise":
@@ -259,22 +266,6 @@ def _clean_batch(images: Sequence[LoadedImage], bucket: Bucket, device: torch.de
             canvas[index, : rgb.shape[0], : rgb.shape[1]] = rgb
         pixels = list(canvas)
     return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().to(device)
-
-
-def _alone(
-    model: ImageModel,
-    settings: AttackSettings,
-    bucket: Bucket,
-    targets: torch.Tensor,
-    masks: torch.Tensor | None,
-    batch_255: torch.Tensor,
-    index: int,
-) -> torch.Tensor:
-    """The loss of image ``index`` of a bucket as if it were attacked alone, at its own size."""
-    target = bucket.crop(targets, index)[None]
-    mask = None if masks is None else bucket.crop(masks, index)[None]
-    objective = _objective(model, settings, target, mask, None)
-    return objective(bucket.crop(batch_255, index)[None] / 255)
 
 
 def _objective(

@@ -229,6 +229,14 @@ def _open_source(source: Path | bytes, label: str) -> Iterator[BinaryIO]:
         yield file
 
 
+def image_size(data: bytes, label: str) -> tuple[int, int]:
+    """(width, height) of an encoded PNG, JPEG or WebP from its header, nothing decoded.
+
+    Raises ForwardguardError for another format, and what Pillow raises for a corrupt header.
+    """
+    return _open_header(io.BytesIO(data), label).size
+
+
 def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
     """Identify the format and read the header only, as ``Image.open`` does, but with our limit.
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import time
 
 import numpy as np
 from fastapi import HTTPException, status
-from PIL import Image, UnidentifiedImageError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.images import LoadedImage, read_image, read_mask
+from forwardguard.immunize.images import LoadedImage, image_size, read_image, read_mask
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 
@@ -64,13 +62,14 @@ class BodyLimitMiddleware:
             await _error(scope, receive, send, status.HTTP_413_CONTENT_TOO_LARGE,
                          f"the request body is over the limit of {self.max_bytes} bytes")
             return
-        replayed = False
+        whole: bytes | None = b"".join(chunks)
+        chunks.clear()  # one copy of the body in memory, not two
 
         async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            nonlocal whole
+            if whole is not None:
+                body, whole = whole, None
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
@@ -130,9 +129,8 @@ def check_image_upload(data: bytes, content_type: str | None, *, max_pixels: int
             f"{field}: content type {declared} is not accepted: send image/png, image/jpeg or image/webp",
         )
     try:
-        with Image.open(io.BytesIO(data), formats=list(IMAGE_TYPES.values())) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+        width, height = image_size(data, field)  # with our pixel limit only, not Pillow's process-wide one
+    except ForwardguardError:
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{field}: not a PNG, JPEG or WebP image"
         ) from None

@@ -59,7 +59,6 @@ class Immunized:
 
     png: bytes
     record: PatternRecord
-    result: ImmunizedImage
 
 
 class QueueFull(Exception):
@@ -312,4 +311,4 @@ class ModelWorkers:
         if record.tenant != job.tenant:
             raise TenantConflict(record.id)
         self._metrics.patterns_recorded.labels(job.key.settings.method).inc()
-        return Immunized(png=png, record=record, result=result)
+        return Immunized(png=png, record=record)
