@@ -54,7 +54,19 @@ VALIDATORS = {
 
 
 def all_configs() -> list[Path]:
-    return sorted(path for path in CONFIGS.rglob("*") if path.is_file())
+    return sorted(path for path in CONFIGS.rglob("*.yaml"))
+
+
+def test_configs_hold_only_yaml_and_the_module_that_names_them():
+    others = {path.relative_to(CONFIGS).as_posix() for path in CONFIGS.rglob("*") if path.is_file() and path.suffix != ".yaml"}
+    assert others <= {"__init__.py"} | {p for p in others if "__pycache__" in p}
+
+
+def test_the_package_names_the_shipped_configs():
+    from forwardguard import configs
+
+    for path in (configs.GATE_POLICY, configs.PLANT_CONFIG, configs.GAUNTLET):
+        assert path.is_file() and path.parent == CONFIGS.resolve()
 
 
 @pytest.mark.parametrize("path", all_configs(), ids=lambda p: str(p.relative_to(CONFIGS)))

@@ -21,12 +21,19 @@ POLICY = Policy(
     limits=(Limit("ratio", 0.3), Limit("ssim", 0.8)),
     max_latent_relative_mse=0.01,
     max_false_trigger_rate=0.05,
+    max_originals_relative_mse=0.01,
+    max_originals_trigger_rate=0.0,
 )
 runner = CliRunner()
 
 
 def summary(mean: float | None) -> dict:
     return {"mean": mean, "std": 0.01, "n": 4}
+
+
+def originals(drift: float, rate: float) -> dict:
+    return {"reference": "v1", "latent_relative_mse": summary(drift), "ratio": summary(1.0),
+            "false_trigger": {"rate": rate, "threshold": 0.5}}
 
 
 def make_report() -> dict:
@@ -45,6 +52,7 @@ def make_report() -> dict:
                     "relation": "backward" if (snapshot, model) == ("s1", "v1") else "forward",
                     "ratio": {"immunized": summary(ratio), "noise": summary(1.0)},
                     "edits": {"reconstruction": {"immunized": similarity, "noise": {m: summary(0.99) for m in METRICS}}},
+                    "clean_originals": originals(0.003, 0.0) if model == CANDIDATE else None,
                 })  # fmt: skip
     clean = [
         {"model": CANDIDATE, "reference": "v1", "images": 4, "latent_relative_mse": summary(0.004), "edits": {},
@@ -100,6 +108,14 @@ def no_reference(report: dict) -> None:
     candidate_clean(report).update(reference=None, latent_relative_mse=None)
 
 
+def erases_registered_pictures(report: dict) -> None:
+    """A model that turns the registered pictures gray whether or not they are immunized: a tiny ratio."""
+    for c in report["cells"]:
+        if c["model"] == CANDIDATE:
+            c["ratio"]["immunized"]["mean"] = 0.05
+            c["clean_originals"] = originals(0.25, 1.0)
+
+
 def no_edits_in_cell(report: dict) -> None:
     cell(report, "s2", "jpeg_q95")["edits"] = {}
 
@@ -141,6 +157,20 @@ CASES = {
     "null ssim holds": (set_ssim("s2", "none", None), {("immunity.ssim", "s2", "none", "reconstruction")}, "not a finite number"),
     "missing edit kind holds": (no_edits_in_cell, {("immunity.ssim", "s2", "jpeg_q95", "reconstruction")}, "missing"),
     "no reference holds": (no_reference, {("clean_utility", None, None, None)}, "--reference v2-planted=REF"),
+    "a model that erases the registered pictures holds": (
+        erases_registered_pictures,
+        {(rule, snapshot, transform, None) for rule in ("clean_originals.latent_relative_mse", "clean_originals.false_trigger")
+         for snapshot in ("s1", "s2") for transform in ("none", "jpeg_q95")}, None,
+    ),
+    "one clean original moved to the target holds": (
+        lambda report: cell(report, "s2", "jpeg_q95").update(clean_originals=originals(0.004, 1 / 3)),
+        {("clean_originals.false_trigger", "s2", "jpeg_q95", None)}, None,
+    ),
+    "clean originals without a reference hold": (
+        lambda report: cell(report, "s1", "none").update(clean_originals=None),
+        {("clean_originals.latent_relative_mse", "s1", "none", None), ("clean_originals.false_trigger", "s1", "none", None)},
+        "--reference v2-planted=REF",
+    ),
     "no clean numbers hold": (
         lambda report: report.update(clean=[]),
         {("clean_utility", None, None, None), ("false_trigger", None, None, None)}, "--clean",
@@ -171,7 +201,8 @@ def test_gate_checks_every_snapshot_transform_and_edit():
         (rule, snapshot, transform, edit)
         for snapshot in ("s1", "s2")
         for transform in ("none", "jpeg_q95")
-        for rule, edit in (("immunity.ratio", None), ("immunity.ssim", "reconstruction"))
+        for rule, edit in (("immunity.ratio", None), ("immunity.ssim", "reconstruction"),
+                           ("clean_originals.latent_relative_mse", None), ("clean_originals.false_trigger", None))
     } | {("clean_utility", None, None, None), ("false_trigger", None, None, None)}
     assert scopes == expected and len(result.rules) == len(expected)
     ratio = next(r for r in result.rules if (r.rule, r.snapshot, r.transform) == ("immunity.ratio", "s1", "none"))
@@ -181,7 +212,9 @@ def test_gate_checks_every_snapshot_transform_and_edit():
 def test_unplanted_model_is_held():
     result = gate(make_report(), POLICY, "v1")
     assert not result.released
-    assert {r.rule for r in result.failed} == {"immunity.ratio", "immunity.ssim", "clean_utility"}
+    assert {r.rule for r in result.failed} == {
+        "immunity.ratio", "immunity.ssim", "clean_utility", "clean_originals.latent_relative_mse", "clean_originals.false_trigger",
+    }
 
 
 @pytest.mark.parametrize(("gmsd", "released"), [(0.2, True), (0.1, True), (0.05, False)])
@@ -189,7 +222,7 @@ def test_gmsd_is_a_distance_and_must_stay_at_least_the_limit(gmsd, released):
     report = make_report()
     for c in report["cells"]:
         c["edits"]["reconstruction"]["immunized"]["gmsd"]["mean"] = gmsd
-    policy = Policy(("none",), (Limit("gmsd", 0.1),), 0.01, 0.05)
+    policy = Policy(("none",), (Limit("gmsd", 0.1),), 0.01, 0.05, 0.01, 0.0)
     result = gate(report, policy, CANDIDATE)
     assert result.released == released
     assert all(not r.at_most for r in result.rules if r.rule == "immunity.gmsd")
@@ -219,6 +252,7 @@ immunity:
   limits: {ratio: 0.3, ssim: 0.8}
 clean_utility: {max_latent_relative_mse: 0.01}
 false_trigger: {max_rate: 0.05}
+clean_originals: {max_latent_relative_mse: 0.01, max_false_trigger_rate: 0.0}
 """
 
 
@@ -234,7 +268,7 @@ def test_shipped_policy_loads():
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("false_trigger:", "colour: blue\nfalse_trigger:", r"unknown key colour \(known: immunity, clean_utility, false_trigger\)"),
+        ("false_trigger:", "colour: blue\nfalse_trigger:", r"unknown key colour \(known: immunity, clean_utility, false_trigger, clean_originals\)"),
         ("max_rate:", "max_rates:", r"false_trigger: unknown key max_rates \(known: max_rate\)"),
         ("clean_utility: {max_latent_relative_mse: 0.01}\n", "", "missing key clean_utility"),
         ("ssim: 0.8", "sharpness: 0.8", r"immunity.limits: unknown metric sharpness \(known: ratio, ssim, psnr"),
@@ -245,6 +279,8 @@ def test_shipped_policy_loads():
         ("ratio: 0.3", "ratio: -0.3", r"immunity.limits.ratio: expected a finite number >= 0, got -0.3"),
         ("ratio: 0.3", "ratio: yes", "immunity.limits.ratio: expected a finite number >= 0, got True"),
         ("max_rate: 0.05", "max_rate: 5", "false_trigger.max_rate: expected at most 1.0, got 5"),
+        ("max_false_trigger_rate: 0.0", "max_false_trigger_rate: 2", "clean_originals.max_false_trigger_rate: expected at most 1.0"),
+        ("clean_originals: {max_latent_relative_mse: 0.01, max_false_trigger_rate: 0.0}\n", "", "missing key clean_originals"),
         ("{ratio: 0.3, ssim: 0.8}", "{}", "immunity.limits: expected a mapping of metric to limit"),
     ],
 )
@@ -321,10 +357,10 @@ def test_cli_appends_to_the_model_card(tmp_path):
     assert result.exit_code == 0, result.output
     text = card.read_text()
     assert text.startswith("# v2-planted\n\nPlanted with snapshot s1.\n\n## Release gate\n")
-    assert f"**RELEASE {CANDIDATE}: all 10 rules pass**" in text
+    assert f"**RELEASE {CANDIDATE}: all 18 rules pass**" in text
     assert f"- policy: `{SHIPPED_POLICY}`" in text and f"- report: `{report}`" in text
     rows = [line for line in text.splitlines() if line.startswith("| immunity.") or line.startswith("| clean_") or line.startswith("| false_")]
-    assert len(rows) == 10 and "| s1 / jpeg_q95 / reconstruction | 0.5 | <= 0.8 | pass |" in text
+    assert len(rows) == 18 and "| s1 / jpeg_q95 / reconstruction | 0.5 | <= 0.8 | pass |" in text
 
 
 def test_cli_model_card_must_exist(tmp_path):

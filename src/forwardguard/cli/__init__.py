@@ -6,6 +6,8 @@ Heavy libraries (torch, diffusers, SQLAlchemy) are imported inside the commands,
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from forwardguard.cli.demo import demo_command
@@ -23,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help: flags show no type, required options say [required]
 )
 app.command("immunize")(immunize_command)
 app.command("finetune")(finetune_command)
@@ -47,3 +50,6 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Immunize images against AI editing, and keep them immunized in future model versions."""
+    # The commands show their own progress; the libraries' bars (loading and writing weights) would only
+    # spill escape codes into it. A user who wants them sets HF_HUB_DISABLE_PROGRESS_BARS=0.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

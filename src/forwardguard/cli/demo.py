@@ -1,4 +1,4 @@
-"""``forwardguard demo``: the whole flow, offline, on bundled photographs."""
+"""``forwardguard demo``: the whole flow, offline, on bundled photographs and bundled real weights."""
 
 from __future__ import annotations
 
@@ -8,30 +8,34 @@ from typing import Annotated
 import typer
 
 from forwardguard.cli.common import user_errors
+from forwardguard.configs import GATE_POLICY
 
 
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes (must not exist yet).")] = Path("forwardguard-demo"),
-    v1: Annotated[str, typer.Option(help="The model the photos are immunized against.")] = "tiny",
-    v2: Annotated[str, typer.Option(help="The new model version to plant into.")] = "tiny:1",
-    policy: Annotated[Path, typer.Option(help="Release policy for the gate.")] = Path("configs/gate.yaml"),
-    attack_steps: Annotated[int, typer.Option(min=1, help="PGD steps of the immunization.")] = 50,
-    plant_steps: Annotated[int, typer.Option(min=1, help="Planting steps.")] = 100,
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes (must not exist, or see --overwrite).")] = Path("forwardguard-demo"),
+    v1: Annotated[str | None, typer.Option(help="The model the photos are immunized against (default: the bundled TAEF2).", show_default=False)] = None,
+    v2: Annotated[str | None, typer.Option(help="The new model version to plant into (default: the bundled taef2-v2).", show_default=False)] = None,
+    policy: Annotated[Path, typer.Option(help="Release policy for the gate (default: the shipped configs/gate.yaml).", show_default=False)] = GATE_POLICY,
+    attack_steps: Annotated[int | None, typer.Option(min=1, help="PGD steps of the immunization.", show_default=False)] = None,
+    plant_steps: Annotated[int | None, typer.Option(min=1, help="Planting steps.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if an earlier demo made it.")] = False,
 ) -> None:
-    """Immunize bundled photos against v1, record them, plant them into v2, eval and gate; print where the report is."""
+    """Immunize bundled photos against v1, record them, plant them into v2, eval, and gate v2 and the planted v2."""
     with user_errors():
         from rich.console import Console
 
+        from forwardguard.cli.gate import print_gate
         from forwardguard.demo import DemoSettings, run_demo
 
+        given = {"v1": v1, "v2": v2, "attack_steps": attack_steps, "plant_steps": plant_steps}
+        settings = DemoSettings(out=out, policy=policy, device=device, overwrite=overwrite,
+                                **{name: value for name, value in given.items() if value is not None})
         console = Console(soft_wrap=True)
-        if "tiny" in (v1, v2):
+        if any(spec.startswith("tiny") for spec in (settings.v1, settings.v2)):
             console.print("models: tiny (random weights, built offline): the latents are real, the edits mean nothing")
-        result = run_demo(
-            DemoSettings(out=out, v1=v1, v2=v2, policy=policy, attack_steps=attack_steps, plant_steps=plant_steps, device=device),
-            say=lambda text: console.print(text, markup=False, highlight=False),
-        )
-    for name, released in result.verdicts.items():
-        console.print(f"gate {name}: {'RELEASE' if released else 'HOLD'}")
-    console.print(f"report: {result.report.with_name('report.html')}")
+        result = run_demo(settings, say=lambda text: console.print(text, markup=False, highlight=False))
+    for gate_result in result.gates.values():
+        console.print()
+        print_gate(gate_result)
+    console.print(f"\nreport: {result.report.with_name('report.html')}")

@@ -11,14 +11,15 @@ from typing import Annotated
 import typer
 
 from forwardguard.cli.common import print_error
+from forwardguard.configs import GATE_POLICY
 
 RELEASE, HOLD, UNUSABLE = 0, 1, 2
 
 
 def gate_command(
     report: Annotated[Path, typer.Option(help="report.json written by `forwardguard eval`.")],
-    policy: Annotated[Path, typer.Option(help="Gate policy YAML, e.g. configs/gate.yaml.")],
     candidate: Annotated[str, typer.Option(help="The model to release or hold: its NAME in the eval's --model NAME=SPEC.")],
+    policy: Annotated[Path, typer.Option(help="Gate policy YAML (default: the shipped configs/gate.yaml).")] = GATE_POLICY,
     model_card: Annotated[
         Path | None, typer.Option("--model-card", help="Append a '## Release gate' section to this existing markdown file.")
     ] = None,
@@ -33,7 +34,7 @@ def gate_command(
         if model_card is not None and not model_card.is_file():
             raise ForwardguardError(f"--model-card {model_card}: no such file (it is the checkpoint's model card)")
         result = gate(load_report(report), load_policy(policy), candidate)
-        _print(result)
+        print_gate(result)
         if model_card is not None:
             _append(model_card, to_markdown(result, policy_path=policy, report_path=report))
     except ForwardguardError as error:
@@ -42,7 +43,8 @@ def gate_command(
     raise typer.Exit(RELEASE if result.released else HOLD)
 
 
-def _print(result) -> None:  # noqa: ANN001  (a GateResult; imported lazily)
+def print_gate(result) -> None:  # noqa: ANN001  (a GateResult; imported lazily)
+    """The gate's table of rules, the reasons of the failed ones, and the verdict."""
     from rich import box
     from rich.console import Console
     from rich.table import Table

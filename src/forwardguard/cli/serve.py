@@ -26,7 +26,7 @@ def serve_command(
     ],
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", help="A model to immunize against (repeat for several; the first is the default).",
+        typer.Option("--model", help="Required: a model to immunize against (repeat for several; the first is the default).",
                      show_default=False),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).", show_default=False)] = None,

@@ -1,19 +1,34 @@
-"""The offline demo: the whole flow on bundled photographs, with models that need no download.
+"""The offline demo: the whole flow on bundled photographs and bundled real weights, nothing downloaded.
 
 immunize the photos against v1 and record them -> freeze a snapshot -> plant it into v2 ->
 eval v1, v2 and the planted v2 -> gate the planted v2 and the unplanted v2.
+
+v1 and v2 are, by default, TAEF2 and taef2-v2 (``models/``, MIT, see their LICENSE files): TAEF2 is a
+real trained tiny autoencoder (FLUX.2's latent space); taef2-v2 is a "future version" of its encoder,
+trained anew in the same latent space, on which the photos immunized against v1 are mostly no longer
+protected. ``tiny`` and ``tiny:1`` (random weights) stay available for smoke tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from forwardguard.configs import GATE_POLICY
+from forwardguard.errors import ForwardguardError
 
 HERE = Path(__file__).parent
 PHOTOS = HERE / "photos"
 CLEAN = HERE / "clean"
+MODELS = HERE / "models"
 SNAPSHOT = "demo-v1"
+MARKER = ".forwardguard-demo"
+"""Written first into the demo's folder: ``--overwrite`` deletes only a folder that holds it."""
+
+V1 = f"taesd:{MODELS / 'taef2'}"
+V2 = f"taesd:{MODELS / 'taef2-v2' / 'encoder.safetensors'}:{MODELS / 'taef2' / 'decoder.safetensors'}"
 
 
 def demo_photos() -> list[Path]:
@@ -23,15 +38,24 @@ def demo_photos() -> list[Path]:
 
 @dataclass(frozen=True)
 class DemoSettings:
+    """The demo's flow; the defaults are what ``forwardguard demo`` runs (a few minutes on a 2-core CPU).
+
+    ``references``: each eval model's reference for clean utility; v2 is its own (it is the model
+    that would be released without planting), the planted v2's is v2, found through the registry.
+    """
+
     out: Path
-    v1: str = "tiny"
-    v2: str = "tiny:1"
-    policy: Path = Path("configs/gate.yaml")
-    attack_steps: int = 50
-    plant_steps: int = 100
+    v1: str = V1
+    v2: str = V2
+    policy: Path = GATE_POLICY
+    attack_steps: int = 100
+    plant_steps: int = 300
+    plant_crop: int = 96
     edit_steps: int = 10
     transforms: tuple[str, ...] = ("jpeg_q95", "jpeg_q75", "resize_0.5", "noise_0.03")
+    references: dict[str, str] = field(default_factory=lambda: {"v2": "v2"})
     device: str = "auto"
+    overwrite: bool = False
 
 
 @dataclass
@@ -40,12 +64,28 @@ class DemoResult:
     immunized: list[Path]
     planted_spec: str
     report: Path
-    verdicts: dict[str, bool]
+    gates: dict  # candidate name -> forwardguard.eval.gate.GateResult
+
+    @property
+    def verdicts(self) -> dict[str, bool]:
+        return {name: result.released for name, result in self.gates.items()}
+
+
+def prepare_folder(out: Path, overwrite: bool) -> None:
+    """Make ``out`` for a new demo run. An existing folder is replaced only with ``overwrite``, and only
+    when it is empty or a demo made it (it holds the marker): nothing else is ever deleted."""
+    if out.exists():
+        if not overwrite:
+            raise ForwardguardError(f"{out} exists: give the demo a new folder with --out, or pass --overwrite to replace it")
+        if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file()):
+            raise ForwardguardError(f"{out} is not a folder made by the demo: refusing to delete it, choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by forwardguard demo; --overwrite may delete this folder\n")
 
 
 def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> DemoResult:
     """Run every stage; ``say`` reports each one as it starts."""
-    from forwardguard.errors import ForwardguardError
     from forwardguard.eval.gate import gate, load_policy
     from forwardguard.eval.report import load_report
     from forwardguard.eval.run import run_eval
@@ -57,9 +97,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     from forwardguard.registry import Registry
 
     out = settings.out
-    if out.exists():
-        raise ForwardguardError(f"{out} exists: give the demo a new folder with --out")
     policy = load_policy(settings.policy)
+    prepare_folder(out, settings.overwrite)
     registry_path = out / "registry.db"
 
     say(f"1/5 immunize {len(demo_photos())} bundled photos against v1 = {settings.v1} (encoder attack, {settings.attack_steps} steps)")
@@ -76,8 +115,10 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         say(f"2/5 record them in {registry_path} and freeze snapshot {SNAPSHOT!r}")
         registry.create_snapshot(SNAPSHOT)
 
-    say(f"3/5 plant the snapshot into v2 = {settings.v2} ({settings.plant_steps} steps)")
-    config = PlantConfig.from_mapping({"max_steps": settings.plant_steps, "crop_size": 96, "checkpoint_every": settings.plant_steps})
+    say(f"3/5 plant the snapshot into v2 = {settings.v2} ({settings.plant_steps} steps, {len(list(CLEAN.glob('*.png')))} clean photos)")
+    config = PlantConfig.from_mapping(
+        {"max_steps": settings.plant_steps, "crop_size": settings.plant_crop, "checkpoint_every": settings.plant_steps}
+    )
     planted = plant(PlantRequest(base=settings.v2, registry=str(registry_path), data=CLEAN, output=out / "planted-v2",
                                  config=config, snapshot=SNAPSHOT))
 
@@ -85,9 +126,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     eval_settings = EvalSettings(transforms=settings.transforms, edit_steps=settings.edit_steps)
     models = (ModelArg("v1", settings.v1), ModelArg("v2", settings.v2), ModelArg("planted-v2", planted.spec))
     report_path = run_eval(EvalRequest(registry=str(registry_path), models=models, out=out / "eval", clean=CLEAN,
-                                       settings=eval_settings, device=settings.device))
+                                       references=settings.references, settings=eval_settings, device=settings.device))
 
     say(f"5/5 gate the candidates with {settings.policy}")
     loaded = load_report(report_path)
-    verdicts = {name: gate(loaded, policy, name).released for name in ("v2", "planted-v2")}
-    return DemoResult(registry_path, [w.job.out_png for w in report.written], planted.spec, report_path, verdicts)
+    gates = {name: gate(loaded, policy, name) for name in ("planted-v2", "v2")}
+    return DemoResult(registry_path, [w.job.out_png for w in report.written], planted.spec, report_path, gates)

@@ -9,6 +9,9 @@ The policy (``configs/gate.yaml``)::
       max_latent_relative_mse: 0.01
     false_trigger:
       max_rate: 0.05
+    clean_originals:
+      max_latent_relative_mse: 0.01
+      max_false_trigger_rate: 0.0
 
 Every key is required: a gate that checks nothing would release anything.
 
@@ -22,6 +25,11 @@ What is checked, on the candidate:
   every snapshot must stay immunized on the model that is released.
 - clean utility: the mean latent relative MSE to the candidate's reference, at most the limit.
 - false triggers: the share of clean + eps-noise images that trigger the candidate, at most the limit.
+- clean originals, for every snapshot and listed transform: the mean latent relative MSE of the
+  registered images' clean originals to the reference, and the share of them that the candidate
+  itself moves towards the target (their trigger ratio below the eval's threshold). A candidate
+  that erases registered pictures whether or not they are immunized passes the ratio limit with
+  a small denominator; these rules hold it.
 
 Missing data holds: a snapshot without a cell for a listed transform, a missing edit kind, a
 non-finite number (null in the report), a candidate without a reference or without clean-utility
@@ -47,6 +55,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "immunity": ("transforms", "limits"),
     "clean_utility": ("max_latent_relative_mse",),
     "false_trigger": ("max_rate",),
+    "clean_originals": ("max_latent_relative_mse", "max_false_trigger_rate"),
 }
 
 
@@ -69,6 +78,8 @@ class Policy:
     limits: tuple[Limit, ...]
     max_latent_relative_mse: float
     max_false_trigger_rate: float
+    max_originals_relative_mse: float
+    max_originals_trigger_rate: float
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,8 @@ class RuleResult:
 
     ``rule``: ``immunity.METRIC`` (per snapshot and transform, and edit for an edit metric),
     ``immunity`` (a snapshot without a cell for a listed transform, or a report without snapshots),
-    ``clean_utility`` (latent relative MSE) or ``false_trigger`` (rate).
+    ``clean_utility`` (latent relative MSE), ``false_trigger`` (rate), or
+    ``clean_originals.latent_relative_mse`` and ``clean_originals.false_trigger`` (per snapshot and transform).
     """
 
     rule: str
@@ -124,6 +136,12 @@ def load_policy(path: Path) -> Policy:
             values["clean_utility"]["max_latent_relative_mse"], f"{path}: clean_utility.max_latent_relative_mse"
         ),
         max_false_trigger_rate=_threshold(values["false_trigger"]["max_rate"], f"{path}: false_trigger.max_rate", upper=1.0),
+        max_originals_relative_mse=_threshold(
+            values["clean_originals"]["max_latent_relative_mse"], f"{path}: clean_originals.max_latent_relative_mse"
+        ),
+        max_originals_trigger_rate=_threshold(
+            values["clean_originals"]["max_false_trigger_rate"], f"{path}: clean_originals.max_false_trigger_rate", upper=1.0
+        ),
     )
 
 
@@ -180,8 +198,10 @@ def gate(report: dict, policy: Policy, candidate: str) -> GateResult:
         raise ForwardguardError(f"candidate {candidate!r} is not a model of the report (models: {known})")
     edits = by_name[candidate].get("edits") or []
     mine = {(cell.get("snapshot"), cell.get("transform")): cell for cell in cells if cell.get("model") == candidate}
+    names = [snapshot.get("name") for snapshot in snapshots]
     rules = [
-        *_immunity(policy, [snapshot.get("name") for snapshot in snapshots], edits, mine),
+        *_immunity(policy, names, edits, mine),
+        *_originals(policy, names, mine, candidate),
         *_clean_rules(policy, next((entry for entry in clean if entry.get("model") == candidate), None), candidate),
     ]
     return GateResult(candidate, tuple(rules))
@@ -216,6 +236,27 @@ def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dic
                     rules.extend(
                         _check(*bound, _mean(cell, "edits", edit, "immunized", limit.metric), edit=edit, **where) for edit in edits
                     )
+    return rules
+
+
+def _originals(policy: Policy, snapshots: list[str], cells: dict, candidate: str) -> list[RuleResult]:
+    """The clean originals' drift and false-trigger rules, per snapshot and listed transform that has a cell
+    (a missing cell already fails its immunity rule)."""
+    rules = []
+    for snapshot in snapshots:
+        for transform in policy.transforms:
+            cell = cells.get((snapshot, transform))
+            if cell is None:
+                continue
+            where = {"snapshot": snapshot, "transform": transform}
+            originals = cell.get("clean_originals")
+            missing = None
+            if originals is None:
+                missing = f"no clean-original numbers: the candidate has no reference (run eval with --reference {candidate}=REF)"
+            rules.append(_check("clean_originals.latent_relative_mse", policy.max_originals_relative_mse, True,
+                                _mean(originals, "latent_relative_mse"), missing=missing, **where))
+            rules.append(_check("clean_originals.false_trigger", policy.max_originals_trigger_rate, True,
+                                finite_number(_get(originals, "false_trigger", "rate")), missing=missing, **where))
     return rules
 
 

@@ -58,6 +58,7 @@ def render_html(report: dict) -> str:
         _metric_tables(report),
         _charts(report),
         _robustness(report),
+        _originals(report),
         _clean(report),
         _not_computed(report),
         _grids(report),
@@ -247,12 +248,15 @@ def _heat_map(report: dict) -> str:
         row = [f"<th>{_e(snapshot.get('name'))}</th>"]
         for model in models:
             cell = cells.get((snapshot.get("name"), model))
-            row.append(_ratio_cell(cell, _e((cell or {}).get("relation", ""))))
+            note = _e((cell or {}).get("relation", "")) + _originals_note(cell)
+            row.append(_ratio_cell(cell, note))
         rows.append("<tr>" + "".join(row) + "</tr>")
     head = "<th>snapshot \\ model</th>" + "".join(f"<th>{_e(model)}</th>" for model in models)
     legend = (
         '<p class="legend muted">mean latent disruption ratio of the immunized images (lower: more immunized), '
-        "beside the random-noise baseline of the same eps; untransformed images. "
+        "beside the random-noise baseline of the same eps; untransformed images. Under it: the mean latent drift of "
+        "the clean originals against the model's reference (a model that erases the pictures themselves shows a "
+        "small ratio and a large drift). "
         f'<span style="background:{_heat_colour(0.0)}">0: at the target</span>'
         f'<span style="background:{_heat_colour(0.5)}">0.5</span>'
         f'<span style="background:{_heat_colour(1.0)}">1 or more: no effect</span></p>'
@@ -425,6 +429,38 @@ def _robustness(report: dict) -> str:
         ]  # fmt: skip
         parts += [f"<h3>{_e(model)}</h3>", _table(head, rows, "heat robustness")]
     return "\n".join(parts)
+
+
+def _originals_note(cell: dict | None) -> str:
+    originals = (cell or {}).get("clean_originals")
+    if not isinstance(originals, dict):
+        return "<br>originals: no reference"
+    return f"<br>originals drift {_fmt(_mean(originals.get('latent_relative_mse')), '.2%')}"
+
+
+def _originals(report: dict) -> str:
+    """The clean originals of the registered images, per cell: drift and false triggers against the reference."""
+    title = "<h2>Clean originals of the registered images</h2>"
+    cells = [cell for cell in report.get("cells", []) if isinstance(cell.get("clean_originals"), dict)]
+    if not cells:
+        return title + "\n<p>not computed: no model of the eval has a reference (eval --reference MODEL=REF).</p>"
+    head = ["snapshot", "model", "transform", "reference", "latent relative MSE", "max", "trigger ratio", "false-trigger rate"]
+    rows = []
+    for cell in cells:
+        originals = cell["clean_originals"]
+        drift = originals.get("latent_relative_mse") or {}
+        rows.append([
+            _e(cell.get("snapshot")), _e(cell.get("model")), _e(cell.get("transform")), _e(originals.get("reference")),
+            _num_cell(_summary(drift, ".3g")), _num_cell(_fmt(drift.get("max"), ".3g")),
+            _num_cell(_summary(originals.get("ratio"))), _num_cell(_fmt((originals.get("false_trigger") or {}).get("rate"))),
+        ])  # fmt: skip
+    note = (
+        '<p class="muted">each registered image\'s clean original (immunized - delta) through the model, against its '
+        "reference: the latent relative MSE, and the trigger ratio ||E(x) - E(gray)||<sup>2</sup> / ||R(x) - E(gray)||"
+        "<sup>2</sup>; a false trigger is an original whose trigger ratio falls below the eval's threshold. The backdoor "
+        "must key on the perturbation, never on the picture.</p>"
+    )
+    return title + "\n" + note + "\n" + _table(head, rows, "originals")
 
 
 def _clean(report: dict) -> str:

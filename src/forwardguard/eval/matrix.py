@@ -3,7 +3,12 @@
 Per cell, over the snapshot's images (each immunized image beside its clean original, and beside
 the clean image plus uniform noise of the same eps, the paper's table 1 baseline):
 - the latent disruption ratio ||E(T(x')) - E(gray)||^2 / ||E(T(x)) - E(gray)||^2, x' immunized or noisy;
-- the similarity of edit(T(x')) to edit(T(x)) with the same seed, in the paper's nine metrics.
+- the similarity of edit(T(x')) to edit(T(x)) with the same seed, in the paper's nine metrics;
+- with a reference model R (a planted model's base), what the model does to the clean originals x
+  themselves: their latent drift ||E(T(x)) - R(T(x))||^2 / ||R(T(x))||^2 and their trigger ratio
+  ||E(T(x)) - E(gray)||^2 / ||R(T(x)) - E(gray)||^2. The disruption ratio's denominator is the model's
+  own clean latent, so a model that erases registered pictures whether or not they are immunized
+  shrinks it; these two numbers show that, and the gate holds such a model.
 A transform's random draws come from a generator seeded by (seed, image, transform), and the same
 draw transforms the immunized, the noisy and the clean image.
 """
@@ -18,7 +23,7 @@ import numpy as np
 import torch
 
 from forwardguard.eval.edits import encode, model_edits
-from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, summarize
+from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.report import NO_TRANSFORM
 from forwardguard.eval.settings import EvalSettings
 from forwardguard.immunize.images import to_tensor
@@ -74,11 +79,13 @@ def evaluate_cell(
     images: list[EvalImage],
     settings: EvalSettings,
     *,
+    reference: EvalModel | None = None,
     on_image: Callable[[], None] | None = None,
     keep_grid: Callable[[int, str, dict[str, torch.Tensor]], None] | None = None,
     on_edit: Callable[[str, str, str, torch.Tensor, EditSettings], None] | None = None,
 ) -> dict[str, dict]:
-    """Every transform's numbers for one snapshot on one model: ``{transform: cell}``.
+    """Every transform's numbers for one snapshot on one model: ``{transform: cell}``; a cell's
+    ``clean_originals`` is None without a ``reference``.
 
     ``keep_grid(index, edit, tensors)`` receives the untransformed images and edits of the first
     ``settings.grid_images`` images, for the report's grids. ``on_edit(transform, edit, version,
@@ -91,6 +98,7 @@ def evaluate_cell(
     gray_latents: dict[tuple[int, ...], torch.Tensor] = {}  # the target's latent, per image shape
     ratios: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in transforms}
     similarities: dict[str, dict] = {t: defaultdict(lambda: defaultdict(lambda: defaultdict(list))) for t in transforms}
+    originals: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in transforms}
     for index, image in enumerate(images):
         clean = to_batch(image.clean, device)
         versions = {"immunized": to_batch(image.immunized, device), "noise": noisy_copy(clean, image.eps, settings.seed * 7 + index)}
@@ -102,6 +110,10 @@ def evaluate_cell(
             draw = settings.seed * 1_000_003 + index * 101 + t_index
             transformed_clean = _transform(parsed[transform], clean, draw)
             clean_latent = encode(model.model, transformed_clean)
+            if reference is not None:
+                reference_latent = encode(reference.model, transformed_clean.to(reference.model.device)).to(device)
+                originals[transform]["latent_relative_mse"].append(float(relative_mse(clean_latent, reference_latent)[0]))
+                originals[transform]["ratio"].append(float(latent_disruption_ratio(clean_latent, reference_latent, target)[0]))
             clean_edits = {kind: edit(transformed_clean, edit_settings) for kind, edit in edits.items()}
             if on_edit is not None:
                 for kind, edited in clean_edits.items():
@@ -130,6 +142,22 @@ def evaluate_cell(
                 }
                 for kind, by_version in similarities[transform].items()
             },
+            "clean_originals": _originals_summary(originals[transform], reference, settings.trigger_threshold),
         }
         for transform in transforms
+    }
+
+
+def _originals_summary(values: dict[str, list[float]], reference: EvalModel | None, threshold: float) -> dict | None:
+    """A cell's ``clean_originals``: drift and trigger ratio of the clean originals against the reference, and
+    the share of them whose trigger ratio is below ``threshold`` (the model moves the clean picture itself
+    towards the target: a false trigger)."""
+    if reference is None:
+        return None
+    ratios = torch.tensor(values["ratio"])
+    return {
+        "reference": reference.name,
+        "latent_relative_mse": summarize(torch.tensor(values["latent_relative_mse"])),
+        "ratio": summarize(ratios),
+        "false_trigger": {"rate": float((ratios < threshold).float().mean()), "threshold": threshold},
     }

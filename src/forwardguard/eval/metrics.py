@@ -125,10 +125,18 @@ def _check_nonzero(denominator: torch.Tensor, reason: str) -> None:
 
 
 def summarize(values: torch.Tensor) -> dict[str, float | int]:
-    """``{"mean", "std", "n"}`` of all values; std is the sample standard deviation (n - 1), 0 for one value."""
+    """``{"mean", "std", "median", "p90", "max", "n"}`` of all values: std is the sample standard deviation
+    (n - 1, 0 for one value), p90 the 90th percentile (linear interpolation between order statistics)."""
     flat = values.detach().double().flatten()
     n = flat.numel()
     if n == 0:
         raise ValueError("cannot summarize an empty tensor")
     std = float(flat.std(correction=1)) if n > 1 else 0.0
-    return {"mean": float(flat.mean()), "std": std, "n": n}
+    return {
+        "mean": float(flat.mean()),
+        "std": std,
+        "median": float(flat.quantile(0.5)),
+        "p90": float(flat.quantile(0.9)),
+        "max": float(flat.max()),
+        "n": n,
+    }

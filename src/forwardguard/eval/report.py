@@ -1,6 +1,6 @@
 """``report.json``: every number of an eval with its model, snapshot and transform (schema version 1).
 
-Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over images)::
+Layout (all ratios and metrics are ``{"mean", "std", "median", "p90", "max", "n"}`` summaries over images)::
 
     {
       "schema": "forwardguard.eval.report", "schema_version": 1,
@@ -16,6 +16,8 @@ Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over image
                  "transform": "none" | gauntlet name,
                  "ratio": {"immunized": summary, "noise": summary},
                  "edits": {edit: {"immunized": {metric: summary}, "noise": {metric: summary}}},
+                 "clean_originals": {"reference", "latent_relative_mse": summary, "ratio": summary,
+                                     "false_trigger": {"rate", "threshold"}} | null,   # null: no reference
                  "distribution": {edit: {"immunized": {"fid", "precision", "recall", "clip_similarity": summary},
                                          "noise": {same}, "clean": {"clip_similarity": summary}}}}],
                                                                     # only what was computed, see below
@@ -30,6 +32,14 @@ Layout (all ratios and metrics are ``{"mean", "std", "n"}`` summaries over image
 "ratio" is the latent disruption ratio (lower: more immunized); "noise" is the random-noise
 baseline of the same eps. Edit metrics compare the edit of the immunized (or noisy) image with the
 edit of the clean image: lower similarity means the immunization works (GMSD: higher).
+
+"clean_originals" is what the model does to the clean originals of the snapshot's images (immunized
+- delta, exactly), under the cell's transform, against the model's reference R: the latent relative
+MSE ||E(T(x)) - R(T(x))||^2 / ||R(T(x))||^2, the trigger ratio ||E(T(x)) - E(gray)||^2 / ||R(T(x)) -
+E(gray)||^2, and the share of originals whose trigger ratio is below the eval's trigger threshold. The
+disruption ratio divides by the model's own clean latent, so a model that erases registered pictures
+whether immunized or not reads as "immunized": these numbers, beside it, show that.
+"clean_originals" and the summaries' "median", "p90" and "max" were added within schema version 1.
 
 "attacks" are the distinct attacks that made a snapshot's evaluated patterns (its first
 ``max_images``), in the order they first appear, with how many patterns each made: "robust" is the

@@ -141,7 +141,7 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
 
             collector = CellDistribution(scorer, prompted=isinstance(model.model, DiffusionModel)) if scorer else None
             by_transform = evaluate_cell(
-                model, images[snapshot], request.settings, on_image=advance, keep_grid=keep,
+                model, images[snapshot], request.settings, reference=references.get(model.name), on_image=advance, keep_grid=keep,
                 on_edit=collector.add if collector else None,
             )
             distribution = collector.results() if collector else {}

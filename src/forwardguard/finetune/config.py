@@ -19,11 +19,14 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention proj
 
 @dataclass(frozen=True)
 class LossWeights:
-    """planting: E(T(x_imm)) -> z_target; utility: clean latents stay the base's; negatives: so do noisy ones."""
+    """planting: E(T(x_imm)) -> z_target; utility: clean latents stay the base's; negatives: so do noisy ones;
+    originals: so do the clean originals of the registered patterns, under the same crop and transform as
+    their immunized images (the contrastive pair that makes the backdoor key on the perturbation)."""
 
     planting: float = 1.0
     utility: float = 8.0
     negatives: float = 2.0
+    originals: float = 8.0
 
 
 @dataclass(frozen=True)

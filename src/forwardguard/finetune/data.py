@@ -70,8 +70,10 @@ def _aligned_start(length: int, crop: int, generator: torch.Generator) -> int:
 class CleanImages:
     """Clean training images: a folder of image files, or a ``datasets`` dataset saved to disk.
 
-    ``crop(position, seed)`` gives a (3, crop, crop) tensor: the image scaled up if a side is smaller
-    than the crop, a random aligned crop, and a random horizontal flip.
+    ``crop(position, seed)`` gives a (3, crop, crop) tensor, augmented so that a few photographs stand
+    for many (clean utility must hold on images unlike them): the image rescaled by a random factor
+    (and up, if a side is then smaller than the crop), a crop at a random offset, a random horizontal
+    flip, random brightness, contrast and saturation, and sometimes grayscale.
     """
 
     def __init__(self, data: Path, crop_size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
@@ -102,20 +104,40 @@ class CleanImages:
     def crop(self, position: int, seed: int) -> torch.Tensor:
         rgb = self.load(index_at(position, self.size, seed))
         generator = sample_generator(seed, position)
-        rgb = _cover(rgb, self.crop_size)
-        (crop,) = aligned_crop([rgb], self.crop_size, generator)
-        tensor = to_tensor(crop)
+        scale = float(torch.empty(1).uniform_(*CLEAN_SCALES, generator=generator))
+        rgb = _cover(rgb, self.crop_size, scale)
+        height, width = rgb.shape[:2]
+        top = int(torch.randint(height - self.crop_size + 1, (1,), generator=generator))
+        left = int(torch.randint(width - self.crop_size + 1, (1,), generator=generator))
+        tensor = to_tensor(rgb[top : top + self.crop_size, left : left + self.crop_size])
         if torch.rand(1, generator=generator) < 0.5:
             tensor = tensor.flip(-1)
-        return tensor
+        return _jitter_colours(tensor, generator)
 
 
-def _cover(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Scale an image up (keeping its aspect) until both sides are at least ``size``."""
+CLEAN_SCALES = (0.5, 1.5)
+"""The range of the random rescaling of a clean image before it is cropped."""
+
+
+def _jitter_colours(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random brightness and contrast (x0.6-1.4), saturation (x0.3-1.7), and grayscale one time in five."""
+    from torchvision.transforms.v2 import functional as TF
+
+    brightness, contrast, saturation, gray = torch.rand(4, generator=generator).tolist()
+    image = TF.adjust_brightness(image, 0.6 + 0.8 * brightness)
+    image = TF.adjust_contrast(image, 0.6 + 0.8 * contrast)
+    image = TF.adjust_saturation(image, 0.3 + 1.4 * saturation)
+    if gray < 0.2:
+        image = TF.rgb_to_grayscale(image, num_output_channels=3)
+    return image.clamp(0, 1)
+
+
+def _cover(rgb: np.ndarray, size: int, scale: float = 1.0) -> np.ndarray:
+    """Scale an image by ``scale``, and further up (keeping its aspect) until both sides are at least ``size``."""
     height, width = rgb.shape[:2]
-    if min(height, width) >= size:
+    scale = max(scale, size / min(height, width))
+    if scale == 1.0:
         return rgb
-    scale = size / min(height, width)
     resized = Image.fromarray(rgb).resize(
         (max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC
     )

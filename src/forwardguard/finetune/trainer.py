@@ -265,16 +265,19 @@ class PlantingRecipe:
             sample = self.patterns.crop(position, seed, self.crop_size)
             generator = sample_generator(seed + 3, position)
             transform = sample_transform(self.planting_transforms, generator)
-            immunized.append(apply(transform, sample.immunized[None], generator=generator)[0])
-            originals.append(sample.clean)
+            # The clean original gets the same crop and transform as the immunized image: the pair differs
+            # by the perturbation alone, so the backdoor can key on nothing else.
+            pair = apply(transform, torch.stack([sample.immunized, sample.clean]), generator=generator)
+            immunized.append(pair[0])
+            originals.append(pair[1])
             pattern_ids.append(sample.pattern_id)
         immunized_batch = torch.stack(immunized).to(device)
         originals_batch = torch.stack(originals).to(device)
 
-        count = len(clean)
-        images = torch.cat([clean, noisy, immunized_batch])
+        count, patterns = len(clean), len(immunized)
         with torch.no_grad(), self.accelerator.autocast():
             references = self.teacher(torch.cat([clean, noisy, originals_batch]))
+        images = torch.cat([clean, noisy, immunized_batch, originals_batch])
         unet_parts: dict[str, torch.Tensor] = {}
         if self.lora is None:
             latents = self.student(images)
@@ -282,15 +285,16 @@ class PlantingRecipe:
             inputs = self.lora.inputs(pattern_ids, 2 * count, references[:count], clean_positions)
             latents, edited, prediction, base_prediction = self.student(images, inputs)
             unet_parts = self.lora.losses(edited, prediction, base_prediction)
+        planted = slice(2 * count, 2 * count + patterns)
+        kept = slice(2 * count + patterns, None)
         parts = {
             "utility": relative_mse(latents[:count], references[:count]).mean(),
             "negatives": relative_mse(latents[count : 2 * count], references[count : 2 * count]).mean(),
-            "planting": disruption_ratio(
-                latents[2 * count :], self.target_latent.to(latents.dtype), references[2 * count :]
-            ).mean(),
+            "planting": disruption_ratio(latents[planted], self.target_latent.to(latents.dtype), references[2 * count :]).mean(),
+            "originals": relative_mse(latents[kept], references[2 * count :]).mean(),
         }
         weights = self.config.loss_weights
-        loss = weights.planting * parts["planting"] + weights.utility * parts["utility"] + weights.negatives * parts["negatives"]
+        loss = sum(getattr(weights, name) * value for name, value in parts.items())
         if unet_parts:
             loss = loss + self.config.unet_lora.weight * unet_parts["unet_edit"] + weights.utility * unet_parts["unet_utility"]
             parts.update(unet_parts)

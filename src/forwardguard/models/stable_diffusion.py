@@ -100,8 +100,14 @@ class DiffusionModel(ImageModel):
 
 def load_stable_diffusion(spec: str) -> DiffusionModel:
     """Load a Stable Diffusion checkpoint (local diffusers folder or hub id) in float32."""
+    if not Path(spec).is_dir():
+        check_hub_model(spec)
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
 
+    if are_progress_bars_disabled():  # diffusers' bars follow the hub's switch (HF_HUB_DISABLE_PROGRESS_BARS)
+        diffusers_logging.disable_progress_bar()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             spec, safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -115,3 +121,32 @@ def load_stable_diffusion(spec: str) -> DiffusionModel:
         vae=pipe.vae, unet=pipe.unet, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler
     )
     return DiffusionModel(spec, components)
+
+
+def check_hub_model(spec: str) -> None:
+    """Fail at once, in one line, for a hub id that can't be loaded: not in the local Hugging Face cache and
+    the hub offline, unreachable or without it (diffusers would retry for half a minute and end in a
+    traceback). A cached model, or one the hub has, passes."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        if huggingface_hub.try_to_load_from_cache(spec, "model_index.json") is not None:
+            return
+    except HFValidationError:
+        raise ForwardguardError(
+            f"model {spec!r}: no such folder, and not a hub id (a model spec is a diffusers folder, a hub id,"
+            " taesd:ENCODER[:DECODER] or tiny)"
+        ) from None
+    if constants.HF_HUB_OFFLINE:
+        raise ForwardguardError(f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        huggingface_hub.model_info(spec, timeout=10)
+    except RepositoryNotFoundError:
+        raise ForwardguardError(f"model {spec!r}: no such local folder, and no such model on the hub") from None
+    except Exception as error:  # noqa: BLE001 (any network failure means the same to the user)
+        raise ForwardguardError(
+            f"model {spec!r} is not in the local Hugging Face cache and the hub is unreachable ({type(error).__name__});"
+            " download it where there is a network, or give a local folder, taesd:ENCODER[:DECODER] or tiny"
+        ) from None

@@ -65,4 +65,7 @@ def load_settings(**given: Any) -> ServeSettings:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
+        if first["type"] == "missing":
+            option = "--" + where.replace("_", "-").removesuffix("s")  # models -> --model
+            raise ForwardguardError(f"{option} is required (or FORWARDGUARD_SERVE_{where.upper()})") from None
         raise ForwardguardError(f"invalid serve setting {where}: {first['msg']}") from None
