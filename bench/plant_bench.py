@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/plant_bench.py                    # the shipped configs/plant.yaml (400 steps)
     .venv/bin/python bench/plant_bench.py --max-steps 150 --crop-size 96 --json plant.json
+    .venv/bin/python bench/plant_bench.py --clean-photos 2 --no-throughput   # as few clean photos as the demo
 
 Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps,
 128x128, as taef2-v2's MODEL.md measures). Four are recorded and planted into taef2-v2; two more are
 immunized the same way but not recorded (how far the planting generalizes). Reported: the disruption
-ratio of each image under v1, taef2-v2 and the planted model; the planted model's latent relative
+ratio of each image under v1, taef2-v2 and the planted model (and the planted model's ratio with
+taef2-v2's clean latent as the denominator, which a model that erases the pictures cannot shrink);
+the latent relative MSE to taef2-v2 of the clean originals of the registered images (a planting that
+learned the pictures instead of the perturbation moves them); the planted model's latent relative
 MSE to taef2-v2 and its ratio on clean + eps-noise images, on held-out photos; then samples per second
 of short planting runs with 1 and 2 processes (torchrun on the CPU, gloo).
 """
@@ -43,21 +47,28 @@ REPO = Path(__file__).resolve().parents[1]
 REGISTERED = ("astronaut", "coffee", "chelsea", "rocket")
 UNREGISTERED = ("camera", "immunohistochemistry")
 CLEAN_TRAINING = ("astronaut", "coffee", "chelsea", "brick", "grass", "gravel", "moon", "coins", "clock", "hubble_deep_field")
-HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel")
+HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel", "page", "text")
 
 
 def photo(name: str, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(getattr(data, name)()).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
 
 
-def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:  # noqa: ANN001
+def ratio(model, immunized: np.ndarray, clean: np.ndarray, reference=None) -> float:  # noqa: ANN001
+    """The disruption ratio; with ``reference``, its clean latent is the denominator's."""
     x, x_imm = to_batch(clean, model.device), to_batch(immunized, model.device)
     with torch.no_grad():
         target = encode(model, torch.full_like(x, 0.5))
-        return float(latent_disruption_ratio(encode(model, x_imm), encode(model, x), target)[0])
+        return float(latent_disruption_ratio(encode(model, x_imm), encode(reference or model, x), target)[0])
 
 
-def quality(shared: Path, work: Path, overrides: dict) -> dict:
+def drift(model, reference, rgb: np.ndarray) -> float:  # noqa: ANN001
+    x = to_batch(rgb, model.device)
+    with torch.no_grad():
+        return float(relative_mse(encode(model, x), encode(reference, x))[0])
+
+
+def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dict:
     v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
     v2_spec = f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
     v1 = load_model(v1_spec)
@@ -74,7 +85,7 @@ def quality(shared: Path, work: Path, overrides: dict) -> dict:
                                         model_spec=v1_spec)
         registry.create_snapshot("bench")
     (work / "clean").mkdir()
-    for name in CLEAN_TRAINING:
+    for name in CLEAN_TRAINING[:clean_photos]:
         Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
     config = PlantConfig.from_yaml(REPO / "configs" / "plant.yaml", **overrides)
     started = time.perf_counter()
@@ -82,18 +93,21 @@ def quality(shared: Path, work: Path, overrides: dict) -> dict:
                                         output=work / "planted", config=config, snapshot="bench"))
     seconds = time.perf_counter() - started
     models = {"v1": v1, "taef2-v2": load_model(v2_spec), "planted": load_model(planted_result.spec)}
-    rows = {name: {label: ratio(model, *pairs[name]) for label, model in models.items()} for name in pairs}
-    held_out = {}
     planted, v2 = models["planted"], models["taef2-v2"]
+    rows = {name: {label: ratio(model, *pairs[name]) for label, model in models.items()} for name in pairs}
+    for name, (immunized, clean) in pairs.items():
+        rows[name]["planted / taef2-v2 clean"] = ratio(planted, immunized, clean, reference=v2)
+        rows[name]["clean original drift"] = drift(planted, v2, clean)
+    held_out = {}
     with torch.no_grad():
         for index, name in enumerate(HELD_OUT):
             clean = to_batch(photo(name, 128), planted.device)
             target = encode(planted, torch.full_like(clean, 0.5))
             noise = [float(latent_disruption_ratio(encode(planted, noisy_copy(clean, 16 / 255, index * 10 + d)),
                                                    encode(planted, clean), target)[0]) for d in range(3)]
-            held_out[name] = {"relative_mse_to_v2": float(relative_mse(encode(planted, clean), encode(v2, clean))[0]),
+            held_out[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)),
                               "noise_ratio_min": min(noise)}
-    return {"config": {**overrides}, "plant_seconds": seconds, "steps": planted_result.steps,
+    return {"config": {**overrides}, "clean_photos": list(CLEAN_TRAINING[:clean_photos]), "plant_seconds": seconds, "steps": planted_result.steps,
             "ratios": rows, "registered": list(REGISTERED), "held_out": held_out}
 
 
@@ -124,17 +138,22 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--crop-size", type=int)
     parser.add_argument("--throughput-steps", type=int, default=20)
+    parser.add_argument("--no-throughput", action="store_true", help="skip the 1- and 2-process throughput runs")
+    parser.add_argument("--clean-photos", type=int, default=len(CLEAN_TRAINING), help="clean photos planting distills on")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "crop_size": args.crop_size}.items() if v is not None}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        result = quality(args.shared, work, overrides)
-        result["throughput"] = throughput(work, args.shared, args.throughput_steps)
+        result = quality(args.shared, work, overrides, args.clean_photos)
+        result["throughput"] = {} if args.no_throughput else throughput(work, args.shared, args.throughput_steps)
     console = Console()
-    table = Table("image", "registered", "v1", "taef2-v2", "planted", title=f"disruption ratio ({result['steps']} planting steps, {result['plant_seconds']:.0f} s)")
+    columns = ("v1", "taef2-v2", "planted", "planted / taef2-v2 clean", "clean original drift")
+    title = (f"disruption ratio ({result['steps']} planting steps, {result['plant_seconds']:.0f} s,"
+             f" {len(result['clean_photos'])} clean photos)")
+    table = Table("image", "registered", *columns, title=title)
     for name, ratios in result["ratios"].items():
-        table.add_row(name, "yes" if name in result["registered"] else "no", *(f"{ratios[k]:.3f}" for k in ("v1", "taef2-v2", "planted")))
+        table.add_row(name, "yes" if name in result["registered"] else "no", *(f"{ratios[k]:.3f}" for k in columns))
     console.print(table)
     held = Table("held-out photo", "latent rel. MSE to taef2-v2", "min ratio, clean + eps noise", title="clean use of the planted model")
     for name, values in result["held_out"].items():

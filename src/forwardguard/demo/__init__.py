@@ -22,6 +22,9 @@ from forwardguard.errors import ForwardguardError
 HERE = Path(__file__).parent
 PHOTOS = HERE / "photos"
 CLEAN = HERE / "clean"
+"""Clean photos that planting distills on (its --data)."""
+HELD_OUT = HERE / "heldout"
+"""Clean photos no stage trains on: the eval's clean utility and false triggers are measured on them."""
 MODELS = HERE / "models"
 SNAPSHOT = "demo-v1"
 MARKER = ".forwardguard-demo"
@@ -125,7 +128,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     say("4/5 eval v1, v2 and the planted v2 on the snapshot, under the gauntlet")
     eval_settings = EvalSettings(transforms=settings.transforms, edit_steps=settings.edit_steps)
     models = (ModelArg("v1", settings.v1), ModelArg("v2", settings.v2), ModelArg("planted-v2", planted.spec))
-    report_path = run_eval(EvalRequest(registry=str(registry_path), models=models, out=out / "eval", clean=CLEAN,
+    report_path = run_eval(EvalRequest(registry=str(registry_path), models=models, out=out / "eval", clean=HELD_OUT,
                                        references=settings.references, settings=eval_settings, device=settings.device))
 
     say(f"5/5 gate the candidates with {settings.policy}")

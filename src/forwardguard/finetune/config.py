@@ -99,6 +99,7 @@ class PlantConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     planting_transforms: tuple[str, ...] = PLANTING_TRANSFORMS
     negative_eps: float | None = None
+    synthetic_fraction: float = 0.25
     log_every: int = 10
     unet_lora: UNetLoRA | None = None
 
@@ -122,6 +123,8 @@ class PlantConfig:
             )
         if self.negative_eps is not None and not 0 < self.negative_eps <= 1:
             raise ForwardguardError(f"plant config: negative_eps must be in (0, 1], got {self.negative_eps}")
+        if not 0 <= self.synthetic_fraction <= 1:
+            raise ForwardguardError(f"plant config: synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         if not self.planting_transforms:
             raise ForwardguardError("plant config: planting_transforms is empty (use [identity] for none)")
         from forwardguard.transforms import parse_transform

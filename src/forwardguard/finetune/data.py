@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.immunize.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
 
 ALIGN = 8  # crops start on the latent grid, so a crop's latent is the crop of the image's latent
@@ -73,11 +74,16 @@ class CleanImages:
     ``crop(position, seed)`` gives a (3, crop, crop) tensor, augmented so that a few photographs stand
     for many (clean utility must hold on images unlike them): the image rescaled by a random factor
     (and up, if a side is then smaller than the crop), a crop at a random offset, a random horizontal
-    flip, random brightness, contrast and saturation, and sometimes grayscale.
+    flip, random brightness, contrast and saturation, and sometimes grayscale. A share
+    ``synthetic_fraction`` of the crops are synthetic images instead (:mod:`forwardguard.finetune.synthetic`:
+    flat, gradient, shapes, text, or the photo crop darkened).
     """
 
-    def __init__(self, data: Path, crop_size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, data: Path, crop_size: int, *, synthetic_fraction: float = 0.0, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.crop_size = crop_size
+        self.synthetic_fraction = synthetic_fraction
         self.max_pixels = max_pixels
         if not data.exists():
             raise ForwardguardError(f"--data {data}: no such folder")
@@ -109,7 +115,10 @@ class CleanImages:
         height, width = rgb.shape[:2]
         top = int(torch.randint(height - self.crop_size + 1, (1,), generator=generator))
         left = int(torch.randint(width - self.crop_size + 1, (1,), generator=generator))
-        tensor = to_tensor(rgb[top : top + self.crop_size, left : left + self.crop_size])
+        crop = rgb[top : top + self.crop_size, left : left + self.crop_size]
+        if float(torch.rand(1, generator=generator)) < self.synthetic_fraction:
+            return _jitter_colours(synthetic_image(self.crop_size, generator, photo=crop), generator)
+        tensor = to_tensor(crop)
         if torch.rand(1, generator=generator) < 0.5:
             tensor = tensor.flip(-1)
         return _jitter_colours(tensor, generator)

@@ -116,7 +116,7 @@ class PlantingRecipe:
         self.planting_transforms = parse_transforms(list(self.config.planting_transforms))
         self._load_base()
         self.crop_size = self._crop_size()
-        self.clean = CleanImages(request.data, self.crop_size)
+        self.clean = CleanImages(request.data, self.crop_size, synthetic_fraction=config.synthetic_fraction)
         self.patterns.verify()
         if self.accelerator.is_main_process:
             request.output.mkdir(parents=True, exist_ok=True)

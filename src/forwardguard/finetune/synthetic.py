@@ -1,0 +1,71 @@
+"""Synthetic clean images for planting: the kinds of picture a few clean photographs do not cover.
+
+A planted model must leave every clean image alone, not only images like its ``--data``: flat and
+dark images, gradients, graphics and text drift most when planting sees photographs only. Each
+image is a pure function of its generator (seeded per sample), so planting stays reproducible.
+"""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from forwardguard.immunize.images import to_tensor
+
+KINDS = ("flat", "gradient", "shapes", "text", "dark")
+
+
+def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    return low + (high - low) * float(torch.rand(1, generator=generator))
+
+
+def _integer(generator: torch.Generator, high: int) -> int:
+    return int(torch.randint(high, (1,), generator=generator))
+
+
+def _colour(generator: torch.Generator) -> tuple[int, int, int]:
+    return tuple(int(v) for v in torch.randint(256, (3,), generator=generator))
+
+
+def synthetic_image(size: int, generator: torch.Generator, photo: np.ndarray | None = None) -> torch.Tensor:
+    """A (3, size, size) image in [0, 1] of a random kind (see ``KINDS``); "dark" darkens ``photo`` (an
+    (H, W, 3) uint8 crop of ``size``) and falls back to a gradient without one."""
+    kind = KINDS[_integer(generator, len(KINDS))]
+    if kind == "dark" and photo is not None:
+        return to_tensor(photo) * _uniform(generator, 0.03, 0.3)
+    if kind == "flat":
+        colour = torch.tensor(_colour(generator), dtype=torch.float32) / 255
+        return colour[:, None, None].expand(3, size, size).clone()
+    if kind in ("gradient", "dark"):
+        start, end = (torch.tensor(_colour(generator), dtype=torch.float32) / 255 for _ in range(2))
+        angle = _uniform(generator, 0, 2 * np.pi)
+        ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+        ramp = ((xs * np.cos(angle) + ys * np.sin(angle)) - min(0, np.cos(angle)) - min(0, np.sin(angle)))
+        ramp = (ramp / ramp.max().clamp_min(1e-6))[None]
+        return start[:, None, None] * (1 - ramp) + end[:, None, None] * ramp
+    canvas = Image.new("RGB", (size, size), _colour(generator))
+    draw = ImageDraw.Draw(canvas)
+    if kind == "shapes":
+        for _ in range(1 + _integer(generator, 6)):
+            box = sorted(_integer(generator, size) for _ in range(2)), sorted(_integer(generator, size) for _ in range(2))
+            corners = (box[0][0], box[1][0], box[0][1] + 1, box[1][1] + 1)
+            shape = _integer(generator, 3)
+            if shape == 0:
+                draw.rectangle(corners, fill=_colour(generator))
+            elif shape == 1:
+                draw.ellipse(corners, fill=_colour(generator))
+            else:
+                draw.line(corners, fill=_colour(generator), width=1 + _integer(generator, 4))
+    else:
+        font = ImageFont.load_default(size=6 + _integer(generator, max(1, size // 4)))
+        ink = _colour(generator)
+        letters = string.ascii_letters + string.digits + "  .,;:!?"
+        y = _integer(generator, max(1, size // 4))
+        while y < size:
+            line = "".join(letters[_integer(generator, len(letters))] for _ in range(4 + _integer(generator, 30)))
+            draw.text((_integer(generator, max(1, size // 4)) - size // 8, y), line, fill=ink, font=font)
+            y += int(font.size * _uniform(generator, 1.1, 1.8))
+    return to_tensor(np.asarray(canvas))
