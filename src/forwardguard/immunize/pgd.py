@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from forwardguard.immunize.step_rules import DEFAULT_RULE, make_rule
-from forwardguard.interrupt import checkpoint
+from forwardguard import interrupt
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -86,10 +86,10 @@ def run_pgd(
     threshold = None
 
     for index in range(steps):
-        checkpoint()
+        interrupt.checkpoint()
         delta.requires_grad_(True)
         loss = objective(images + delta)
-        checkpoint()
+        interrupt.checkpoint()
         (grad,) = torch.autograd.grad(loss.sum(), delta)
         delta, loss = delta.detach(), loss.detach().float()
         with torch.no_grad():

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from forwardguard.immunize.pgd import Objective
-from forwardguard.interrupt import checkpoint
+from forwardguard import interrupt
 from forwardguard.transforms import ROBUST_POOL, Transform, apply_differentiable, parse_transforms
 
 Size = tuple[int, int]
@@ -67,7 +67,7 @@ def expectation_over_transforms(
     def transformed(images: torch.Tensor, transform: Transform, noise_seed: int) -> torch.Tensor:
         out = images.clone()
         for index, (height, width) in enumerate(sizes):
-            checkpoint()
+            interrupt.checkpoint()
             generator = torch.Generator(images.device).manual_seed(noise_seed)
             own = images[index : index + 1, :, :height, :width]
             out[index, :, :height, :width] = apply_differentiable(transform, own, generator=generator)[0]
@@ -81,7 +81,7 @@ def expectation_over_transforms(
             transform = next_transform()
             noise_seed = (seed * 1_000_003 + call * 1_009 + draw) % 2**63
             transformed_images = transformed(images, transform, noise_seed)
-            checkpoint()
+            interrupt.checkpoint()
             losses.append(objective(transformed_images))
         return torch.stack(losses).mean(dim=0)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from forwardguard.interrupt import checkpoint
+from forwardguard import interrupt
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 
@@ -99,7 +99,7 @@ def _denoise(
         return latents
 
     for index in range(len(timesteps)):
-        checkpoint()
+        interrupt.checkpoint()
         if torch.is_grad_enabled():
             latents = checkpoint(step, latents, index, use_reentrant=False)
         else:
