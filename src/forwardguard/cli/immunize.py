@@ -105,6 +105,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from forwardguard.errors import one_line
     from forwardguard.immunize.runner import immunize_files, registry_recorder
     from forwardguard.models import load_model
 
@@ -125,7 +126,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
 
             def on_done(path: Path, error: str | None) -> None:
                 if error is not None:
-                    progress.console.print(f"{who}error: {error}", markup=False, highlight=False)
+                    progress.console.print(f"{who}error: {one_line(error)}", markup=False, highlight=False)
                 progress.advance(images_task)
 
             report = immunize_files(
