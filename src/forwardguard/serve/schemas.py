@@ -10,6 +10,15 @@ from pydantic import BaseModel, Field
 from forwardguard.registry import Match, PatternRecord
 
 
+GET_PATTERN_OPERATION = "get_pattern_v1_patterns__pattern_id__get"
+
+
+def link_to_pattern(expression: str) -> dict[str, Any]:
+    """An OpenAPI ``links`` entry: the pattern that ``expression`` (a runtime expression) names can be
+    fetched with ``GET /v1/patterns/{pattern_id}`` (for clients, and for stateful API tests)."""
+    return {"GetPattern": {"operationId": GET_PATTERN_OPERATION, "parameters": {"pattern_id": expression}}}
+
+
 class Error(BaseModel):
     detail: str
 

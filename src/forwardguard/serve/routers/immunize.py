@@ -21,7 +21,7 @@ from forwardguard.serve.limits import (
     decode_mask,
     retry_after,
 )
-from forwardguard.serve.schemas import Error
+from forwardguard.serve.schemas import Error, link_to_pattern
 from forwardguard.serve.settings import ServeSettings
 from forwardguard.serve.work import MAX_ROBUST_DRAWS, check_work
 from forwardguard.serve.workers import (
@@ -46,6 +46,7 @@ _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
             "X-Model-Fingerprint": {"description": "The model it was immunized against.", "schema": {"type": "string"}},
             "Location": {"description": "/v1/patterns/{id}: the pattern's record.", "schema": {"type": "string"}},
         },
+        "links": link_to_pattern("$response.header.X-Pattern-Id"),
     },
     400: {"model": Error, "description": "The image or mask can't be decoded."},
     401: {"model": Error, "description": "No API key, or an unknown or revoked one."},

@@ -1,0 +1,121 @@
+"""The API against an attacker (issue 14; each test names its item): the work of a request is bounded
+before it is queued, numbers are parsed in bounded time, and no body is read without a key."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+from serve_support import client, immunize, make_registry, new_key, pattern_count, png_bytes, random_image, running_server
+
+from forwardguard.serve import ServeSettings
+
+
+def test_item_01_a_huge_exponent_is_refused_without_stalling_the_server(server: str, served_registry: Path) -> None:
+    """issue 14 item 1: ``eps=1e-10000000`` was parsed exactly on the event loop for 10 s."""
+    with client(server, new_key(served_registry, "item-01")) as http:
+        started = time.monotonic()
+        response = immunize(http, random_image(seed=1, size=16), eps="1e-10000000")
+        assert time.monotonic() - started < 2
+    assert response.status_code == 422
+    assert "not a number or fraction" in response.json()["detail"]
+
+
+def test_item_06_an_overflowing_eps_is_422_not_500(server: str, served_registry: Path) -> None:
+    """issue 14 item 6: ``eps=1e400`` raised OverflowError, a 500."""
+    with client(server, new_key(served_registry, "item-06")) as http:
+        for eps in ("1e400", "inf", "nan", "1/0"):
+            response = immunize(http, random_image(seed=1, size=16), eps=eps)
+            assert response.status_code == 422, (eps, response.text)
+
+
+def test_item_02_transform_parameters_that_scale_the_work_are_bounded(server: str, served_registry: Path) -> None:
+    """issue 14 item 2: ``robust_mix=blur_511`` held a worker for 96 s; a resize up-scales 4x."""
+    before = pattern_count(served_registry)
+    with client(server, new_key(served_registry, "item-02")) as http:
+        for mix, named in (("blur_511", "blur kernels up to 31"), ("hflip,resize_4", "resize scales up to 2")):
+            response = immunize(http, random_image(seed=2, size=32), robust_mix=mix)
+            assert response.status_code == 422, response.text
+            assert named in response.json()["detail"]
+        assert immunize(http, random_image(seed=2, size=32), robust_mix="blur_31,resize_2", steps=1).status_code == 200
+    assert pattern_count(served_registry) == before + 1
+
+
+def test_item_03_pixels_are_counted_after_padding_to_the_model(server: str, served_registry: Path) -> None:
+    """issue 14 item 3: a 1 x 62,500 image costs what its padded 8 x 62,504 pixels cost, not 62,500."""
+    thin = np.random.default_rng(3).integers(0, 256, (1, 100_000, 3), dtype=np.uint8)  # 100,000 <= 300,000 pixels
+    with client(server, new_key(served_registry, "item-03")) as http:
+        response = http.post("/v1/immunize", files={"image": ("thin.png", png_bytes(thin), "image/png")})
+    assert response.status_code == 413, response.text
+    assert "padded to 800000 pixels" in response.json()["detail"]
+
+
+def _raw_post(url: str, headers: bytes, timeout_s: float) -> bytes:
+    """Send a request's headers and the start of a 1 MB body that never comes; the server's answer."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=timeout_s) as connection:
+        connection.sendall(
+            b"POST /v1/immunize HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            + headers + b"Content-Length: 1000000\r\n\r\n--b\r\n"
+        )
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_item_04_a_request_without_a_valid_key_is_refused_before_its_body(server: str) -> None:
+    """issue 14 item 4: the server buffered an unauthenticated upload for up to 60 s before the 401."""
+    for headers in (b"", b"Authorization: Bearer not-a-key\r\n"):
+        started = time.monotonic()
+        answer = _raw_post(server, headers, timeout_s=10)
+        assert time.monotonic() - started < 5
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert b"www-authenticate: bearer" in answer.lower()
+
+
+def test_slow_attackers_do_not_slow_another_tenant(tmp_path: Path, taef2_spec: str) -> None:
+    """issue 14 items 1-3 together: a huge exponent, a large blur kernel and a thin image, sent at
+    once, while another tenant is served in its usual time and /healthz answers within 0.5 s."""
+    registry = make_registry(tmp_path)
+    settings = ServeSettings(
+        registry=str(registry), models=[taef2_spec], device="cpu", max_pixels=300_000, max_steps=20, default_steps=2,
+        rate_per_minute=6000, rate_burst=1000, request_timeout_s=10,
+    )
+    attacker_key, tenant_key = new_key(registry, "attacker"), new_key(registry, "tenant")
+    thin = np.random.default_rng(4).integers(0, 256, (1, 250_000, 3), dtype=np.uint8)
+    attacks = [
+        {"eps": "1e-30000000"},
+        {"robust_mix": "blur_511", "robust_draws": 8, "steps": 20},
+    ]
+    with running_server(settings) as url, client(url, attacker_key) as attacker, client(url, tenant_key) as tenant:
+        usual = _timed(lambda: immunize(tenant, random_image(seed=5), steps=2))
+        answers: list[int] = []
+        threads = [
+            threading.Thread(target=lambda fields=fields: answers.append(immunize(attacker, random_image(seed=6, size=256), **fields).status_code))
+            for fields in attacks
+        ] + [threading.Thread(target=lambda: answers.append(
+            attacker.post("/v1/immunize", files={"image": ("thin.png", png_bytes(thin), "image/png")}).status_code))]
+        for thread in threads:
+            thread.start()
+        health = [_timed(lambda: httpx.get(f"{url}/healthz", timeout=30)) for _ in range(10)]
+        served = _timed(lambda: immunize(tenant, random_image(seed=7), steps=2))
+        for thread in threads:
+            thread.join(60)
+    assert sorted(answers) == [413, 422, 422]
+    assert all(response.status_code == 200 for _, response in health)
+    assert max(seconds for seconds, _ in health) < 0.5, [seconds for seconds, _ in health]
+    assert served[1].status_code == 200
+    assert served[0] < max(3 * usual[0], 2.0), (served[0], usual[0])
+    assert pattern_count(registry) == 2
+
+
+def _timed(call):  # noqa: ANN001, ANN202
+    started = time.monotonic()
+    result = call()
+    return time.monotonic() - started, result
