@@ -180,6 +180,20 @@ def build_report(*, request, models, references, snapshots, made_against, attack
     }
 
 
+def _report_number(text: str) -> int | float:
+    """A number as eval writes them: at most 32 characters (a 400-digit integer is no report's) and finite."""
+    if len(text) > 32:
+        raise ValueError(f"a number of {len(text)} digits")
+    number = float(text) if any(character in text for character in ".eE") else int(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is not a finite number")
+    return number
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON (eval writes null for a missing number)")
+
+
 def finite_number(value: Any) -> float | None:
     """A report value as a finite float, or None (non-finite numbers are written as null; bools are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -211,8 +225,10 @@ def write_report(report: dict, out: Path) -> Path:
 def load_report(path: Path) -> dict:
     """Read a report, refusing what is not one, or one of another schema version."""
     try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        report = json.loads(
+            path.read_text(), parse_int=_report_number, parse_float=_report_number, parse_constant=_no_constant
+        )
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nesting deeper than any report's
         raise ForwardguardError(f"{path}: not a readable report ({error})".splitlines()[0]) from None
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise ForwardguardError(f"{path}: not a forwardguard eval report")
