@@ -49,6 +49,7 @@ one computed in no cell is listed in "not_computed" with the reason, and is neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -96,9 +97,15 @@ def save_grid_image(out: Path, snapshot: str, model: str, index: int, edit: str,
 
 
 def _safe(name: str) -> str:
-    """A file name made only of letters, digits, '-', '_' and '.' (names come from users)."""
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
-    return cleaned or "_"
+    """A file name made only of ASCII letters, digits, '-', '_' and '.' (names come from users).
+
+    A name that had to be changed gets its own hash appended, so that two names that clean to the same
+    text (``v2?`` and ``v2!``) keep their own folders instead of overwriting each other's images.
+    """
+    cleaned = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in name).strip(".")
+    if cleaned == name:
+        return cleaned
+    return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def not_computed(cells: list[dict], *, inception: bool, clip: bool) -> dict[str, str]:
