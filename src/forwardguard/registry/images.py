@@ -65,6 +65,25 @@ def perceptual_hash(rgb: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big", signed=True)
 
 
+MIN_FEATURE_SIDE = 8
+MIN_FEATURE_STD = 4.0
+
+
+def has_features(rgb: np.ndarray) -> bool:
+    """Whether the perceptual hash of ``rgb`` says anything about its picture.
+
+    The hash compares the low frequencies of a 32 x 32 gray thumbnail with their median. A flat colour
+    (an immunized one too: its noise averages out in the thumbnail) or an image a few pixels thin
+    leaves only rounding noise there, so such images all hash alike and would all "match" each other.
+    Featureless: a side under ``MIN_FEATURE_SIDE`` pixels, or a thumbnail whose gray levels have a
+    standard deviation under ``MIN_FEATURE_STD`` (photos have tens).
+    """
+    if min(rgb.shape[:2]) < MIN_FEATURE_SIDE:
+        return False
+    thumbnail = Image.fromarray(np.ascontiguousarray(rgb)).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    return float(np.asarray(thumbnail, dtype=np.float32).std()) >= MIN_FEATURE_STD
+
+
 def hamming_distances(query: int, hashes: np.ndarray) -> np.ndarray:
     """Bit differences between one signed 64-bit hash and an int64 array of them."""
     return np.bitwise_count(hashes.view(np.uint64) ^ np.int64(query).view(np.uint64))

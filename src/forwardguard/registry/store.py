@@ -28,6 +28,7 @@ from forwardguard.registry.images import (
     decode_png,
     encode_delta,
     hamming_distances,
+    has_features,
     pattern_id,
     perceptual_hash,
     pixel_sha256,
@@ -316,7 +317,8 @@ class Registry:
 
         ``image``: encoded bytes in any format Pillow reads, or RGB(A) uint8 pixels (H, W, 3|4).
         A perceptual match says that the image shows the pattern's picture; it cannot tell
-        whether the perturbation itself survived (the clean original matches too).
+        whether the perturbation itself survived (the clean original matches too). A featureless
+        image (flat, or a few pixels thin: see ``has_features``) is matched exactly only.
         """
         if not 0 <= max_distance <= 64:
             raise ForwardguardError(f"max_distance must be within 0..64 bits, got {max_distance}")
@@ -350,7 +352,8 @@ class Registry:
                 add(connection.execute(query).mappings(), "bytes")
             query = sa.select(patterns).where(patterns.c.pixel_sha256 == pixel_sha256(rgb), *tenant_filter)
             add(connection.execute(query).mappings(), "pixels")
-            add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual")
+            if has_features(rgb):  # a featureless image would "match" every other one
+                add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual")
         return sorted(
             found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id)
         )
