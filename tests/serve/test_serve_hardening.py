@@ -119,3 +119,20 @@ def _timed(call):  # noqa: ANN001, ANN202
     started = time.monotonic()
     result = call()
     return time.monotonic() - started, result
+
+
+def test_item_17_the_same_picture_immunized_by_two_tenants_is_each_ones_own(server: str, served_registry: Path) -> None:
+    """issue 14 item 17: the 409 "already recorded by another tenant" told a tenant what another immunized."""
+    image = random_image(seed=17)
+    with client(server, new_key(served_registry, "first")) as first, client(server, new_key(served_registry, "second")) as second:
+        one = immunize(first, image, method="noise")
+        two = immunize(second, image, method="noise")
+        assert one.status_code == two.status_code == 200, two.text
+        assert one.content == two.content  # the same answer as if it were new
+        assert one.headers["x-pattern-id"] != two.headers["x-pattern-id"]
+        assert second.get(f"/v1/patterns/{two.headers['x-pattern-id']}").json()["tenant"] == "second"
+        assert second.get(f"/v1/patterns/{one.headers['x-pattern-id']}").status_code == 404
+        found = second.post("/v1/lookup", files={"image": ("x.png", two.content, "image/png")}).json()
+        assert [match["id"] for match in found["matches"]] == [two.headers["x-pattern-id"]]
+        again = immunize(second, image, method="noise")
+        assert again.headers["x-pattern-id"] == two.headers["x-pattern-id"]  # idempotent per tenant

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.registry.validation import DEFAULT_TENANT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DELTA_TENSOR = "delta"
@@ -98,10 +99,13 @@ def delta_sha256(delta: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(delta, dtype="<i2").tobytes()).digest()
 
 
-def pattern_id(image_sha256: str, delta: np.ndarray) -> str:
-    """sha256 over the immunized PNG's sha256 and the delta's: the same image twice is one pattern,
-    two images that happen to share a delta are two."""
-    return hashlib.sha256(bytes.fromhex(image_sha256) + delta_sha256(delta)).hexdigest()
+def pattern_id(image_sha256: str, delta: np.ndarray, tenant: str) -> str:
+    """sha256 over the immunized PNG's sha256, the delta's, and the tenant's name: the same image twice
+    is one pattern of a tenant; two tenants that immunize the same picture alike each have their own
+    (so that no answer tells one that the other did). The default tenant's name is left out, which
+    keeps the ids of registries made before tenants had their own."""
+    owner = b"" if tenant == DEFAULT_TENANT else b"\0tenant\0" + tenant.encode()
+    return hashlib.sha256(bytes.fromhex(image_sha256) + delta_sha256(delta) + owner).hexdigest()
 
 
 def encode_delta(delta: np.ndarray) -> bytes:

@@ -24,7 +24,7 @@ class Error(BaseModel):
 
 
 class Pattern(BaseModel):
-    id: str = Field(description="sha256 over the immunized PNG's sha256 and the delta's sha256.")
+    id: str = Field(description="sha256 over the immunized PNG's sha256, the delta's sha256 and the tenant.")
     tenant: str
     method: str
     params: dict[str, Any] = Field(description="The attack's parameters.")

@@ -81,10 +81,6 @@ class NotRecorded(Exception):
     """The registry could not record the pattern: the image is not sent back."""
 
 
-class TenantConflict(Exception):
-    """The same image and delta are already recorded by another tenant."""
-
-
 class _Abandoned(Exception):
     """Every job of a batch timed out: stop attacking."""
 
@@ -301,7 +297,7 @@ class ModelWorkers:
             try:
                 job.resolve(result=self._record(job, result, model))
             except Exception as error:  # the job's request is answered with it
-                if not isinstance(error, (NotRecorded, TenantConflict)):
+                if not isinstance(error, NotRecorded):
                     logger.exception("recording an immunized image failed")
                 job.resolve(error=error)
 
@@ -321,7 +317,5 @@ class ModelWorkers:
         except ForwardguardError as error:
             logger.error("the registry did not record a pattern: %s", error)
             raise NotRecorded(str(error)) from None
-        if record.tenant != job.tenant:
-            raise TenantConflict(record.id)
         self._metrics.patterns_recorded.labels(job.key.settings.method).inc()
         return Immunized(png=png, record=record)

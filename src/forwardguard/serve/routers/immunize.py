@@ -32,7 +32,6 @@ from forwardguard.serve.workers import (
     NotRecorded,
     QueueFull,
     ServedModel,
-    TenantConflict,
 )
 
 router = APIRouter(prefix="/v1", tags=["immunize"])
@@ -50,7 +49,6 @@ _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     },
     400: {"model": Error, "description": "The image or mask can't be decoded."},
     401: {"model": Error, "description": "No API key, or an unknown or revoked one."},
-    409: {"model": Error, "description": "Another tenant recorded this very image and perturbation."},
     413: {"model": Error, "description": "The body, or the image's pixel count padded to the model's multiple, is over the limit."},
     415: {"model": Error, "description": "Not multipart/form-data, or an image that is not PNG, JPEG or WebP."},
     429: {"model": Error, "description": "The key's rate limit: retry after Retry-After seconds."},
@@ -222,11 +220,6 @@ async def _answer(workers: ModelWorkers, job: ImmunizeJob, timeout_s: float) -> 
         except asyncio.CancelledError:  # the server is going down without waiting for this request
             workers.cancel(job)
             raise
-    except TenantConflict:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            "this image with this perturbation is already recorded by another tenant: change eps or steps (or the seed, for noise and diffusion)",
-        ) from None
     except NotRecorded as error:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry did not record the pattern: {error}"
