@@ -18,7 +18,6 @@ from forwardguard.cli import app
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize import AttackSettings, LoadedImage, immunize
 from forwardguard.models import load_model
-from forwardguard.models.load import check_finite_weights
 from forwardguard.registry import Registry, blobs
 
 runner = CliRunner()
@@ -85,6 +84,8 @@ def test_item_05_non_finite_guidance_is_refused(inputs: Path, tmp_path: Path, gu
 
 def test_item_05_a_model_with_nan_weights_is_refused_and_nan_losses_write_nothing(tiny) -> None:
     """issue 14 item 5: an all-NaN encoder immunized nothing, yet wrote and recorded the image."""
+    from forwardguard.models.load import check_finite_weights
+
     broken = load_model("tiny")
     parameter = next(broken.latent_encoder.parameters())
     with torch.no_grad():
