@@ -11,7 +11,17 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from serve_support import client, immunize, make_registry, new_key, pattern_count, png_bytes, random_image, running_server
+from serve_support import (
+    client,
+    immunize,
+    make_registry,
+    new_key,
+    pattern_count,
+    png_bytes,
+    random_image,
+    running_server,
+    wait_for_metric,
+)
 
 from forwardguard.serve import ServeSettings
 
@@ -136,3 +146,29 @@ def test_item_17_the_same_picture_immunized_by_two_tenants_is_each_ones_own(serv
         assert [match["id"] for match in found["matches"]] == [two.headers["x-pattern-id"]]
         again = immunize(second, image, method="noise")
         assert again.headers["x-pattern-id"] == two.headers["x-pattern-id"]  # idempotent per tenant
+
+
+def test_item_02_a_timed_out_request_frees_its_worker_inside_a_step(tmp_path: Path, taef2_spec: str, taef2) -> None:
+    """issue 14 item 2: the timeout was looked at between steps only: one step of 8 robust draws ran to
+    its end (8 passes of the model) after the request had timed out. Now it stops within one draw."""
+    from forwardguard.immunize import AttackSettings, LoadedImage
+    from forwardguard.immunize import immunize as immunize_images
+
+    image = random_image(seed=21, size=384)
+    one_draw = AttackSettings(steps=1, robust=("hflip",), robust_draws=1)
+    started = time.monotonic()
+    immunize_images([LoadedImage(rgb=image, alpha=None, path=None)], taef2, one_draw)
+    a_step_of_one_draw = time.monotonic() - started  # about 3 passes: two scorings and one draw
+
+    registry = make_registry(tmp_path)
+    settings = ServeSettings(registry=str(registry), models=[taef2_spec], device="cpu", max_steps=20,
+                             rate_per_minute=6000, rate_burst=1000, request_timeout_s=0.5)
+    with running_server(settings) as url, client(url, new_key(registry, "timeout")) as http:
+        response = immunize(http, image, steps=1, robust_mix="hflip", robust_draws=8)
+        timed_out = time.monotonic()
+        assert response.status_code == 504
+        wait_for_metric(url, "forwardguard_immunizations_running", 0, timeout_s=120)
+        freed_after = time.monotonic() - timed_out
+    assert pattern_count(registry) == 0
+    # The rest of the step would be about 7 more draws (14 passes); one draw is at most 2 passes.
+    assert freed_after < 1.5 * a_step_of_one_draw, (freed_after, a_step_of_one_draw)
