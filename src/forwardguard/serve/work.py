@@ -8,7 +8,8 @@ before anything is decoded:
   costs what a 500,000-pixel image costs, whatever its own pixel count;
 - the robust mix's parameters that scale the work: a blur's cost grows with its kernel's area, and
   a resize up-scales (4x: 16 times the pixels) before it scales back;
-- the robust draws: each is one more model pass per step.
+- the robust draws: each is one more model pass per step (``MAX_ROBUST_DRAWS``, the bound of the
+  request's ``robust_draws`` field).
 
 With these, one model pass of an accepted request is bounded, and the request timeout interrupts
 the work within one pass (:mod:`forwardguard.interrupt`).
@@ -27,8 +28,8 @@ MAX_RESIZE_SCALE = 2.0
 
 
 def check_work(attack: AttackSettings, size: tuple[int, int], *, multiple: int, max_pixels: int) -> None:
-    """413 when the image padded to ``multiple`` is over ``max_pixels``; 422 for a robust mix or
-    draws beyond the bounds above. ``size`` is (width, height)."""
+    """413 when the image padded to ``multiple`` is over ``max_pixels``; 422 for a robust mix beyond
+    the bounds above. ``size`` is (width, height)."""
     width, height = size
     padded = round_up(width, multiple) * round_up(height, multiple)
     if padded > max_pixels:
@@ -40,10 +41,6 @@ def check_work(attack: AttackSettings, size: tuple[int, int], *, multiple: int, 
     problems = [problem for transform in attack.robust_mix if (problem := _transform_problem(transform.kind, transform.value))]
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"robust_mix: {problems[0]}")
-    if attack.robust_draws > MAX_ROBUST_DRAWS:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"robust_draws must be at most {MAX_ROBUST_DRAWS}, got {attack.robust_draws}"
-        )
 
 
 def _transform_problem(kind: str, value: float | None) -> str | None:
