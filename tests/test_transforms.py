@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from forwardguard.errors import ForwardguardError
@@ -131,7 +134,7 @@ def test_names_round_trip():
         ("blur_4", "odd"),
         ("noise_abc", "not a number"),
         ("noise_0", r"\(0, 1\]"),
-        ("noise_nan", "finite"),
+        ("noise_nan", "not a number or fraction"),
         ("crop_1.5", r"\(0, 1\]"),
         ("rotate_270", r"\[-180, 180\]"),
         ("hflip_2", "takes no value"),
@@ -218,3 +221,29 @@ def test_every_transform_takes_images_smaller_than_its_kernel(size):
         for function in (apply, apply_differentiable):
             out = function(transform, images, generator=torch.Generator().manual_seed(1))
             assert out.shape == images.shape and torch.isfinite(out).all(), transform.name
+
+
+_names = st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda kind, value: f"{kind}_{value}", st.sampled_from(["jpeg", "noise", "resize", "crop", "blur", "rotate", "hflip"]),
+              st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(str), st.integers().map(str))),
+    st.builds(lambda q: f"jpeg_q{q}", st.integers(-10**40, 10**40)),
+)
+
+
+@given(_names)
+def test_a_transform_name_parses_to_a_transform_whose_name_round_trips_or_to_an_error(name: str) -> None:
+    """issue 14: the transform parser, like every parser of user input, is total: a Transform or a ForwardguardError."""
+    try:
+        transform = parse_transform(name)
+    except ForwardguardError:
+        return
+    assert parse_transform(transform.name) == transform
+    assert transform.value is None or math.isfinite(transform.value)
+
+
+@given(st.sampled_from(["blur", "resize", "noise", "rotate"]), st.integers(31, 10**9))
+def test_a_huge_exponent_in_a_transform_value_is_refused_at_once(kind: str, exponent: int) -> None:
+    """issue 14 item 1: transform values go through the bounded number parser too."""
+    with pytest.raises(ForwardguardError):
+        parse_transform(f"{kind}_1e-{exponent}")

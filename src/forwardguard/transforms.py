@@ -46,6 +46,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.numbers import parse_number
 
 # kind -> whether it takes a value
 _KINDS: dict[str, bool] = {
@@ -133,10 +134,7 @@ def parse_transform(name: str) -> Transform:
         if not argument.startswith("q"):
             raise ForwardguardError(f"transform {name!r}: write JPEG as jpeg_qQUALITY, e.g. jpeg_q75")
         argument = argument[1:]
-    try:
-        value = float(argument)
-    except ValueError:
-        raise ForwardguardError(f"transform {name!r}: {argument!r} is not a number") from None
+    value = parse_number(argument, what=f"transform {name!r}")
     if kind in ("jpeg", "blur") and value.is_integer():
         return Transform(kind, int(value))
     return Transform(kind, value)

@@ -366,3 +366,45 @@ def test_cli_appends_to_the_model_card(tmp_path):
 def test_cli_model_card_must_exist(tmp_path):
     result = invoke(write_report(tmp_path, make_report()), "--model-card", str(tmp_path / "missing.md"))
     assert result.exit_code == 2 and "--model-card" in result.stderr and "no such file" in result.stderr
+
+
+def _huge_number(report: dict) -> None:
+    cell(report, "s1", "none")["ratio"]["immunized"]["mean"] = 10**400
+
+
+def _list_as_a_name(report: dict) -> None:
+    report["models"][1]["name"] = ["v1"]
+
+
+@pytest.mark.parametrize(
+    ("change", "text", "message"),
+    [
+        (_huge_number, None, "a number of 401 digits"),
+        (_list_as_a_name, None, "name that is not a string"),
+        (None, '{"schema": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a readable report"),
+        (None, json.dumps(make_report()).replace('"rate": 0.0', '"rate": NaN', 1), "NaN is not JSON"),
+    ],
+    ids=["400-digit number", "list as a model name", "deep nesting", "bare NaN"],
+)
+def test_item_09_a_report_the_gate_cannot_read_exits_2_with_one_line(tmp_path, change, text, message):
+    """issue 14 item 9: these were tracebacks with exit 1, which reads as a HOLD verdict."""
+    path = tmp_path / "report.json"
+    if text is None:
+        report = make_report()
+        change(report)
+        text = json.dumps(report)
+    path.write_text(text)
+    result = invoke(path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_item_10_an_mse_without_a_reference_holds():
+    """issue 14 item 10: a clean entry with an MSE but no reference released the candidate (README: holds)."""
+    report = make_report()
+    report["clean"][0]["reference"] = None
+    report["models"][0]["reference"] = None
+    result = gate(report, POLICY, CANDIDATE)
+    assert not result.released
+    (held,) = result.failed
+    assert held.rule == "clean_utility" and "has no reference" in held.reason

@@ -159,3 +159,15 @@ def test_chromium_renders_the_report_and_loads_its_images(chromium, tmp_path):
     not_white = (pixels < 240).any(axis=2).mean()
     colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
     assert not_white > 0.02 and colours > 50, (not_white, colours)
+
+
+def test_item_11_models_whose_names_clean_alike_keep_their_own_grid_images(tmp_path):
+    """issue 14 item 11: ``v2?`` and ``v2!`` both became folder ``v2_``: one model's edits showed under the other's name."""
+    entries = {
+        model: save_grid_image(tmp_path, "snap", model, 0, EDIT, {"source": torch.full((1, 3, 8, 8), shade)})
+        for model, shade in (("v2?", 0.0), ("v2!", 1.0), ("v2_", 0.5))
+    }
+    paths = {model: tmp_path / entry["source"] for model, entry in entries.items()}
+    assert len(set(paths.values())) == 3
+    assert len({path.read_bytes() for path in paths.values()}) == 3
+    assert paths["v2_"].parent.name == "v2_"  # a name that needs no cleaning keeps it as it is

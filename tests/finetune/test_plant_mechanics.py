@@ -149,3 +149,19 @@ def test_corrupted_pattern_blob_is_refused(taef2_v2_spec, registry_path, clean_d
 def test_bad_config_is_refused(settings, message):
     with pytest.raises(ForwardguardError, match=message):
         PlantConfig.from_mapping(settings)
+
+
+def test_item_12_resuming_an_older_checkpoint_saves_after_the_newest(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    """issue 14 item 12: ``--resume PATH`` of an older checkpoint trained a step, then crashed on the next
+    checkpoint's existing folder."""
+    output = tmp_path / "planted"
+    plant(request(taef2_v2_spec, registry_path, clean_data, output, max_steps=3, checkpoint_every=1))
+    checkpoints = output / "checkpoints"
+    before = sorted(path.name for path in checkpoints.iterdir())
+    assert before == ["checkpoint_1", "checkpoint_2"]  # the two newest kept
+    config = PlantConfig.from_mapping(tiny_config(max_steps=3, checkpoint_every=1, checkpoints_total_limit=5))
+    result = plant(PlantRequest(base=taef2_v2_spec, registry=str(registry_path), data=clean_data, output=output,
+                                config=config, resume=str(checkpoints / "checkpoint_1")))
+    assert result.steps == 3
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint_1", "checkpoint_2", "checkpoint_3"]
+    assert json.loads((checkpoints / "checkpoint_3" / "planting.json").read_text())["step"] == 3

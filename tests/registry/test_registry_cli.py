@@ -193,3 +193,26 @@ def test_usage_errors_exit_2_and_errors_reach_a_real_process(tmp_path: Path) -> 
     assert process.stderr.strip().splitlines() == [
         f"error: no registry at {missing}: create it with `forwardguard registry init --registry {missing}`"
     ]
+
+
+def test_item_14_init_leaves_another_applications_sqlite_file_alone(tmp_path: Path) -> None:
+    """issue 14 item 14: ``registry init`` on another application's SQLite file added our tables and
+    switched it to WAL without a word."""
+    import sqlite3
+
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    connection.close()
+    before = foreign.read_bytes()
+    _assert_one_line_error(cli("init", "--registry", str(foreign)), "is not a forwardguard registry and holds other tables (users)")
+    assert foreign.read_bytes() == before
+    with sqlite3.connect(foreign) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    connection.close()
+
+    made = tmp_path / "reg.db"
+    assert cli("init", "--registry", str(made)).exit_code == 0  # a new registry is still made in WAL mode
+    with sqlite3.connect(made) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    connection.close()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.registry.location import resolve_location
@@ -66,3 +69,35 @@ def test_bad_locations(given: str, message: str) -> None:
         resolve_location(given)
     assert "\n" not in str(caught.value)
     assert "pw@" not in str(caught.value)
+
+
+def test_item_15_an_unescaped_at_in_a_password_is_refused_without_showing_it() -> None:
+    """issue 14 item 15: ``user:p@ss@host`` parsed as password "p" on host "ss@host", printed in errors."""
+    with pytest.raises(ForwardguardError, match="write an '@' in the password as %40") as caught:
+        resolve_location("postgresql://fg:SECRET@PART2@db.example/patterns?blobs=/b")
+    assert "SECRET" not in str(caught.value) and "PART2" not in str(caught.value)
+    escaped = resolve_location("postgresql://fg:SECRET%40PART2@db.example/patterns?blobs=/b")
+    assert escaped.url.password == "SECRET@PART2" and "PART2" not in escaped.display()
+
+
+# Passwords of letters that neither the rest of the URL nor any message uses, '@' and the URL's delimiters.
+_MARKERS = "QWXZJK"
+_passwords = st.text(alphabet=_MARKERS + "@/:#%", min_size=1, max_size=24)
+_URL = "postgresql://fg:{}@db.example:5432/patterns?blobs=/b&sslmode=require"
+
+
+@given(_passwords)
+def test_a_percent_encoded_password_is_kept_whole_and_never_displayed(password: str) -> None:
+    location = resolve_location(_URL.format(quote(password, safe="")))
+    assert location.url.password == password
+    assert location.url.host == "db.example" and location.url.database == "patterns"
+    assert not any(character in _MARKERS for character in location.display())
+
+
+@given(_passwords)
+def test_no_part_of_a_raw_password_is_ever_displayed(password: str) -> None:
+    try:
+        shown = resolve_location(_URL.format(password)).display()
+    except ForwardguardError as error:
+        shown = str(error)
+    assert not any(character in _MARKERS for character in shown), shown

@@ -89,3 +89,28 @@ def test_bad_lookup_input(registry: Registry) -> None:
         registry.lookup(np.zeros((4, 4), dtype=np.float32))
     with pytest.raises(ForwardguardError, match="max_distance"):
         registry.lookup(png_bytes(np.zeros((4, 4, 3), np.uint8)), max_distance=65)
+
+
+@pytest.mark.parametrize(
+    ("recorded_shape", "looked_up"),
+    [
+        ((64, 64), lambda: np.full((64, 64, 3), (200, 30, 30), np.uint8)),  # another flat colour
+        ((64, 64), lambda: np.full((48, 80, 3), 128, np.uint8)),
+        ((1, 400), lambda: np.random.default_rng(1).integers(0, 256, (1, 400, 3), dtype=np.uint8)),  # 1 pixel tall
+    ],
+    ids=["flat colours", "flat of another size", "one pixel tall"],
+)
+def test_item_13_featureless_images_do_not_match_each_other(registry: Registry, recorded_shape, looked_up) -> None:
+    """issue 14 item 13: flat colours and 1-pixel-tall images all matched each other perceptually."""
+    from registry_testdata import Immunized, immunize
+
+    if recorded_shape == (1, 400):
+        pattern = immunize(np.random.default_rng(0).integers(0, 256, (*recorded_shape, 3), dtype=np.uint8), seed=0)
+    else:  # a flat colour shifted by a flat delta: as flat as the picture
+        clean, immunized = np.full((*recorded_shape, 3), 90, np.uint8), np.full((*recorded_shape, 3), 98, np.uint8)
+        delta = immunized.astype(np.int16) - clean
+        pattern = Immunized(clean=clean, immunized=immunized, png=png_bytes(immunized), delta=delta)
+    record = registry.record_pattern(**pattern.record_args())
+    assert registry.lookup(png_bytes(looked_up())) == []
+    (exact,) = registry.lookup(pattern.png)  # its own bytes still match, exactly
+    assert exact.pattern.id == record.id and exact.kind == "bytes"

@@ -206,3 +206,22 @@ def test_stats(registry: Registry) -> None:
     assert stats["by_tenant"] == {"acme": 1, "default": 1}
     assert (stats["snapshots"], stats["models"], stats["blobs"]) == (1, 0, 4)
     assert stats["blob_bytes"] > 0
+
+
+def test_item_17_each_tenant_records_its_own_pattern_and_default_ids_are_unchanged(registry) -> None:
+    """issue 14 item 17: one id per image and delta made a second tenant's recording return the first's."""
+    import hashlib
+
+    from registry_testdata import random_image
+
+    from forwardguard.registry.images import delta_sha256
+
+    image = random_image(seed=17)
+    default = registry.record_pattern(**image.record_args())
+    mine = registry.record_pattern(**image.record_args(tenant="mine"))
+    theirs = registry.record_pattern(**image.record_args(tenant="theirs"))
+    assert len({default.id, mine.id, theirs.id}) == 3
+    assert (mine.tenant, theirs.tenant) == ("mine", "theirs")
+    assert registry.record_pattern(**image.record_args(tenant="mine")).id == mine.id
+    legacy = hashlib.sha256(bytes.fromhex(default.image_sha256) + delta_sha256(image.delta)).hexdigest()
+    assert default.id == legacy  # registries made before keep recording the default tenant's patterns idempotently

@@ -14,6 +14,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from serve_support import REPO_ROOT, new_key, png_bytes, random_image
 
+from forwardguard.registry import Registry
+
 # The committed document names the operations (a test checks that the served one equals it).
 OPERATIONS = [
     (method.upper(), path)
@@ -52,3 +54,46 @@ def test_no_input_makes_a_server_error(served_schema, served_registry: Path, met
         case.validate_response(response, checks=[not_a_server_error])
 
     fuzz()
+
+
+@schemathesis.check
+def patterns_are_the_callers(ctx, response, case) -> None:  # noqa: ANN001 (schemathesis objects)
+    """A pattern read back, by a link from immunize, lookup or a listing or by a guessed id, is the caller's own."""
+    if case.operation.label == "GET /v1/patterns/{pattern_id}" and response.status_code == 200:
+        assert response.json()["tenant"] == "fuzz-stateful", response.json()["tenant"]
+
+
+def test_linked_operations_stay_consistent(served_schema, served_registry: Path) -> None:
+    """Stateful (issue 14): schemathesis follows the document's links, from POST /v1/immunize (its
+    X-Pattern-Id), POST /v1/lookup and GET /v1/patterns to GET /v1/patterns/{id}, in random sequences
+    with another tenant's patterns in the registry: no server error, and only the caller's patterns."""
+    with Registry.open(served_registry) as registry:
+        image = random_png_pattern()
+        registry.record_pattern(**image, tenant="fuzz-other")
+    headers = {"Authorization": f"Bearer {new_key(served_registry, 'fuzz-stateful')}"}
+    machine = served_schema.as_state_machine()
+
+    class LinkedCalls(machine):
+        def get_call_kwargs(self, case) -> dict:  # noqa: ANN001
+            _with_real_images(case)
+            return {"headers": headers, "timeout": 120}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs) -> None:  # noqa: ANN001
+            case.validate_response(response, checks=[not_a_server_error, patterns_are_the_callers])
+
+    LinkedCalls.run(
+        settings=settings(max_examples=15, stateful_step_count=4, deadline=None, database=None,
+                          suppress_health_check=list(HealthCheck))
+    )
+
+
+def random_png_pattern() -> dict:
+    """Another tenant's pattern: the same picture the fuzzer uploads, so that lookups find it if they leak."""
+    rgb = random_image(seed=0, size=16)
+    immunized = rgb.copy()
+    immunized[0, 0] = rgb[0, 0] ^ 1
+    delta = immunized.astype("int16") - rgb
+    return {
+        "image_png": png_bytes(immunized), "delta": delta, "method": "noise", "params": {"eps": 16 / 255, "seed": 0},
+        "target": "gray", "model_fingerprint": "ab" * 32, "model_spec": "tiny",
+    }

@@ -110,12 +110,13 @@ def test_request_timeout_is_504_and_the_work_is_dropped(tmp_path: Path, taef2_sp
 
 def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path, taef2_spec: str) -> None:
     registry = make_registry(tmp_path)
+    key = new_key(registry, "slow-upload")  # without one, the answer is 401 before the body (test_serve_hardening)
     with running_server(_settings(registry, taef2_spec, upload_timeout_s=1)) as url:
         address = urlsplit(url)
         with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
             connection.sendall(
                 b"POST /v1/immunize HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                b"Content-Length: 1000\r\n\r\n--b\r\n"
+                + f"Authorization: Bearer {key}\r\n".encode() + b"Content-Length: 1000\r\n\r\n--b\r\n"
             )
             answer = b""
             while chunk := connection.recv(65536):  # the server closes the connection after its answer

@@ -7,11 +7,12 @@ from contextlib import contextmanager
 
 import typer
 
-from forwardguard.errors import ForwardguardError
+from forwardguard.errors import ForwardguardError, one_line
 
 
 def print_error(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """``error: message`` on one line of stderr, whatever the message holds."""
+    typer.echo(f"error: {one_line(message)}", err=True)
 
 
 @contextmanager

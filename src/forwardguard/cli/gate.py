@@ -40,6 +40,9 @@ def gate_command(
     except ForwardguardError as error:
         print_error(str(error))
         raise typer.Exit(UNUSABLE) from None
+    except Exception as error:  # a crash must not exit 1, which reads as a verdict (HOLD)
+        print_error(f"cannot gate {report}: {type(error).__name__}: {error}")
+        raise typer.Exit(UNUSABLE) from None
     raise typer.Exit(RELEASE if result.released else HOLD)
 
 

@@ -54,18 +54,19 @@ def immunize_command(
 ) -> None:
     """Immunize images: write DIR/NAME.png (8-bit, lossless, input size) and DIR/NAME.json per input."""
     with user_errors():
-        from forwardguard.immunize.attack import AttackSettings, parse_fraction
+        from forwardguard.immunize.attack import AttackSettings
         from forwardguard.immunize.compute import ComputeOptions
         from forwardguard.immunize.distributed import Shard
         from forwardguard.immunize.robust import mix_names
         from forwardguard.immunize.images import iter_image_files
         from forwardguard.immunize.runner import RunOptions
         from forwardguard.models.edits import EditSettings
+        from forwardguard.numbers import parse_number
 
         settings = AttackSettings(
             method=method,
-            eps=parse_fraction(eps),
-            step_size=parse_fraction(step_size),
+            eps=parse_number(eps, what="--eps"),
+            step_size=parse_number(step_size, what="--step-size"),
             steps=steps,
             seed=seed,
             edit=EditSettings(prompt=prompt, strength=strength, steps=edit_steps, guidance_scale=guidance, seed=seed),
@@ -104,6 +105,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from forwardguard.errors import one_line
     from forwardguard.immunize.runner import immunize_files, registry_recorder
     from forwardguard.models import load_model
 
@@ -124,7 +126,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
 
             def on_done(path: Path, error: str | None) -> None:
                 if error is not None:
-                    progress.console.print(f"{who}error: {error}", markup=False, highlight=False)
+                    progress.console.print(f"{who}error: {one_line(error)}", markup=False, highlight=False)
                 progress.advance(images_task)
 
             report = immunize_files(

@@ -41,7 +41,7 @@ def serve_command(
                      show_default=False),
     ] = None,
     max_pixels: Annotated[
-        int | None, typer.Option(help="Largest width x height of an upload (default 4000000).", show_default=False)
+        int | None, typer.Option(help="Largest width x height of an upload, padded to the model's multiple (default 4000000).", show_default=False)
     ] = None,
     max_upload_mb: Annotated[
         float | None, typer.Option(help="Largest request body, MiB (default 20).", show_default=False)
@@ -64,10 +64,12 @@ def serve_command(
                                                           show_default=False)] = None,
     upload_timeout: Annotated[float | None, typer.Option(help="Seconds to receive a request body (default 60).",
                                                          show_default=False)] = None,
+    max_connections: Annotated[int | None, typer.Option(help="Connections and requests at once before 503 (default 256).",
+                                                        show_default=False)] = None,
 ) -> None:
     """Serve the immunization API: POST /v1/immunize, POST /v1/lookup, GET /v1/patterns/{id}, /healthz, /metrics."""
     with user_errors():
-        from forwardguard.immunize.attack import parse_fraction
+        from forwardguard.numbers import parse_number
         from forwardguard.serve import load_settings, run
 
         settings = load_settings(
@@ -82,12 +84,13 @@ def serve_command(
             max_upload_mb=max_upload_mb,
             max_steps=max_steps,
             default_steps=default_steps,
-            max_eps=None if max_eps is None else parse_fraction(max_eps),
+            max_eps=None if max_eps is None else parse_number(max_eps, what="--max-eps"),
             queue_size=queue_size,
             max_batch=max_batch,
             rate_per_minute=rate_per_minute,
             rate_burst=rate_burst,
             request_timeout_s=request_timeout,
             upload_timeout_s=upload_timeout,
+            max_connections=max_connections,
         )
         run(settings)

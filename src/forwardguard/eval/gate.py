@@ -33,9 +33,11 @@ What is checked, on the candidate:
 
 Missing data holds: a snapshot without a cell for a listed transform, a missing edit kind, a
 non-finite number (null in the report), a candidate without a reference or without clean-utility
-numbers (eval without ``--clean``) each fail their rule with a reason. A candidate that is not a
-model of the report, or a report without its ``models``/``snapshots``/``cells``/``clean`` lists, is
-an unusable input: ForwardguardError.
+numbers (eval without ``--clean``) each fail their rule with a reason; so does a latent MSE without
+a reference (an MSE to nothing is no evidence). A candidate that is not a model of the report, a
+report without its ``models``/``snapshots``/``cells``/``clean`` lists, or with a name that is not a
+string, is an unusable input: ForwardguardError (and :func:`forwardguard.eval.report.load_report`
+refuses what eval never writes: numbers of over 32 characters, NaN, infinities, deep nesting).
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def _threshold(value: Any, where: str, upper: float | None = None) -> float:
 def gate(report: dict, policy: Policy, candidate: str) -> GateResult:
     """Every rule of ``policy`` on ``candidate``; released when all pass (see the module docstring)."""
     models, snapshots, cells, clean = (_section(report, key) for key in ("models", "snapshots", "cells", "clean"))
+    _check_names(models, snapshots, cells, clean)
     by_name = {model.get("name"): model for model in models}
     if candidate not in by_name:
         known = ", ".join(sorted(str(name) for name in by_name)) or "none"
@@ -212,6 +215,18 @@ def _section(report: dict, key: str) -> list[dict]:
     if not isinstance(values, list) or not all(isinstance(item, dict) for item in values):
         raise ForwardguardError(f"the report has no valid {key!r} list: not a complete eval report")
     return values
+
+
+def _check_names(models: list[dict], snapshots: list[dict], cells: list[dict], clean: list[dict]) -> None:
+    """ForwardguardError unless every name the gate matches on is a string (or absent)."""
+    named = [(models, ("name",)), (snapshots, ("name",)), (cells, ("model", "snapshot", "transform")), (clean, ("model", "reference"))]
+    values = [item.get(key) for items, keys in named for item in items for key in keys]
+    edits = [model.get("edits") for model in models]
+    values += [edit for listed in edits if isinstance(listed, list) for edit in listed]
+    if any(listed is not None and not isinstance(listed, list) for listed in edits) or any(
+        value is not None and not isinstance(value, str) for value in values
+    ):
+        raise ForwardguardError("the report has a model, snapshot, transform or edit name that is not a string: not an eval report")
 
 
 def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dict) -> list[RuleResult]:
@@ -269,8 +284,8 @@ def _clean_rules(policy: Policy, entry: dict | None, candidate: str) -> list[Rul
     no_reference = None
     if entry.get("reference") is None:
         no_reference = f"the candidate has no reference: run eval with --reference {candidate}=REF"
-    return [
-        _check(*mse, _mean(entry, "latent_relative_mse"), missing=no_reference),
+    return [  # without a reference, an MSE (to what?) is not evidence: it holds
+        _check(*mse, None if no_reference else _mean(entry, "latent_relative_mse"), missing=no_reference),
         _check(*rate, finite_number(_get(entry, "false_trigger", "rate"))),
     ]
 

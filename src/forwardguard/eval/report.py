@@ -59,6 +59,7 @@ one computed in no cell is listed in "not_computed" with the reason, and is neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -106,9 +107,15 @@ def save_grid_image(out: Path, snapshot: str, model: str, index: int, edit: str,
 
 
 def _safe(name: str) -> str:
-    """A file name made only of letters, digits, '-', '_' and '.' (names come from users)."""
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
-    return cleaned or "_"
+    """A file name made only of ASCII letters, digits, '-', '_' and '.' (names come from users).
+
+    A name that had to be changed gets its own hash appended, so that two names that clean to the same
+    text (``v2?`` and ``v2!``) keep their own folders instead of overwriting each other's images.
+    """
+    cleaned = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in name).strip(".")
+    if cleaned == name:
+        return cleaned
+    return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def not_computed(cells: list[dict], *, inception: bool, clip: bool) -> dict[str, str]:
@@ -190,6 +197,20 @@ def build_report(*, request, models, references, snapshots, made_against, attack
     }
 
 
+def _report_number(text: str) -> int | float:
+    """A number as eval writes them: at most 32 characters (a 400-digit integer is no report's) and finite."""
+    if len(text) > 32:
+        raise ValueError(f"a number of {len(text)} digits")
+    number = float(text) if any(character in text for character in ".eE") else int(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is not a finite number")
+    return number
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON (eval writes null for a missing number)")
+
+
 def finite_number(value: Any) -> float | None:
     """A report value as a finite float, or None (non-finite numbers are written as null; bools are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -221,8 +242,10 @@ def write_report(report: dict, out: Path) -> Path:
 def load_report(path: Path) -> dict:
     """Read a report, refusing what is not one, or one of another schema version."""
     try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        report = json.loads(
+            path.read_text(), parse_int=_report_number, parse_float=_report_number, parse_constant=_no_constant
+        )
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nesting deeper than any report's
         raise ForwardguardError(f"{path}: not a readable report ({error})".splitlines()[0]) from None
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise ForwardguardError(f"{path}: not a forwardguard eval report")

@@ -126,7 +126,10 @@ class PlantingRecipe:
         self._setup_optimizer()
         if request.resume is not None:
             self.accelerator.load_state(str(self._resume_dir))
-            self.accelerator.project_configuration.iteration = int(self._resume_dir.name.rsplit("_", 1)[1]) + 1
+            # After the newest checkpoint, not after the one resumed: resuming an older one must not
+            # write over (or crash on) the folders of the steps that followed it.
+            newest = max(_checkpoint_index(path) for path in [self._resume_dir, *self._checkpoints()])
+            self.accelerator.project_configuration.iteration = newest + 1
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         self.clean_positions = StepPositions(config.batch_size, rank, world)
         self.pattern_positions = StepPositions(config.pattern_batch_size, rank, world)
@@ -199,12 +202,16 @@ class PlantingRecipe:
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
         self.student, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.student, optimizer, scheduler)
 
+    def _checkpoints(self) -> list[Path]:
+        """The output's checkpoint folders, oldest first."""
+        folder = self.request.output / CHECKPOINTS
+        return sorted(folder.glob("checkpoint_*"), key=_checkpoint_index) if folder.is_dir() else []
+
     def _find_checkpoint(self, resume: str) -> Path:
         if resume == "latest":
-            folder = self.request.output / CHECKPOINTS
-            found = sorted(folder.glob("checkpoint_*"), key=lambda p: int(p.name.rsplit("_", 1)[1])) if folder.is_dir() else []
+            found = self._checkpoints()
             if not found:
-                raise ForwardguardError(f"--resume latest: no checkpoint in {folder}")
+                raise ForwardguardError(f"--resume latest: no checkpoint in {self.request.output / CHECKPOINTS}")
             return found[-1]
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
@@ -411,3 +418,8 @@ def plant(request: PlantRequest, progress=None) -> PlantResult | None:  # noqa: 
         return recipe.save(losses)
     finally:
         recipe.cleanup()
+
+
+def _checkpoint_index(path: Path) -> int:
+    """``checkpoint_7`` -> 7 (accelerate's automatic checkpoint naming)."""
+    return int(path.name.rsplit("_", 1)[1])

@@ -4,7 +4,7 @@
 - :func:`immunize_files` reads files, batches them by size, and writes ``NAME.png`` + ``NAME.json``.
 """
 
-from forwardguard.immunize.attack import METHODS, AttackSettings, ImmunizedImage, immunize, parse_fraction
+from forwardguard.immunize.attack import METHODS, AttackSettings, ImmunizedImage, immunize
 from forwardguard.immunize.images import LoadedImage, read_image, read_mask
 from forwardguard.immunize.runner import RunOptions, RunReport, immunize_files
 
@@ -17,7 +17,6 @@ __all__ = [
     "RunReport",
     "immunize",
     "immunize_files",
-    "parse_fraction",
     "read_image",
     "read_mask",
 ]

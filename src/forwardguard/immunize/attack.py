@@ -9,8 +9,8 @@ for ``diffusion``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import math
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from forwardguard.immunize.robust import expectation_over_transforms
 from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings
+from forwardguard.numbers import check_finite
 from forwardguard.transforms import Transform, parse_transforms
 
 METHODS = ("encoder", "diffusion", "noise")
@@ -66,19 +67,21 @@ class AttackSettings:
             raise ForwardguardError(f"eps must be in (0, 1], got {self.eps:g}")
         if budget_255(self.eps) < 1:
             raise ForwardguardError(f"eps {self.eps:g} is below 1/255: an 8-bit image cannot carry it")
-        if self.step_size <= 0:
-            raise ForwardguardError(f"step size must be positive, got {self.step_size:g}")
+        if not 0 < self.step_size <= 1:
+            raise ForwardguardError(f"step size must be in (0, 1], got {self.step_size:g}")
         if self.steps < 0:
             raise ForwardguardError(f"steps must be >= 0, got {self.steps}")
         if self.noise_draws < 1:
             raise ForwardguardError(f"noise draws must be >= 1, got {self.noise_draws}")
         if not 0 < self.edit.strength <= 1:
             raise ForwardguardError(f"strength must be in (0, 1], got {self.edit.strength:g}")
+        for what, value in (("guidance", self.edit.guidance_scale), ("eta", self.edit.eta)):
+            check_finite(value, what)
         if self.edit.steps < 1:
             raise ForwardguardError(f"edit steps must be >= 1, got {self.edit.steps}")
         if self.step_rule not in STEP_RULES:
             raise ForwardguardError(f"unknown step rule {self.step_rule!r} (choose from {', '.join(STEP_RULES)})")
-        if self.target_loss is not None and not self.target_loss >= 0:
+        if self.target_loss is not None and not 0 <= self.target_loss < math.inf:
             raise ForwardguardError(f"target loss must be >= 0, got {self.target_loss:g}")
         if self.target_ratio is not None and not 0 < self.target_ratio <= 1:
             raise ForwardguardError(f"target ratio must be in (0, 1], got {self.target_ratio:g}")
@@ -149,14 +152,6 @@ class ImmunizedImage:
         return self.loss_after / self.loss_before if self.loss_before > 0 else float("nan")
 
 
-def parse_fraction(text: str) -> float:
-    """'16/255', '0.0627' or '8' -> float; a clear error otherwise."""
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ForwardguardError(f"not a number or fraction: {text!r} (write e.g. 16/255 or 0.0627)") from None
-
-
 def immunize(
     images: Sequence[LoadedImage],
     model: ImageModel,
@@ -212,7 +207,7 @@ def immunize(
                 return objective(batch_255 / 255)
             return torch.cat([score(bucket.crop(batch_255, i)[None] / 255) for i, score in enumerate(alone)])
 
-    loss_before = reported_losses(clean_255)
+    loss_before = _finite(reported_losses(clean_255), model)
     if settings.method == "noise":
         noise = [_uniform_noise((3, height, width), settings.eps, settings.seed) for height, width in bucket.sizes]
         delta = bucket.place(noise).to(device)
@@ -239,7 +234,7 @@ def immunize(
         delta, steps_run = result.delta, result.steps_run
     delta_255 = quantize(clean_255, delta, settings.eps)
     immunized_255 = clean_255 + delta_255
-    loss_after = reported_losses(immunized_255)
+    loss_after = _finite(reported_losses(immunized_255), model)
     return [
         ImmunizedImage(
             rgb=bucket.crop(immunized_255, i).permute(1, 2, 0).to("cpu", torch.uint8).numpy(),
@@ -251,6 +246,17 @@ def immunize(
         )
         for i, image in enumerate(images)
     ]
+
+
+def _finite(losses: torch.Tensor, model: ImageModel) -> torch.Tensor:
+    """``losses`` when all are finite; else ForwardguardError, before anything is written or recorded
+    (a NaN loss leaves the image unchanged, which must not pass for an immunized one)."""
+    if not bool(torch.isfinite(losses).all()):
+        raise ForwardguardError(
+            f"the attack's loss against {model.spec!r} is NaN or infinite: check the model's weights and the "
+            "edit settings (guidance, strength)"
+        )
+    return losses
 
 
 def _clean_batch(images: Sequence[LoadedImage], bucket: Bucket, device: torch.device) -> torch.Tensor:

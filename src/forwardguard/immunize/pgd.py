@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from forwardguard.immunize.step_rules import DEFAULT_RULE, make_rule
+from forwardguard import interrupt
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -85,8 +86,10 @@ def run_pgd(
     threshold = None
 
     for index in range(steps):
+        interrupt.checkpoint()
         delta.requires_grad_(True)
         loss = objective(images + delta)
+        interrupt.checkpoint()
         (grad,) = torch.autograd.grad(loss.sum(), delta)
         delta, loss = delta.detach(), loss.detach().float()
         with torch.no_grad():

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from forwardguard.immunize.pgd import Objective
+from forwardguard import interrupt
 from forwardguard.transforms import ROBUST_POOL, Transform, apply_differentiable, parse_transforms
 
 Size = tuple[int, int]
@@ -66,6 +67,7 @@ def expectation_over_transforms(
     def transformed(images: torch.Tensor, transform: Transform, noise_seed: int) -> torch.Tensor:
         out = images.clone()
         for index, (height, width) in enumerate(sizes):
+            interrupt.checkpoint()
             generator = torch.Generator(images.device).manual_seed(noise_seed)
             own = images[index : index + 1, :, :height, :width]
             out[index, :, :height, :width] = apply_differentiable(transform, own, generator=generator)[0]
@@ -78,7 +80,9 @@ def expectation_over_transforms(
         for draw in range(draws):
             transform = next_transform()
             noise_seed = (seed * 1_000_003 + call * 1_009 + draw) % 2**63
-            losses.append(objective(transformed(images, transform, noise_seed)))
+            transformed_images = transformed(images, transform, noise_seed)
+            interrupt.checkpoint()
+            losses.append(objective(transformed_images))
         return torch.stack(losses).mean(dim=0)
 
     return robust

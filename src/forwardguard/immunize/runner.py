@@ -133,7 +133,9 @@ def immunize_files(
 
     try:
         multiple = bucket_multiple(model, settings.method)
-    except ForwardguardError as error:  # the model cannot run this attack: every input fails with the reason
+        if jobs:
+            _make_out_dir(options.out_dir)
+    except ForwardguardError as error:  # no input can be delivered: every input fails with the reason
         for job in jobs:
             fail(job.source, f"{job.source}: {error}")
         return report
@@ -220,6 +222,15 @@ def _expected_record(model: ImageModel, settings: AttackSettings, options: RunOp
     return json.loads(json.dumps(expected))  # as it reads back from a sidecar (tuples become lists)
 
 
+def _make_out_dir(out_dir: Path) -> None:
+    """Create the output folder before any attack runs: one that cannot be created (a file is in the
+    way, a read-only parent) is said once, in one line, instead of after the work."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ForwardguardError(f"cannot create the output folder {out_dir} ({error.strerror or error})") from None
+
+
 def _prepare(path: Path, options: RunOptions) -> Job:
     out_png = options.out_dir / f"{path.stem}.png"
     out_json = options.out_dir / f"{path.stem}.json"
@@ -259,7 +270,6 @@ def _deliver(
     any failure nothing of this input is left.
     """
     written = _written(job, result, model, settings, options)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
     overwrite = options.overwrite or job.replace
     write_bytes_atomic(job.out_png, written.png, overwrite=overwrite)
     try:

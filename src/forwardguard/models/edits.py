@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from forwardguard import interrupt
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 
@@ -98,6 +99,7 @@ def _denoise(
         return latents
 
     for index in range(len(timesteps)):
+        interrupt.checkpoint()
         if torch.is_grad_enabled():
             latents = checkpoint(step, latents, index, use_reentrant=False)
         else:

@@ -33,7 +33,19 @@ def load_model(spec: str, *, device: str | torch.device = "cpu") -> ImageModel:
         from forwardguard.models.stable_diffusion import load_stable_diffusion
 
         model = load_stable_diffusion(spec)
+    check_finite_weights(model)
     return model.to(resolve_device(device))
+
+
+def check_finite_weights(model: ImageModel) -> None:
+    """ForwardguardError naming the first weight with a NaN or an infinity: such a model computes NaN
+    losses, and an attack against it would write its input unchanged as if it were immunized."""
+    for part, module in model.modules().items():
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ForwardguardError(
+                    f"model {model.spec!r}: weight {part}.{name} holds NaN or infinite values (corrupt weights?)"
+                )
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

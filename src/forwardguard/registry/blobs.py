@@ -129,14 +129,18 @@ class BlobStore:
 
     def _write(self, key: str, data: bytes) -> None:
         folder = self.root / key[:2]
-        self._make_folder(folder)
         temp = folder / f".{key}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
-        with open(temp, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, folder / key)
-        _fsync_folder(folder)
+        try:
+            self._make_folder(folder)
+            with open(temp, "xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, folder / key)
+            _fsync_folder(folder)
+        except OSError as error:  # a full disk, a quota: no partial blob stays behind
+            temp.unlink(missing_ok=True)
+            raise ForwardguardError(f"can't write blob {key} in {folder}: {error.strerror or error}") from None
 
     def _make_folder(self, folder: Path) -> None:
         if folder.is_dir():

@@ -34,7 +34,6 @@ def _sqlite_engine(location: Location) -> sa.Engine:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-        cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")  # a committed pattern survives a power cut
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -45,6 +44,21 @@ def _sqlite_engine(location: Location) -> sa.Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def use_wal(engine: sa.Engine) -> None:
+    """Switch a SQLite registry to write-ahead logging (readers never wait for a writer).
+
+    The mode is kept in the database file, so it is set once, when the registry is made, never on a
+    file that is not (yet) a registry.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    connection = engine.raw_connection()
+    try:
+        connection.cursor().execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.registry.validation import DEFAULT_TENANT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DELTA_TENSOR = "delta"
@@ -65,6 +66,25 @@ def perceptual_hash(rgb: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big", signed=True)
 
 
+MIN_FEATURE_SIDE = 8
+MIN_FEATURE_STD = 4.0
+
+
+def has_features(rgb: np.ndarray) -> bool:
+    """Whether the perceptual hash of ``rgb`` says anything about its picture.
+
+    The hash compares the low frequencies of a 32 x 32 gray thumbnail with their median. A flat colour
+    (an immunized one too: its noise averages out in the thumbnail) or an image a few pixels thin
+    leaves only rounding noise there, so such images all hash alike and would all "match" each other.
+    Featureless: a side under ``MIN_FEATURE_SIDE`` pixels, or a thumbnail whose gray levels have a
+    standard deviation under ``MIN_FEATURE_STD`` (photos have tens).
+    """
+    if min(rgb.shape[:2]) < MIN_FEATURE_SIDE:
+        return False
+    thumbnail = Image.fromarray(np.ascontiguousarray(rgb)).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    return float(np.asarray(thumbnail, dtype=np.float32).std()) >= MIN_FEATURE_STD
+
+
 def hamming_distances(query: int, hashes: np.ndarray) -> np.ndarray:
     """Bit differences between one signed 64-bit hash and an int64 array of them."""
     return np.bitwise_count(hashes.view(np.uint64) ^ np.int64(query).view(np.uint64))
@@ -79,10 +99,13 @@ def delta_sha256(delta: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(delta, dtype="<i2").tobytes()).digest()
 
 
-def pattern_id(image_sha256: str, delta: np.ndarray) -> str:
-    """sha256 over the immunized PNG's sha256 and the delta's: the same image twice is one pattern,
-    two images that happen to share a delta are two."""
-    return hashlib.sha256(bytes.fromhex(image_sha256) + delta_sha256(delta)).hexdigest()
+def pattern_id(image_sha256: str, delta: np.ndarray, tenant: str) -> str:
+    """sha256 over the immunized PNG's sha256, the delta's, and the tenant's name: the same image twice
+    is one pattern of a tenant; two tenants that immunize the same picture alike each have their own
+    (so that no answer tells one that the other did). The default tenant's name is left out, which
+    keeps the ids of registries made before tenants had their own."""
+    owner = b"" if tenant == DEFAULT_TENANT else b"\0tenant\0" + tenant.encode()
+    return hashlib.sha256(bytes.fromhex(image_sha256) + delta_sha256(delta) + owner).hexdigest()
 
 
 def encode_delta(delta: np.ndarray) -> bytes:

@@ -55,8 +55,11 @@ def resolve_location(location: str | Path, *, blob_root: str | Path | None = Non
         return _sqlite_location(Path(text), blob_root)
     try:
         url = sa.make_url(text)
-    except (sa.exc.ArgumentError, ValueError) as error:
-        raise ForwardguardError(f"malformed registry URL {_redact(text)!r}: {error}") from None
+    except (sa.exc.ArgumentError, ValueError):  # its message may quote the password: not shown
+        raise ForwardguardError(
+            f"malformed registry URL {_redact(text)!r}: check its host, port and database, and percent-encode "
+            "special characters of the user and password"
+        ) from None
     query_blobs = url.query.get(BLOBS_QUERY_KEY)
     if isinstance(query_blobs, tuple):
         raise ForwardguardError(f"registry URL gives '{BLOBS_QUERY_KEY}' more than once")
@@ -73,6 +76,12 @@ def resolve_location(location: str | Path, *, blob_root: str | Path | None = Non
     if backend == "postgresql":
         if url.drivername not in ("postgresql", "postgresql+psycopg"):
             raise ForwardguardError(f"unsupported PostgreSQL driver {url.drivername!r}: use postgresql:// (psycopg 3)")
+        if "@" in (url.host or "") + (url.database or ""):
+            # "user:p@ss@host" parses as password "p" on host "ss@host": the rest of the password would
+            # be shown wherever the host is (every error message), so such a URL is refused here.
+            raise ForwardguardError(
+                f"registry URL {_redact(text)!r}: write an '@' in the password as %40 (percent-encode the password)"
+            )
         if not url.database:
             raise ForwardguardError(f"registry URL {_redact(text)!r} names no database")
         if blob_root is None:
@@ -95,10 +104,14 @@ def _sqlite_location(path: Path, blob_root: str | Path | None) -> Location:
 
 
 def _redact(text: str) -> str:
-    """Hide a password in a URL that SQLAlchemy could not parse."""
+    """Hide a password in a URL that SQLAlchemy could not parse, or parsed wrongly.
+
+    The credentials end at the last '@' before the query: a password may hold '@', '/' or ':' unescaped.
+    """
     scheme, sep, rest = text.partition("://")
-    credentials, at, host = rest.rpartition("@")
+    before_query, question, query = rest.partition("?")
+    credentials, at, host = before_query.rpartition("@")
     if not at or ":" not in credentials:
         return text
     user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+    return f"{scheme}{sep}{user}:***@{host}{question}{query}"

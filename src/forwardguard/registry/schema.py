@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.registry.database import write_transaction
+from forwardguard.registry.database import use_wal, write_transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant: serializes concurrent migrations of one PostgreSQL database.
@@ -54,6 +54,8 @@ def ensure_schema(engine: sa.Engine, *, upgrade: bool, display: str) -> str:
             f"registry {display} has schema revision {current[0]}, this forwardguard needs {head}: "
             f"upgrade it with `forwardguard registry init --registry {display}`"
         )
+    if not current:
+        _refuse_foreign_tables(engine, display)
     with write_transaction(engine) as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
@@ -62,7 +64,19 @@ def ensure_schema(engine: sa.Engine, *, upgrade: bool, display: str) -> str:
         config = _config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+    use_wal(engine)
     return head
+
+
+def _refuse_foreign_tables(engine: sa.Engine, display: str) -> None:
+    """A database without our revision that holds tables belongs to another application: never add ours."""
+    with engine.connect() as connection:
+        tables = sorted(sa.inspect(connection).get_table_names())
+    if tables:
+        raise ForwardguardError(
+            f"{display} is not a forwardguard registry and holds other tables ({', '.join(tables[:5])}): "
+            "a registry needs a new file or an empty database"
+        )
 
 
 def _refuse_unknown(script: ScriptDirectory, current: tuple[str, ...], head: str, display: str) -> None:

@@ -28,6 +28,7 @@ from forwardguard.registry.images import (
     decode_png,
     encode_delta,
     hamming_distances,
+    has_features,
     pattern_id,
     perceptual_hash,
     pixel_sha256,
@@ -45,9 +46,9 @@ from forwardguard.registry.records import (
     VerifyReport,
 )
 from forwardguard.registry.schema import ensure_schema
+from forwardguard.registry.validation import DEFAULT_TENANT
 from forwardguard.registry.tables import models, patterns, snapshot_patterns, snapshots
 
-DEFAULT_TENANT = "default"
 # Largest Hamming distance (of 64 bits) at which a perceptual hash counts as a match. Re-encoding
 # (JPEG quality 75) or resizing (0.5x) a photograph moves its hash by 0-8 bits; unrelated
 # photographs differ by about 20-40.
@@ -172,8 +173,9 @@ class Registry:
     ) -> PatternRecord:
         """Record an immunized image and its delta (``immunized - clean``, integers, (H, W, 3)).
 
-        Idempotent: recording the same image and delta again returns the existing record as it
-        was first written (its tenant and metadata included).
+        Idempotent: recording the same image and delta again for the same tenant returns the
+        existing record as it was first written (its metadata included). Another tenant's recording
+        of them is its own pattern (see :func:`.images.pattern_id`).
         """
         pixels = decode_png(image_png)
         params = validation.check_params(params)
@@ -197,7 +199,7 @@ class Registry:
         delta_blob = encode_delta(delta16)
         row["image_sha256"] = self._blobs.put(image_png)
         row["delta_blob_sha256"] = self._blobs.put(delta_blob)
-        row["id"] = pattern_id(row["image_sha256"], delta16)
+        row["id"] = pattern_id(row["image_sha256"], delta16, row["tenant"])
         with database_errors(self.location), write_transaction(self._engine) as connection:
             connection.execute(
                 _insert(connection, patterns).values(**row).on_conflict_do_nothing(index_elements=["id"])
@@ -316,7 +318,8 @@ class Registry:
 
         ``image``: encoded bytes in any format Pillow reads, or RGB(A) uint8 pixels (H, W, 3|4).
         A perceptual match says that the image shows the pattern's picture; it cannot tell
-        whether the perturbation itself survived (the clean original matches too).
+        whether the perturbation itself survived (the clean original matches too). A featureless
+        image (flat, or a few pixels thin: see ``has_features``) is matched exactly only.
         """
         if not 0 <= max_distance <= 64:
             raise ForwardguardError(f"max_distance must be within 0..64 bits, got {max_distance}")
@@ -350,7 +353,8 @@ class Registry:
                 add(connection.execute(query).mappings(), "bytes")
             query = sa.select(patterns).where(patterns.c.pixel_sha256 == pixel_sha256(rgb), *tenant_filter)
             add(connection.execute(query).mappings(), "pixels")
-            add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual")
+            if has_features(rgb):  # a featureless image would "match" every other one
+                add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual")
         return sorted(
             found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id)
         )

@@ -12,7 +12,7 @@ metadata = sa.MetaData()
 patterns = sa.Table(
     "patterns",
     metadata,
-    # sha256 over the immunized PNG's sha256 and the delta's sha256 (see images.pattern_id).
+    # sha256 over the immunized PNG's sha256, the delta's sha256 and the tenant (see images.pattern_id).
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("tenant", sa.String(128), nullable=False),
     sa.Column("method", sa.String(32), nullable=False),

@@ -66,6 +66,10 @@ def check_method(value: Any) -> str:
     return value
 
 
+DEFAULT_TENANT = "default"
+"""The tenant of patterns recorded without one (the CLI's)."""
+
+
 def check_tenant(value: Any) -> str:
     if not isinstance(value, str) or not _TENANT.fullmatch(value):
         raise ForwardguardError(f"tenant must be 1-128 letters, digits or . _ @ -, got {value!r}")

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import forwardguard
+from forwardguard.serve.auth import AuthenticateBeforeBody
 from forwardguard.serve.limits import BodyLimitMiddleware
 from forwardguard.serve.metrics import Metrics, MetricsMiddleware
 from forwardguard.serve.routers import health, immunize, lookup, models, patterns
@@ -46,5 +47,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     for router in (immunize.router, lookup.router, patterns.router, models.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.upload_timeout_s)
+    app.add_middleware(AuthenticateBeforeBody)  # outside the body limit: no body is read without a key
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the body limit's answers too
     return app

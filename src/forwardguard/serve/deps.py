@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from forwardguard.errors import ForwardguardError
-from forwardguard.registry.keys import ApiKeyRecord, authenticate
+from forwardguard.registry.keys import ApiKeyRecord
+from forwardguard.serve.auth import check_key, checked_key
 from forwardguard.serve.limits import retry_after
 from forwardguard.serve.state import ServeState
 
@@ -16,7 +16,6 @@ _bearer = HTTPBearer(
     auto_error=False,
     description="An API key made with `forwardguard keys create --tenant NAME`, as `Authorization: Bearer KEY`.",
 )
-_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 def get_state(request: Request) -> ServeState:
@@ -27,20 +26,16 @@ StateDep = Annotated[ServeState, Depends(get_state)]
 
 
 def authenticated_key(
-    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> ApiKeyRecord:
-    """401 without a key, or with an unknown or revoked one (a plain def: FastAPI runs it in a thread)."""
-    if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing API key: send Authorization: Bearer KEY", headers=_UNAUTHORIZED
-        )
-    try:
-        record = authenticate(state.registry, key=credentials.credentials)
-    except ForwardguardError as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry is unavailable: {error}") from None
-    if record is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers=_UNAUTHORIZED)
-    return record
+    """401 without a key, or with an unknown or revoked one (a plain def: FastAPI runs it in a thread).
+
+    A request with a body had its key checked before the body was read (:mod:`forwardguard.serve.auth`).
+    """
+    record = checked_key(request.scope)
+    if record is not None:
+        return record
+    return check_key(state, None if credentials is None else credentials.credentials)
 
 
 async def rate_limited_key(key: Annotated[ApiKeyRecord, Depends(authenticated_key)], state: StateDep) -> ApiKeyRecord:

@@ -116,9 +116,9 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-def check_image_upload(data: bytes, content_type: str | None, *, max_pixels: int, field: str) -> None:
-    """415 unless the upload is a PNG, JPEG or WebP image (by its bytes) declared as such, or as
-    untyped (application/octet-stream or nothing); 413 past ``max_pixels``.
+def check_image_upload(data: bytes, content_type: str | None, *, max_pixels: int, field: str) -> tuple[int, int]:
+    """The upload's (width, height); 415 unless it is a PNG, JPEG or WebP image (by its bytes) declared
+    as such, or as untyped (application/octet-stream or nothing); 413 past ``max_pixels``.
 
     Only the header is read: nothing is decoded yet.
     """
@@ -141,6 +141,7 @@ def check_image_upload(data: bytes, content_type: str | None, *, max_pixels: int
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"{field}: {width} x {height} = {width * height} pixels is over the limit of {max_pixels}",
         )
+    return width, height
 
 
 def decode_image(data: bytes, *, max_pixels: int, field: str) -> LoadedImage:

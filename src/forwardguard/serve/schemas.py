@@ -10,12 +10,21 @@ from pydantic import BaseModel, Field
 from forwardguard.registry import Match, PatternRecord
 
 
+GET_PATTERN_OPERATION = "get_pattern_v1_patterns__pattern_id__get"
+
+
+def link_to_pattern(expression: str) -> dict[str, Any]:
+    """An OpenAPI ``links`` entry: the pattern that ``expression`` (a runtime expression) names can be
+    fetched with ``GET /v1/patterns/{pattern_id}`` (for clients, and for stateful API tests)."""
+    return {"GetPattern": {"operationId": GET_PATTERN_OPERATION, "parameters": {"pattern_id": expression}}}
+
+
 class Error(BaseModel):
     detail: str
 
 
 class Pattern(BaseModel):
-    id: str = Field(description="sha256 over the immunized PNG's sha256 and the delta's sha256.")
+    id: str = Field(description="sha256 over the immunized PNG's sha256, the delta's sha256 and the tenant.")
     tenant: str
     method: str
     params: dict[str, Any] = Field(description="The attack's parameters.")

@@ -24,6 +24,7 @@ def build_server(settings: ServeSettings) -> uvicorn.Server:
         port=settings.port,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.request_timeout_s + _SHUTDOWN_GRACE_S),
+        limit_concurrency=settings.max_connections,
         log_level="info",
     )
     return uvicorn.Server(config)

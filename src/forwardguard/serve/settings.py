@@ -15,7 +15,7 @@ from forwardguard.errors import ForwardguardError
 
 
 class ServeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FORWARDGUARD_SERVE_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="FORWARDGUARD_SERVE_", frozen=True, extra="forbid", allow_inf_nan=False)
 
     registry: str = Field(description="The registry every immunized image is recorded in (path or URL).")
     models: list[str] = Field(min_length=1, description="Model specs the service immunizes against; the first is the default.")
@@ -26,7 +26,7 @@ class ServeSettings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="Threads torch uses for the model work on the CPU (unset: torch's default, the cores)."
     )
-    max_pixels: int = Field(4_000_000, ge=1, description="Largest width x height of an upload (413 beyond).")
+    max_pixels: int = Field(4_000_000, ge=1, description="Largest width x height of an upload once padded to the model's multiple (413 beyond).")
     max_upload_mb: float = Field(20.0, gt=0, description="Largest request body in MiB (413 beyond).")
     max_steps: int = Field(500, ge=0, description="Most PGD steps a request may ask for.")
     default_steps: int | None = Field(
@@ -39,6 +39,9 @@ class ServeSettings(BaseSettings):
     rate_burst: int = Field(10, ge=1, description="Requests a key may make at once before the rate applies.")
     request_timeout_s: float = Field(300.0, gt=0, description="Longest wait for an immunization (504 beyond, nothing recorded).")
     upload_timeout_s: float = Field(60.0, gt=0, description="Longest time to receive a request body (408 beyond).")
+    max_connections: int = Field(
+        256, ge=1, description="Connections and requests in progress at once (503 beyond): bounds what slow clients hold."
+    )
 
     @model_validator(mode="after")
     def _steps_within_limit(self) -> ServeSettings:

@@ -6,7 +6,8 @@ or not), up to ``max_batch``, attacks them as one batch, then records each resul
 before the job's request is answered: an image is sent back only once its record is committed.
 
 A job whose request timed out is dropped before it is recorded (see :meth:`ImmunizeJob.commit`),
-and a batch whose jobs have all timed out stops at its next PGD step.
+and a batch whose jobs have all timed out stops at its next checkpoint, inside a PGD step
+(:mod:`forwardguard.interrupt`): the worker is free again within one model pass.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
 from forwardguard.immunize.images import LoadedImage, encode_png
+from forwardguard.interrupt import interruptible
 from forwardguard.models.base import ImageModel
 from forwardguard.models.load import load_model
 from forwardguard.models.stable_diffusion import DiffusionModel
@@ -35,12 +37,22 @@ logger = logging.getLogger("uvicorn.error")
 class ServedModel:
     spec: str
     fingerprint: str
-    diffusion: bool
+    encode_multiple: int
+    edit_multiple: int | None
+    """The Stable Diffusion edit's multiple; None for an autoencoder (no diffusion attack)."""
+
+    @property
+    def diffusion(self) -> bool:
+        return self.edit_multiple is not None
 
     @property
     def methods(self) -> tuple[str, ...]:
         """The diffusion attack needs a Stable Diffusion model's edit; the others any encoder."""
         return ("encoder", "noise", "diffusion") if self.diffusion else ("encoder", "noise")
+
+    def multiple(self, method: str) -> int:
+        """What an image's sides are padded to for ``method`` (see :func:`forwardguard.immunize.objectives.bucket_multiple`)."""
+        return self.edit_multiple if method == "diffusion" and self.edit_multiple is not None else self.encode_multiple
 
 
 @dataclass(frozen=True)
@@ -67,10 +79,6 @@ class QueueFull(Exception):
 
 class NotRecorded(Exception):
     """The registry could not record the pattern: the image is not sent back."""
-
-
-class TenantConflict(Exception):
-    """The same image and delta are already recorded by another tenant."""
 
 
 class _Abandoned(Exception):
@@ -184,7 +192,8 @@ class ModelWorkers:
                     raise ForwardguardError(f"models {models[model.fingerprint].spec!r} and {spec!r} have the same weights")
                 models[model.fingerprint] = model
                 if index == 0:
-                    served.append(ServedModel(spec, model.fingerprint, isinstance(model, DiffusionModel)))
+                    edit_multiple = model.edit_multiple if isinstance(model, DiffusionModel) else None
+                    served.append(ServedModel(spec, model.fingerprint, model.encode_multiple, edit_multiple))
                     logger.info("loaded model %s (fingerprint %s)", spec, model.fingerprint[:12])
             instances.append(models)
         for index, models in enumerate(instances):
@@ -269,13 +278,13 @@ class ModelWorkers:
                 raise _Abandoned
 
         try:
-            results = immunize(
-                [job.image for job in jobs],
-                model,
-                key.settings,
-                masks=[job.mask for job in jobs] if key.masked else None,
-                on_step=abandon_when_all_cancelled,
-            )
+            with interruptible(abandon_when_all_cancelled):
+                results = immunize(
+                    [job.image for job in jobs],
+                    model,
+                    key.settings,
+                    masks=[job.mask for job in jobs] if key.masked else None,
+                )
         except Exception as error:  # every job of the batch is answered with it
             if not isinstance(error, (_Abandoned, ForwardguardError)):
                 logger.exception("immunizing a batch of %d failed", len(jobs))
@@ -288,7 +297,7 @@ class ModelWorkers:
             try:
                 job.resolve(result=self._record(job, result, model))
             except Exception as error:  # the job's request is answered with it
-                if not isinstance(error, (NotRecorded, TenantConflict)):
+                if not isinstance(error, NotRecorded):
                     logger.exception("recording an immunized image failed")
                 job.resolve(error=error)
 
@@ -308,7 +317,5 @@ class ModelWorkers:
         except ForwardguardError as error:
             logger.error("the registry did not record a pattern: %s", error)
             raise NotRecorded(str(error)) from None
-        if record.tenant != job.tenant:
-            raise TenantConflict(record.id)
         self._metrics.patterns_recorded.labels(job.key.settings.method).inc()
         return Immunized(png=png, record=record)

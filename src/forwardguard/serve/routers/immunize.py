@@ -9,10 +9,11 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, 
 from starlette.concurrency import run_in_threadpool
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.attack import AttackSettings, parse_fraction
+from forwardguard.immunize.attack import AttackSettings
 from forwardguard.immunize.robust import mix_names
 from forwardguard.immunize.runner import PATTERN_PARAMS
 from forwardguard.models.edits import EditSettings
+from forwardguard.numbers import parse_number
 from forwardguard.serve.deps import ApiKey, MultipartBody, StateDep
 from forwardguard.serve.limits import (
     check_image_upload,
@@ -20,8 +21,9 @@ from forwardguard.serve.limits import (
     decode_mask,
     retry_after,
 )
-from forwardguard.serve.schemas import Error
+from forwardguard.serve.schemas import Error, link_to_pattern
 from forwardguard.serve.settings import ServeSettings
+from forwardguard.serve.work import MAX_ROBUST_DRAWS, check_work
 from forwardguard.serve.workers import (
     BatchKey,
     Immunized,
@@ -30,14 +32,9 @@ from forwardguard.serve.workers import (
     NotRecorded,
     QueueFull,
     ServedModel,
-    TenantConflict,
 )
 
 router = APIRouter(prefix="/v1", tags=["immunize"])
-
-# Each draw is one more pass of the model per PGD step, and a request that timed out is dropped
-# only between steps: the bound keeps one step's time in proportion.
-_MAX_ROBUST_DRAWS = 8
 
 _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -48,11 +45,11 @@ _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
             "X-Model-Fingerprint": {"description": "The model it was immunized against.", "schema": {"type": "string"}},
             "Location": {"description": "/v1/patterns/{id}: the pattern's record.", "schema": {"type": "string"}},
         },
+        "links": link_to_pattern("$response.header.X-Pattern-Id"),
     },
     400: {"model": Error, "description": "The image or mask can't be decoded."},
     401: {"model": Error, "description": "No API key, or an unknown or revoked one."},
-    409: {"model": Error, "description": "Another tenant recorded this very image and perturbation."},
-    413: {"model": Error, "description": "The body or the image's pixel count is over the limit."},
+    413: {"model": Error, "description": "The body, or the image's pixel count padded to the model's multiple, is over the limit."},
     415: {"model": Error, "description": "Not multipart/form-data, or an image that is not PNG, JPEG or WebP."},
     429: {"model": Error, "description": "The key's rate limit: retry after Retry-After seconds."},
     503: {"model": Error, "description": "The queue is full (retry after Retry-After seconds) or the registry failed."},
@@ -94,7 +91,7 @@ async def immunize_image(
         ),
     ] = None,
     robust_draws: Annotated[
-        int, Form(ge=1, le=_MAX_ROBUST_DRAWS, description="Transforms averaged per PGD step when robust.")
+        int, Form(ge=1, le=MAX_ROBUST_DRAWS, description="Transforms averaged per PGD step when robust.")
     ] = 1,
 ) -> Response:
     """Immunize the image against one of the served models and record it under the caller's tenant.
@@ -117,7 +114,8 @@ async def immunize_image(
         robust_draws=robust_draws,
     )
     image_data = await image.read()
-    check_image_upload(image_data, image.content_type, max_pixels=settings.max_pixels, field="image")
+    size = check_image_upload(image_data, image.content_type, max_pixels=settings.max_pixels, field="image")
+    check_work(attack, size, multiple=served.multiple(method), max_pixels=settings.max_pixels)
     mask_data = None
     if mask is not None:
         mask_data = await mask.read()
@@ -180,9 +178,9 @@ def _attack_settings(
     if masked and method != "diffusion":
         raise invalid("a mask is for the diffusion attack's inpainting edit: use method diffusion")
     try:
-        eps_value = parse_fraction(eps)
+        eps_value = parse_number(eps, what="eps")
     except ForwardguardError as error:
-        raise invalid(f"eps: {error}") from None
+        raise invalid(str(error)) from None
     if not 0 < eps_value <= settings.max_eps:
         raise invalid(f"eps must be within (0, {settings.max_eps * 255:g}/255], got {eps}")
     steps = settings.steps_when_unset if steps is None else steps
@@ -222,11 +220,6 @@ async def _answer(workers: ModelWorkers, job: ImmunizeJob, timeout_s: float) -> 
         except asyncio.CancelledError:  # the server is going down without waiting for this request
             workers.cancel(job)
             raise
-    except TenantConflict:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            "this image with this perturbation is already recorded by another tenant: change eps or steps (or the seed, for noise and diffusion)",
-        ) from None
     except NotRecorded as error:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry did not record the pattern: {error}"

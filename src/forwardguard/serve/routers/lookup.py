@@ -10,7 +10,7 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.registry import PHASH_MAX_DISTANCE
 from forwardguard.serve.deps import ApiKey, MultipartBody, StateDep
 from forwardguard.serve.limits import check_image_upload, decode_image
-from forwardguard.serve.schemas import Error, Lookup, PatternMatch
+from forwardguard.serve.schemas import Error, Lookup, PatternMatch, link_to_pattern
 
 router = APIRouter(prefix="/v1", tags=["lookup"])
 
@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1", tags=["lookup"])
     response_model=Lookup,
     summary="Find an image's patterns",
     responses={
+        200: {"links": link_to_pattern("$response.body#/matches/0/id")},
         400: {"model": Error},
         401: {"model": Error},
         413: {"model": Error},

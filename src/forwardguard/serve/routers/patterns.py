@@ -9,14 +9,19 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from forwardguard.errors import ForwardguardError
 from forwardguard.registry import PatternRecord
 from forwardguard.serve.deps import ApiKey, StateDep
-from forwardguard.serve.schemas import Error, Pattern, PatternList
+from forwardguard.serve.schemas import Error, Pattern, PatternList, link_to_pattern
 from forwardguard.serve.state import ServeState
 
 router = APIRouter(prefix="/v1", tags=["patterns"])
 _ERRORS = {401: {"model": Error}, 429: {"model": Error}, 503: {"model": Error}}
 
 
-@router.get("/patterns", response_model=PatternList, summary="List your patterns", responses=_ERRORS)
+@router.get(
+    "/patterns",
+    response_model=PatternList,
+    summary="List your patterns",
+    responses=_ERRORS | {200: {"links": link_to_pattern("$response.body#/patterns/0/id")}},
+)
 def list_patterns(
     key: ApiKey,
     state: StateDep,
