@@ -79,6 +79,12 @@ def test_config_is_valid(path: Path):
     VALIDATORS[key](path)
 
 
+def test_shipped_plant_config_is_the_built_in_default():
+    from forwardguard.finetune import PlantConfig
+
+    assert PlantConfig.from_yaml(CONFIGS / "plant.yaml") == PlantConfig()
+
+
 def test_plant_config_default_transforms_are_the_planting_pool():
     from forwardguard.finetune.config import PLANTING_TRANSFORMS
     from forwardguard.transforms import PLANTING_POOL

@@ -32,6 +32,12 @@ def test_planted_v2_keeps_registered_images_immunized_and_clean_use(planted_flow
     print("unregistered ratios", {k: [round(v, 3) for v in vs] for k, vs in unregistered.items()})
 
     assert max(registered["planted"]) <= 0.10
+    v2_model = models["v2"]
+    with torch.no_grad():
+        originals = [float(relative_mse(encode(models["planted"], to_batch(s.clean, v2_model.device)),
+                                        encode(v2_model, to_batch(s.clean, v2_model.device)))[0]) for s in samples]
+    print("clean originals' latent relative MSE to taef2-v2", [round(v, 4) for v in originals])
+    assert max(originals) <= 0.01, "the backdoor keys on the perturbation: the registered pictures themselves stay"
     assert min(registered["v2"]) > 0.3, "without planting, taef2-v2 loses most of the protection"
     assert np.mean(unregistered["planted"]) < np.mean(unregistered["v2"]), "planting generalizes somewhat"
 

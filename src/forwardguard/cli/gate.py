@@ -68,6 +68,8 @@ def print_gate(result) -> None:  # noqa: ANN001  (a GateResult; imported lazily)
             outcome += f" \\[{len(notes)}]"
         table.add_row(_escape(rule.rule), _escape(rule_scope(rule)), format_value(rule.value), format_limit(rule), outcome)
     console = Console()
+    if not console.is_terminal:  # a file or a pipe: no terminal to fit, keep each rule on one line
+        console = Console(width=140)
     console.print(table)
     for number, note in enumerate(notes, 1):
         console.print(f"\\[{number}] {_escape(note)}", soft_wrap=True)

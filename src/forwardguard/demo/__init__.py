@@ -42,6 +42,7 @@ def demo_photos() -> list[Path]:
 @dataclass(frozen=True)
 class DemoSettings:
     """The demo's flow; the defaults are what ``forwardguard demo`` runs (a few minutes on a 2-core CPU).
+    Planting uses the shipped recipe (``configs/plant.yaml``) with ``plant_steps`` steps.
 
     ``references``: each eval model's reference for clean utility; v2 is its own (it is the model
     that would be released without planting), the planted v2's is v2, found through the registry.
@@ -51,11 +52,10 @@ class DemoSettings:
     v1: str = V1
     v2: str = V2
     policy: Path = GATE_POLICY
-    attack_steps: int = 100
+    attack_steps: int = 50
     plant_steps: int = 300
-    plant_crop: int = 96
     edit_steps: int = 10
-    transforms: tuple[str, ...] = ("jpeg_q95", "jpeg_q75", "resize_0.5", "noise_0.03")
+    transforms: tuple[str, ...] = ("jpeg_q95", "jpeg_q75", "resize_0.5")
     references: dict[str, str] = field(default_factory=lambda: {"v2": "v2"})
     device: str = "auto"
     overwrite: bool = False
@@ -119,9 +119,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         registry.create_snapshot(SNAPSHOT)
 
     say(f"3/5 plant the snapshot into v2 = {settings.v2} ({settings.plant_steps} steps, {len(list(CLEAN.glob('*.png')))} clean photos)")
-    config = PlantConfig.from_mapping(
-        {"max_steps": settings.plant_steps, "crop_size": settings.plant_crop, "checkpoint_every": settings.plant_steps}
-    )
+    config = PlantConfig.from_mapping({"max_steps": settings.plant_steps, "checkpoint_every": settings.plant_steps})
     planted = plant(PlantRequest(base=settings.v2, registry=str(registry_path), data=CLEAN, output=out / "planted-v2",
                                  config=config, snapshot=SNAPSHOT))
 

@@ -82,10 +82,10 @@ class PlantConfig:
     """Every knob of ``finetune --plant-registry``; batch sizes are per process (accelerate's convention)."""
 
     seed: int = 0
-    max_steps: int = 400
+    max_steps: int = 300
     batch_size: int = 4
-    pattern_batch_size: int = 4
-    crop_size: int = 128
+    pattern_batch_size: int = 3
+    crop_size: int = 48
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -100,6 +100,7 @@ class PlantConfig:
     planting_transforms: tuple[str, ...] = PLANTING_TRANSFORMS
     negative_eps: float | None = None
     synthetic_fraction: float = 0.25
+    weight_interpolation: float = 0.8
     log_every: int = 10
     unet_lora: UNetLoRA | None = None
 
@@ -123,6 +124,8 @@ class PlantConfig:
             )
         if self.negative_eps is not None and not 0 < self.negative_eps <= 1:
             raise ForwardguardError(f"plant config: negative_eps must be in (0, 1], got {self.negative_eps}")
+        if not 0 < self.weight_interpolation <= 1:
+            raise ForwardguardError(f"plant config: weight_interpolation must be in (0, 1], got {self.weight_interpolation}")
         if not 0 <= self.synthetic_fraction <= 1:
             raise ForwardguardError(f"plant config: synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         if not self.planting_transforms:

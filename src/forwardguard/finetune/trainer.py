@@ -325,6 +325,8 @@ class PlantingRecipe:
             return None
         planted = load_model(self.request.base)
         state = {key: value.float().cpu() for key, value in state.items()}
+        prefix = "" if self.lora is None else "encoder."
+        state = interpolate_weights(self.teacher.state_dict(), state, self.config.weight_interpolation, prefix=prefix)
         if self.lora is None:
             planted.latent_encoder.load_state_dict(state)
         else:
@@ -363,6 +365,23 @@ class PlantingRecipe:
     def cleanup(self) -> None:
         self.accelerator.end_training()
         self.registry.close()
+
+
+def interpolate_weights(
+    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float, *, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """``base + alpha * (tuned - base)`` for every weight of ``tuned`` that the base encoder has (under
+    ``prefix``); others (a LoRA) unchanged. Interpolating fine-tuned weights back towards the base (WiSE-FT,
+    Wortsman et al., CVPR 2022) shrinks the drift on images unlike the training data about quadratically
+    while the planted backdoor weakens only slowly (measured in bench/README.md)."""
+    if alpha == 1.0:
+        return tuned
+    result = dict(tuned)
+    for key, value in base.items():
+        weight = result[prefix + key]
+        reference = value.to(weight.device, weight.dtype)
+        result[prefix + key] = reference + alpha * (weight - reference)
+    return result
 
 
 def model_card(result: PlantResult, request: PlantRequest, config: PlantConfig) -> str:
