@@ -46,7 +46,8 @@ from forwardguard.registry import Registry
 REPO = Path(__file__).resolve().parents[1]
 REGISTERED = ("astronaut", "coffee", "chelsea", "rocket")
 UNREGISTERED = ("camera", "immunohistochemistry")
-CLEAN_TRAINING = ("astronaut", "coffee", "chelsea", "brick", "grass", "gravel", "moon", "coins", "clock", "hubble_deep_field")
+CLEAN_TRAINING = ("brick", "hubble_deep_field", "grass", "gravel", "moon", "coins", "clock", "astronaut", "coffee", "chelsea")
+"""Clean photos planting distills on; --clean-photos N takes the first N (the first two are none of the registered ones)."""
 HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel", "page", "text")
 
 
