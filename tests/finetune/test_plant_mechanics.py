@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -165,3 +167,28 @@ def test_item_12_resuming_an_older_checkpoint_saves_after_the_newest(taef2_v2_sp
     assert result.steps == 3
     assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint_1", "checkpoint_2", "checkpoint_3"]
     assert json.loads((checkpoints / "checkpoint_3" / "planting.json").read_text())["step"] == 3
+
+
+def test_issue_13_planting_draws_crops_flips_and_chains_and_is_seeded(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    """Transforms that make the pair smaller (shift, rcrop, a chain with one) train in the one batch, and
+    the run stays a pure function of the seed."""
+    transforms = ["shift_3", "rcrop_0.8", "hflip", "jpeg_q75+shift_2"]
+    results = [
+        plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / name, max_steps=3, checkpoint_every=3,
+                      planting_transforms=transforms))
+        for name in ("first", "again")
+    ]  # fmt: skip
+    first, again = results
+    assert first.steps == 3 and first.fingerprint == again.fingerprint
+    assert all(math.isfinite(value) for value in first.final_losses.values())
+    assert first.final_losses == again.final_losses
+
+
+def test_pattern_crops_start_at_any_offset():
+    from forwardguard.finetune.data import paired_crop, sample_generator
+
+    image = np.arange(40 * 40).reshape(40, 40, 1)  # a pixel's value is 40 * row + column
+    starts = {divmod(int(paired_crop([image], 16, sample_generator(0, p))[0][0, 0, 0]), 40) for p in range(200)}
+    assert any(top % 8 or left % 8 for top, left in starts) and max(max(start) for start in starts) == 24
+    immunized, clean = paired_crop([image, image + 1], 16, sample_generator(0, 3))
+    assert np.array_equal(clean, immunized + 1)  # one crop for the pair
