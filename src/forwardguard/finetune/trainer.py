@@ -279,7 +279,7 @@ class PlantingRecipe:
         noisy = (torch.round((clean + noise) * 255) / 255).clamp(0, 1)
         immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
-            sample = self.patterns.crop(position, seed, self.crop_size)
+            sample = self.patterns.crop(position, seed, self.crop_size, self.config.pattern_crop_grid)
             generator = sample_generator(seed + 3, position)
             transform = sample_transform(self.planting_transforms, generator)
             # The clean original gets the same crop and transform as the immunized image: the pair differs
