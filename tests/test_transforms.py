@@ -15,8 +15,11 @@ from PIL import Image
 from forwardguard.errors import ForwardguardError
 from forwardguard.transforms import (
     GAUNTLET,
+    GEOMETRIC_PLANTING_POOL,
+    MAX_CHAIN,
     PLANTING_POOL,
     ROBUST_POOL,
+    Chain,
     Transform,
     apply,
     apply_differentiable,
@@ -26,7 +29,8 @@ from forwardguard.transforms import (
     sample_transform,
 )
 
-NON_JPEG = [t for t in GAUNTLET if t.kind != "jpeg"] + [parse_transform("identity")]
+NON_JPEG = [t for t in (*GAUNTLET, *ROBUST_POOL, *GEOMETRIC_PLANTING_POOL) if all(step.kind != "jpeg" for step in t.steps)]
+NON_JPEG = list(dict.fromkeys([*NON_JPEG, parse_transform("rrotate_30"), parse_transform("shift_7")]))
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +44,23 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / (a - b).pow(2).mean()))
 
 
-def test_the_gauntlet_is_issue_5s_list_in_order():
+def _step_kinds(transforms) -> set[str]:
+    """The kinds of every step, a random kind counted as its fixed one (rshift covers shift)."""
+    fixed = {"rshift": "shift", "rrotate": "rotate"}
+    return {fixed.get(step.kind, step.kind) for t in transforms for step in t.steps}
+
+
+def test_the_gauntlet_is_issue_5s_list_then_issue_13s_in_order():
     assert [t.name for t in GAUNTLET] == [
         "jpeg_q95", "jpeg_q75", "jpeg_q50", "noise_0.01", "noise_0.03", "noise_0.05",
         "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
+        "shift_1", "shift_3", "rcrop_0.8", "rotate_5", "jpeg_q75+resize_0.75",
     ]  # fmt: skip
-    assert {t.kind for t in ROBUST_POOL} >= {t.kind for t in GAUNTLET}
+    assert _step_kinds(ROBUST_POOL) >= _step_kinds(GAUNTLET)
+    assert {"rshift_7", "rcrop_0.8"} <= {t.name for t in ROBUST_POOL}
     assert all(t.kind in ("identity", "jpeg", "resize", "noise") for t in PLANTING_POOL)
     assert all(t.value <= 0.02 for t in PLANTING_POOL if t.kind == "noise")
+    assert all(t.changes_size or t.name in ("hflip", "rrotate_5") for t in GEOMETRIC_PLANTING_POOL)
 
 
 @pytest.mark.parametrize("transform", GAUNTLET, ids=lambda t: t.name)
@@ -57,9 +70,14 @@ def test_every_gauntlet_transform_keeps_shape_and_range(transform, photos):
     for images in (photos, extremes):
         for function in (apply, apply_differentiable):
             out = function(transform, images, generator=torch.Generator().manual_seed(0))
-            assert out.shape == images.shape and out.dtype == images.dtype
+            assert out.dtype == images.dtype and out.shape[:2] == images.shape[:2]
+            if transform.changes_size:  # a crop not resized back: smaller, as the adversary uploads it
+                assert out.shape[-2] < images.shape[-2] and out.shape[-1] < images.shape[-1]
+            else:
+                assert out.shape == images.shape
             assert out.min() >= 0 and out.max() <= 1
-    assert not torch.equal(apply(transform, photos, generator=torch.Generator().manual_seed(0)), photos)
+    out = apply(transform, photos, generator=torch.Generator().manual_seed(0))
+    assert out.shape != photos.shape or not torch.equal(out, photos)
 
 
 def test_identity_is_exact_and_hflip_twice_is_exact(photos):
@@ -113,13 +131,15 @@ def test_names_round_trip():
     names = [
         "identity", "jpeg_q75", "jpeg_q1", "jpeg_q100", "noise_0.03", "resize_0.5", "resize_2",
         "crop_0.9", "blur_5", "blur_7", "hflip", "rotate_10", "rotate_-7.5",
+        "shift_1", "rshift_7", "rcrop_0.8", "rrotate_5", "jpeg_q75+resize_0.75+shift_3", "hflip+hflip",
     ]  # fmt: skip
     for name in names:
         assert parse_transform(name).name == name
-    for transform in (*GAUNTLET, *PLANTING_POOL, *ROBUST_POOL, Transform("noise", 0.1 + 0.2), Transform("jpeg", 75.0)):
+    for transform in (*GAUNTLET, *PLANTING_POOL, *ROBUST_POOL, *GEOMETRIC_PLANTING_POOL, Transform("noise", 0.1 + 0.2), Transform("jpeg", 75.0)):
         assert parse_transform(transform.name) == transform
     assert parse_transform("jpeg_q75") == Transform("jpeg", 75)
     assert parse_transform(" rotate_10.0 ") == Transform("rotate", 10)
+    assert parse_transform("jpeg_q75 + shift_3.0") == Chain((Transform("jpeg", 75), Transform("shift", 3)))
 
 
 @pytest.mark.parametrize(
@@ -138,6 +158,17 @@ def test_names_round_trip():
         ("crop_1.5", r"\(0, 1\]"),
         ("rotate_270", r"\[-180, 180\]"),
         ("hflip_2", "takes no value"),
+        ("shift_0", r"\[1, 1024\]"),
+        ("shift_2.5", "integer"),
+        ("rshift_2000", r"\[1, 1024\]"),
+        ("rcrop_0", r"\(0, 1\]"),
+        ("rcrop_1.2", r"\(0, 1\]"),
+        ("rrotate_0", r"\(0, 180\]"),
+        ("jpeg_q75+", "unknown transform"),
+        ("jpeg_q75++shift_3", "unknown transform"),
+        ("jpeg_q75+sharpen_2", "unknown transform 'jpeg_q75\\+sharpen_2'"),
+        ("rotate_+5", "not a number"),  # "+" joins a chain
+        ("+".join(["hflip"] * (MAX_CHAIN + 1)), f"at most {MAX_CHAIN} steps"),
     ],
 )
 def test_bad_names_are_refused_with_a_reason(name, message):
@@ -217,10 +248,15 @@ def test_differentiable_jpeg_is_close_to_pillows_and_passes_gradients(quality, p
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 7), (3, 40)])
 def test_every_transform_takes_images_smaller_than_its_kernel(size):
     images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    for transform in (*GAUNTLET, *ROBUST_POOL, parse_transform("blur_201")):
+    transforms = (*GAUNTLET, *ROBUST_POOL, *GEOMETRIC_PLANTING_POOL, parse_transform("blur_201"), parse_transform("shift_1024"))
+    for transform in transforms:
         for function in (apply, apply_differentiable):
             out = function(transform, images, generator=torch.Generator().manual_seed(1))
-            assert out.shape == images.shape and torch.isfinite(out).all(), transform.name
+            assert torch.isfinite(out).all(), transform.name
+            if transform.changes_size:  # never below one pixel
+                assert 1 <= out.shape[-2] <= size[0] and 1 <= out.shape[-1] <= size[1], transform.name
+            else:
+                assert out.shape == images.shape, transform.name
 
 
 _names = st.one_of(
@@ -239,7 +275,7 @@ def test_a_transform_name_parses_to_a_transform_whose_name_round_trips_or_to_an_
     except ForwardguardError:
         return
     assert parse_transform(transform.name) == transform
-    assert transform.value is None or math.isfinite(transform.value)
+    assert all(step.value is None or math.isfinite(step.value) for step in transform.steps)
 
 
 @given(st.sampled_from(["blur", "resize", "noise", "rotate"]), st.integers(31, 10**9))
@@ -247,3 +283,85 @@ def test_a_huge_exponent_in_a_transform_value_is_refused_at_once(kind: str, expo
     """issue 14 item 1: transform values go through the bounded number parser too."""
     with pytest.raises(ForwardguardError):
         parse_transform(f"{kind}_1e-{exponent}")
+
+
+# ---- issue 13: shifted and random crops, random rotations, chains ----
+
+
+def test_shift_crops_the_top_and_left(photos):
+    shifted = apply(parse_transform("shift_3"), photos)
+    assert torch.equal(shifted, photos[..., 3:, 3:])
+    assert torch.equal(apply_differentiable(parse_transform("shift_3"), photos), shifted)
+    tiny = torch.rand(1, 3, 2, 5)
+    assert apply(parse_transform("shift_4"), tiny).shape == (1, 3, 1, 1)  # cut to keep one pixel
+
+
+def test_random_shifts_cover_every_offset_and_are_seeded(photos):
+    rshift = parse_transform("rshift_7")
+    offsets = set()
+    for seed in range(1000):
+        out = apply(rshift, photos, generator=torch.Generator().manual_seed(seed))
+        top, left = 70 - out.shape[-2], 90 - out.shape[-1]
+        assert torch.equal(out, photos[..., top:, left:])  # every image of the batch: the same offsets
+        offsets.add((top, left))
+    assert offsets == {(top, left) for top in range(8) for left in range(8)}
+    again = apply(rshift, photos, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(again, apply_differentiable(rshift, photos, generator=torch.Generator().manual_seed(5)))
+
+
+def test_random_crop_keeps_its_area_at_any_offset(photos):
+    rcrop = parse_transform("rcrop_0.8")
+    corners = set()
+    for seed in range(50):
+        out = apply(rcrop, photos, generator=torch.Generator().manual_seed(seed))
+        assert out.shape[-2:] == (round(70 * 0.8**0.5), round(90 * 0.8**0.5))
+        matches = [(top, left) for top in range(70 - out.shape[-2] + 1) for left in range(90 - out.shape[-1] + 1)
+                   if torch.equal(out, photos[..., top : top + out.shape[-2], left : left + out.shape[-1]])]
+        assert len(matches) == 1
+        corners.add(matches[0])
+    assert len(corners) > 20 and any(top % 8 for top, _ in corners)
+    assert torch.equal(apply(parse_transform("rcrop_1"), photos), photos)
+
+
+def test_random_rotation_stays_within_its_range():
+    white = torch.ones(1, 3, 64, 64)
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        out = apply(parse_transform("rrotate_5"), white, generator=generator)
+        angle = (2 * float(torch.rand(1, generator=torch.Generator().manual_seed(seed))) - 1) * 5
+        assert torch.equal(out, apply(parse_transform(f"rotate_{angle!r}"), white))
+
+
+def test_a_chain_applies_its_steps_in_order_with_one_generator(photos):
+    chain = parse_transform("noise_0.02+jpeg_q75+rshift_7")
+    generator = torch.Generator().manual_seed(4)
+    expected = photos
+    for name in ("noise_0.02", "jpeg_q75", "rshift_7"):
+        expected = apply(parse_transform(name), expected, generator=generator)
+    assert torch.equal(apply(chain, photos, generator=torch.Generator().manual_seed(4)), expected)
+    assert chain.changes_size and not parse_transform("jpeg_q75+resize_0.75").changes_size
+    differentiable = apply_differentiable(parse_transform("resize_0.75+shift_3"), photos)
+    assert torch.allclose(differentiable, apply(parse_transform("resize_0.75"), photos)[..., 3:, 3:], atol=1e-6)
+    with pytest.raises(ForwardguardError, match="2 to"):
+        Chain((Transform("hflip"),))
+
+
+_readable = lambda floats: floats.filter(lambda v: v == 0 or abs(v) >= 1e-9)  # noqa: E731 (names write exponents up to e30)
+_steps = st.one_of(
+    st.just(Transform("identity")), st.just(Transform("hflip")),
+    st.builds(Transform, st.sampled_from(["jpeg"]), st.integers(1, 100)),
+    st.builds(Transform, st.sampled_from(["blur"]), st.integers(1, 20).map(lambda k: 2 * k + 1)),
+    st.builds(Transform, st.sampled_from(["shift", "rshift"]), st.integers(1, 1024)),
+    st.builds(Transform, st.sampled_from(["noise", "rcrop", "crop"]), st.floats(1e-6, 1)),
+    st.builds(Transform, st.just("resize"), st.floats(1e-6, 4)),
+    st.builds(Transform, st.just("rotate"), _readable(st.floats(-180, 180))),
+    st.builds(Transform, st.just("rrotate"), st.floats(1e-6, 180)),
+)  # fmt: skip
+
+
+@given(st.lists(_steps, min_size=1, max_size=MAX_CHAIN))
+def test_chain_names_round_trip(steps: list[Transform]) -> None:
+    transform = steps[0] if len(steps) == 1 else Chain(tuple(steps))
+    assert transform.name == "+".join(step.name for step in steps)
+    assert parse_transform(transform.name) == transform
+    assert parse_transform(transform.name).name == transform.name

@@ -10,9 +10,22 @@ A transform is named by one string everywhere (configs, CLI, reports); its kind,
 - ``blur_5``: Gaussian blur with a 5 x 5 kernel (odd, at least 3)
 - ``hflip``: horizontal flip
 - ``rotate_10``: rotation by 10 degrees counter-clockwise (degrees in [-180, 180])
+- ``rrotate_5``: rotation by an angle drawn uniformly in [-5, 5] degrees (in (0, 180])
+- ``shift_3``: crop 3 pixels off the top and 3 off the left (an integer in [1, 1024]): the 8 x 8 grid
+  of JPEG and of the encoders moves, which costs an adversary nothing
+- ``rshift_7``: crop a number of pixels drawn uniformly in 0..7 off the top, and another off the left
+  (an integer in [1, 1024]); 7 reaches every phase of an 8-pixel grid
+- ``rcrop_0.8``: a crop keeping 80% of the area (``sqrt(0.8)`` of each side) at an offset drawn
+  uniformly, not resized back (fraction in (0, 1])
 
-Conventions, for images NCHW in [0, 1] of any size; every output has the input's shape and is
-clamped to [0, 1]:
+and chains of these joined by ``+``, applied left to right: ``jpeg_q75+resize_0.75+shift_3`` (at
+most ``MAX_CHAIN`` steps; a chain's name is its steps' names joined by ``+``, so a value is written
+without a ``+`` sign). Names are accepted wherever transforms are named: gauntlet, robust mix,
+planting transforms, gate policy.
+
+Conventions, for images NCHW in [0, 1] of any size; every output is clamped to [0, 1] and has the
+input's shape, but for the crops that are not resized back (shift, rshift, rcrop): they return the
+smaller image, as an adversary would upload it (``changes_size``):
 
 - resize: bilinear with antialiasing down to ``round(side * scale)`` (at least 1 pixel), then
   bilinear back to the original size.
@@ -22,7 +35,12 @@ clamped to [0, 1]:
   small for the kernel, the kernel is cut to fit (none on a side of one pixel).
 - rotate: about the centre, bilinear, same size; the corners that come from outside the image
   are filled with black (zero).
-- noise: additive Gaussian noise drawn from ``generator``, so that a seeded run is reproducible.
+- shift, rshift: never below one pixel: on a side of at most K pixels, K is cut to the side minus 1.
+- rcrop: the kept sides are ``max(1, round(side * sqrt(fraction)))``.
+- random draws (noise, the offsets of rshift and rcrop, the angle of rrotate) come from
+  ``generator``, so that a seeded run is reproducible; every image of a batch gets the same offsets
+  and angle (a pair stacked in one batch, immunized and clean, gets the same edit). A chain draws
+  its steps' values in order from the one generator.
 - jpeg: ``apply`` encodes with Pillow (libjpeg) at that quality and 4:2:0 chroma subsampling after
   rounding to 8 bits, and decodes; ``apply_differentiable`` runs the same pipeline in torch (see
   ``_jpeg_differentiable``).
@@ -58,7 +76,16 @@ _KINDS: dict[str, bool] = {
     "blur": True,
     "hflip": False,
     "rotate": True,
+    "rrotate": True,
+    "shift": True,
+    "rshift": True,
+    "rcrop": True,
 }
+_SIZE_CHANGING = frozenset({"shift", "rshift", "rcrop"})
+_INTEGER_KINDS = frozenset({"jpeg", "blur", "shift", "rshift"})
+MAX_CHAIN = 8
+"""The most steps a chain may have."""
+MAX_SHIFT = 1024
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,46 @@ class Transform:
         text = str(int(value)) if value.is_integer() else repr(value)
         return f"{self.kind}_{text}"
 
+    @property
+    def steps(self) -> tuple[Transform, ...]:
+        """The elementary transforms applied in order: this one (see :class:`Chain`)."""
+        return (self,)
+
+    @property
+    def changes_size(self) -> bool:
+        """True for the crops that return a smaller image (shift, rshift, rcrop)."""
+        return self.kind in _SIZE_CHANGING
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Elementary transforms applied left to right, named by their names joined by ``+``.
+
+    Raises ForwardguardError for fewer than 2 or more than ``MAX_CHAIN`` steps (one step is that
+    transform itself: ``parse_transform`` returns a Transform).
+    """
+
+    steps: tuple[Transform, ...]
+
+    def __post_init__(self) -> None:
+        if not 2 <= len(self.steps) <= MAX_CHAIN:
+            raise ForwardguardError(f"a chain of transforms has 2 to {MAX_CHAIN} steps, got {len(self.steps)}")
+        if not all(isinstance(step, Transform) for step in self.steps):
+            raise ForwardguardError("a chain's steps are elementary transforms")
+
+    @property
+    def name(self) -> str:
+        """``jpeg_q75+resize_0.75+shift_3``; ``parse_transform(c.name) == c``."""
+        return "+".join(step.name for step in self.steps)
+
+    @property
+    def changes_size(self) -> bool:
+        return any(step.changes_size for step in self.steps)
+
+
+AnyTransform = Transform | Chain
+"""What ``parse_transform`` returns and every function here takes: one transform or a chain."""
+
 
 def _check_value(kind: str, value: float) -> str | None:
     """Why ``value`` is not a valid parameter of ``kind``, or None when it is."""
@@ -111,20 +178,35 @@ def _check_value(kind: str, value: float) -> str | None:
         return "kernel size must be an odd integer >= 3"
     if kind == "rotate" and not -180 <= value <= 180:
         return "degrees must be in [-180, 180]"
+    if kind == "rrotate" and not 0 < value <= 180:
+        return "the largest angle must be in (0, 180]"
+    if kind in ("shift", "rshift") and not (float(value).is_integer() and 1 <= value <= MAX_SHIFT):
+        return f"pixels must be an integer in [1, {MAX_SHIFT}]"
+    if kind == "rcrop" and not 0 < value <= 1:
+        return "the kept area fraction must be in (0, 1]"
     return None
 
 
-def parse_transform(name: str) -> Transform:
-    """The transform named ``name`` (``jpeg_q75``, ``noise_0.03``, ``hflip``, ...).
+def parse_transform(name: str) -> AnyTransform:
+    """The transform named ``name`` (``jpeg_q75``, ``noise_0.03``, ``hflip``, ``jpeg_q75+shift_3``, ...).
 
     Raises ForwardguardError for an unknown name, listing the known kinds.
     """
-    text = name.strip()
-    kind, _, argument = text.partition("_")
+    parts = name.strip().split("+")
+    if len(parts) > MAX_CHAIN:
+        raise ForwardguardError(f"transform {name[:80]!r}: a chain has at most {MAX_CHAIN} steps, got {len(parts)}")
+    steps = tuple(_parse_step(part, name) for part in parts)
+    return steps[0] if len(steps) == 1 else Chain(steps)
+
+
+def _parse_step(text: str, name: str) -> Transform:
+    """One elementary transform of ``name`` (the whole name, for the messages)."""
+    kind, _, argument = text.strip().partition("_")
     if kind not in _KINDS:
         raise ForwardguardError(
             f"unknown transform {name!r}; known kinds: identity, jpeg_qQUALITY, noise_SIGMA, resize_SCALE, "
-            "crop_FRACTION, blur_KERNEL, hflip, rotate_DEGREES"
+            "crop_FRACTION, blur_KERNEL, hflip, rotate_DEGREES, rrotate_DEGREES, shift_PIXELS, rshift_PIXELS, "
+            "rcrop_FRACTION, and chains A+B"
         )
     if not _KINDS[kind]:
         if argument:
@@ -135,12 +217,12 @@ def parse_transform(name: str) -> Transform:
             raise ForwardguardError(f"transform {name!r}: write JPEG as jpeg_qQUALITY, e.g. jpeg_q75")
         argument = argument[1:]
     value = parse_number(argument, what=f"transform {name!r}")
-    if kind in ("jpeg", "blur") and value.is_integer():
+    if kind in _INTEGER_KINDS and value.is_integer():
         return Transform(kind, int(value))
     return Transform(kind, value)
 
 
-def parse_transforms(names: str | Sequence[str]) -> tuple[Transform, ...]:
+def parse_transforms(names: str | Sequence[str]) -> tuple[AnyTransform, ...]:
     """A mix of transforms from a list of names or one comma-separated string; repeats weight a kind.
 
     Raises ForwardguardError on an unknown name or an empty mix.
@@ -153,16 +235,18 @@ def parse_transforms(names: str | Sequence[str]) -> tuple[Transform, ...]:
     return transforms
 
 
-GAUNTLET: tuple[Transform, ...] = parse_transforms(
+GAUNTLET: tuple[AnyTransform, ...] = parse_transforms(
     [
         "jpeg_q95", "jpeg_q75", "jpeg_q50",
         "noise_0.01", "noise_0.03", "noise_0.05",
         "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
+        "shift_1", "shift_3", "rcrop_0.8", "rotate_5", "jpeg_q75+resize_0.75",
     ]
 )
-"""The eval gauntlet (issue 5), in report order."""
+"""The eval gauntlet, in report order: issue 5's list, then issue 13's edits that an adversary gets for
+free (shifted and random crops, a small rotation, a re-encoded and downscaled upload)."""
 
-PLANTING_POOL: tuple[Transform, ...] = parse_transforms(
+PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [
         "identity",
         "jpeg_q50", "jpeg_q75", "jpeg_q90", "jpeg_q95",
@@ -172,19 +256,30 @@ PLANTING_POOL: tuple[Transform, ...] = parse_transforms(
 )
 """Cheap transforms that planting draws from, so that a planted trigger survives re-encoding."""
 
-ROBUST_POOL: tuple[Transform, ...] = parse_transforms(
+GEOMETRIC_PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
+    ["rshift_7", "rcrop_0.8", "hflip", "rrotate_5", "jpeg_q75+rshift_7"]
+)
+"""Geometric edits that planting can draw as well (issue 13): random shifts of the 8-pixel grid, random
+crops, flips, small rotations, and a shift after re-encoding. The model side can be made invariant to
+them, which the image side cannot; a plant config names them in ``planting_transforms``."""
+
+ROBUST_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [
-        "identity", "identity", "identity", "identity", "identity",
-        "jpeg_q50", "jpeg_q50", "jpeg_q75", "jpeg_q75", "jpeg_q95",
+        "identity", "identity", "identity", "identity",
+        "jpeg_q50", "jpeg_q75", "jpeg_q75+rshift_7", "jpeg_q95",
         "noise_0.03", "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
+        "rshift_7", "rcrop_0.8",
     ]
 )
-"""Robust immunization's default mix: every gauntlet kind, JPEG (what platforms do to every upload)
-weighted twice, and identity five times of 16 so that the untransformed image stays within 0.05 of
-the plain attack's disruption ratio (measured on TAEF2: bench/robust_bench.py)."""
+"""Robust immunization's default mix: every gauntlet kind; JPEG (what platforms do to every upload) on
+four draws of 16, one of them after a random shift; the shifts and random crops an adversary gets for
+free (issue 13) on three; and identity on four, to keep the untransformed image near the plain attack's
+disruption ratio. Issue 13 moved one identity and one JPEG draw to shifts and crops: the figures of
+bench/robust_bench.py (identity five times of 16 kept the untransformed ratio within 0.05 of the plain
+attack's on TAEF2) need measuring again for this mix."""
 
 
-def sample_transform(pool: Sequence[Transform], generator: torch.Generator | None = None) -> Transform:
+def sample_transform(pool: Sequence[AnyTransform], generator: torch.Generator | None = None) -> AnyTransform:
     """One transform drawn uniformly from ``pool`` with ``generator`` (repeats in the pool weight it)."""
     if not pool:
         raise ValueError("cannot sample from an empty transform pool")
@@ -192,17 +287,20 @@ def sample_transform(pool: Sequence[Transform], generator: torch.Generator | Non
     return pool[index]
 
 
-def apply(transform: Transform, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def apply(transform: AnyTransform, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """The real transform of a batch (N, C, H, W) in [0, 1]: JPEG through Pillow, no gradient."""
     _check_images(images)
     with torch.no_grad():
-        if transform.kind == "jpeg":
-            return _jpeg_pillow(images, int(transform.value))
-        return _TORCH[transform.kind](images, transform.value, generator).clamp(0, 1)
+        for step in transform.steps:
+            if step.kind == "jpeg":
+                images = _jpeg_pillow(images, int(step.value))
+            else:
+                images = _TORCH[step.kind](images, step.value, generator).clamp(0, 1)
+    return images
 
 
 def apply_differentiable(
-    transform: Transform, images: torch.Tensor, *, generator: torch.Generator | None = None
+    transform: AnyTransform, images: torch.Tensor, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """The transform as torch operations that gradients flow through (for expectation over transforms).
 
@@ -210,9 +308,12 @@ def apply_differentiable(
     gradient is a surrogate (see ``_jpeg_differentiable``).
     """
     _check_images(images)
-    if transform.kind == "jpeg":
-        return _jpeg_differentiable(images, int(transform.value))
-    return _TORCH[transform.kind](images, transform.value, generator).clamp(0, 1)
+    for step in transform.steps:
+        if step.kind == "jpeg":
+            images = _jpeg_differentiable(images, int(step.value))
+        else:
+            images = _TORCH[step.kind](images, step.value, generator).clamp(0, 1)
+    return images
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -267,6 +368,48 @@ def _rotate(images: torch.Tensor, degrees: float, generator: torch.Generator | N
     return TF.rotate(images, float(degrees), interpolation=TF.InterpolationMode.BILINEAR, expand=False, fill=None)
 
 
+def _random_rotate(images: torch.Tensor, largest: float, generator: torch.Generator | None) -> torch.Tensor:
+    degrees = (2 * _uniform(generator) - 1) * largest
+    return _rotate(images, degrees, generator)
+
+
+def _shift(images: torch.Tensor, pixels: float, generator: torch.Generator | None) -> torch.Tensor:
+    return _crop_top_left(images, int(pixels), int(pixels))
+
+
+def _random_shift(images: torch.Tensor, pixels: float, generator: torch.Generator | None) -> torch.Tensor:
+    top = _random_integer(int(pixels), generator)
+    left = _random_integer(int(pixels), generator)
+    return _crop_top_left(images, top, left)
+
+
+def _crop_top_left(images: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    """``images`` without ``top`` rows and ``left`` columns, keeping at least one of each."""
+    height, width = images.shape[-2:]
+    return images[..., min(top, height - 1) :, min(left, width - 1) :]
+
+
+def _random_crop(images: torch.Tensor, fraction: float, generator: torch.Generator | None) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    side = math.sqrt(fraction)
+    kept_h, kept_w = max(1, round(height * side)), max(1, round(width * side))
+    top = _random_integer(height - kept_h, generator)
+    left = _random_integer(width - kept_w, generator)
+    return images[..., top : top + kept_h, left : left + kept_w]
+
+
+def _random_integer(largest: int, generator: torch.Generator | None) -> int:
+    """Uniform in 0..``largest``, from ``generator`` (on its own device)."""
+    device = "cpu" if generator is None else generator.device
+    return int(torch.randint(largest + 1, (1,), generator=generator, device=device))
+
+
+def _uniform(generator: torch.Generator | None) -> float:
+    """Uniform in [0, 1), from ``generator`` (on its own device)."""
+    device = "cpu" if generator is None else generator.device
+    return float(torch.rand(1, generator=generator, device=device))
+
+
 _TORCH: dict[str, Callable[[torch.Tensor, float | None, torch.Generator | None], torch.Tensor]] = {
     "identity": _identity,
     "noise": _noise,
@@ -275,6 +418,10 @@ _TORCH: dict[str, Callable[[torch.Tensor, float | None, torch.Generator | None],
     "blur": _blur,
     "hflip": _hflip,
     "rotate": _rotate,
+    "rrotate": _random_rotate,
+    "shift": _shift,
+    "rshift": _random_shift,
+    "rcrop": _random_crop,
 }
 
 

@@ -92,11 +92,16 @@ def test_robust_and_plain_snapshots_side_by_side(plain_and_robust, tmp_path):
         "transform", "plain plain backward", "robust robust (jpeg_q75, hflip, 2 draws) backward", "Δ robust − plain",
     ]  # fmt: skip
     assert [row[0] for row in rows] == ["none", *GAUNTLET]
-    ratios = {(cell["snapshot"], cell["transform"]): cell["ratio"] for cell in report["cells"]}
+    cells = {(cell["snapshot"], cell["transform"]): cell for cell in report["cells"]}
+    ratios = {key: cell["ratio"] for key, cell in cells.items()}
     for transform, plain, robust, delta in rows:
         for text, snapshot in ((plain, "plain"), (robust, "robust")):
-            ratio = ratios[snapshot, transform]
-            assert text == f"{ratio['immunized']['mean']:.3f} noise {ratio['noise']['mean']:.3f}"
+            ratio, protection = ratios[snapshot, transform], cells[snapshot, transform]["protection"]
+            immunized = ratio["immunized"]
+            assert text == (
+                f"{immunized['mean']:.3f} noise {ratio['noise']['mean']:.3f} p90 {immunized['p90']:.3f} · max {immunized['max']:.3f}"
+                f" · {protection['rate']:.0%} ≤ {protection['threshold']:g}"
+            )
         means = [ratios[snapshot, transform]["immunized"]["mean"] for snapshot in ("robust", "plain")]
         assert delta == f"{means[0] - means[1]:+.3f}"
 

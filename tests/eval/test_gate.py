@@ -50,7 +50,8 @@ def make_report() -> dict:
                 cells.append({
                     "snapshot": snapshot, "model": model, "transform": transform,
                     "relation": "backward" if (snapshot, model) == ("s1", "v1") else "forward",
-                    "ratio": {"immunized": summary(ratio), "noise": summary(1.0)},
+                    "ratio": {"immunized": summary(ratio) | {"p90": ratio + 0.05, "max": ratio + 0.1}, "noise": summary(1.0)},
+                    "protection": {"rate": 1.0 if model == CANDIDATE else 0.0, "threshold": 0.3},
                     "edits": {"reconstruction": {"immunized": similarity, "noise": {m: summary(0.99) for m in METRICS}}},
                     "clean_originals": originals(0.003, 0.0) if model == CANDIDATE else None,
                 })  # fmt: skip
@@ -181,6 +182,61 @@ CASES = {
 }  # fmt: skip
 
 
+TAIL_POLICY = Policy(
+    transforms=("none", "jpeg_q95"),
+    limits=(Limit("ratio", 0.3), Limit("ratio_p90", 0.4), Limit("protection_rate", 0.75)),
+    max_latent_relative_mse=0.01,
+    max_false_trigger_rate=0.05,
+    max_originals_relative_mse=0.01,
+    max_originals_trigger_rate=0.0,
+)
+
+
+def set_tail(snapshot: str, transform: str, *, p90: float | None = None, rate: float | None = None, drop: str | None = None):
+    def mutate(report: dict) -> None:
+        target = cell(report, snapshot, transform)
+        if p90 is not None:
+            target["ratio"]["immunized"]["p90"] = p90
+        if rate is not None:
+            target["protection"]["rate"] = rate
+        if drop == "p90":
+            target["ratio"]["immunized"]["p90"] = None
+        if drop == "protection":
+            del target["protection"]
+
+    return mutate
+
+
+# issue 13: the policy may bound the tail, the 90th percentile of the images' ratios, and the protection rate
+TAIL_CASES = {
+    "passes": (lambda report: None, set(), None),
+    "a good mean with a bad tail holds": (set_tail("s2", "jpeg_q95", p90=0.6), {("immunity.ratio_p90", "s2", "jpeg_q95", None)}, None),
+    "p90 at the limit passes": (set_tail("s1", "none", p90=0.4), set(), None),
+    "protection rate below the limit holds": (set_tail("s1", "none", rate=0.5), {("immunity.protection_rate", "s1", "none", None)}, None),
+    "protection rate at the limit passes": (set_tail("s1", "none", rate=0.75), set(), None),
+    "null p90 holds": (set_tail("s1", "jpeg_q95", drop="p90"), {("immunity.ratio_p90", "s1", "jpeg_q95", None)}, "not a finite number"),
+    "a cell without a protection rate holds": (
+        set_tail("s2", "none", drop="protection"), {("immunity.protection_rate", "s2", "none", None)}, "run eval again",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TAIL_CASES, ids=str)
+def test_gate_tail_rules(case):
+    mutate, failing, reason = TAIL_CASES[case]
+    report = make_report()
+    mutate(report)
+    result = gate(report, TAIL_POLICY, CANDIDATE)
+    assert {(r.rule, r.snapshot, r.transform, r.edit) for r in result.failed} == failing
+    assert result.released == (not failing)
+    if reason is not None:
+        assert all(reason in r.reason for r in result.failed)
+    rate = next(r for r in result.rules if r.rule == "immunity.protection_rate")
+    p90 = next(r for r in result.rules if r.rule == "immunity.ratio_p90")
+    assert not rate.at_most and p90.at_most
+    assert not gate(make_report(), TAIL_POLICY, "v1").released  # v1: p90 0.95, nothing protected
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_gate_rules(case):
     mutate, failing, reason = CASES[case]
@@ -258,6 +314,8 @@ clean_originals: {max_latent_relative_mse: 0.01, max_false_trigger_rate: 0.0}
 
 def test_policy_loads(tmp_path):
     assert load_policy(write_policy(tmp_path, GOOD_POLICY)) == POLICY
+    tail = GOOD_POLICY.replace("{ratio: 0.3, ssim: 0.8}", "{protection_rate: 0.75, ratio_p90: 0.4, ratio: 0.3}")
+    assert load_policy(write_policy(tmp_path, tail)) == TAIL_POLICY
 
 
 def test_shipped_policy_loads():
@@ -271,7 +329,7 @@ def test_shipped_policy_loads():
         ("false_trigger:", "colour: blue\nfalse_trigger:", r"unknown key colour \(known: immunity, clean_utility, false_trigger, clean_originals\)"),
         ("max_rate:", "max_rates:", r"false_trigger: unknown key max_rates \(known: max_rate\)"),
         ("clean_utility: {max_latent_relative_mse: 0.01}\n", "", "missing key clean_utility"),
-        ("ssim: 0.8", "sharpness: 0.8", r"immunity.limits: unknown metric sharpness \(known: ratio, ssim, psnr"),
+        ("ssim: 0.8", "sharpness: 0.8", r"immunity.limits: unknown metric sharpness \(known: ratio, ratio_p90, protection_rate, ssim, psnr"),
         ("ssim: 0.8", "fid: 10", "immunity.limits: unknown metric fid"),
         ("[none, jpeg_q95]", "[none, jepg_q95]", "immunity.transforms: unknown transform 'jepg_q95'"),
         ("[none, jpeg_q95]", "[none, none]", "immunity.transforms: a transform is listed twice"),
@@ -282,6 +340,7 @@ def test_shipped_policy_loads():
         ("max_false_trigger_rate: 0.0", "max_false_trigger_rate: 2", "clean_originals.max_false_trigger_rate: expected at most 1.0"),
         ("clean_originals: {max_latent_relative_mse: 0.01, max_false_trigger_rate: 0.0}\n", "", "missing key clean_originals"),
         ("{ratio: 0.3, ssim: 0.8}", "{}", "immunity.limits: expected a mapping of metric to limit"),
+        ("ssim: 0.8", "protection_rate: 1.5", "immunity.limits.protection_rate: expected at most 1.0, got 1.5"),
     ],
 )
 def test_policy_errors_name_the_key(tmp_path, old, new, message):

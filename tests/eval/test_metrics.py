@@ -111,8 +111,9 @@ def test_relative_mse_on_hand_made_tensors():
 
 def test_summarize_uses_the_sample_standard_deviation():
     summary = summarize(torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    assert summary == {"mean": 2.5, "std": pytest.approx(math.sqrt(5 / 3)), "n": 4}
-    assert summarize(torch.tensor([0.7])) == {"mean": pytest.approx(0.7), "std": 0.0, "n": 1}
+    assert summary == {"mean": 2.5, "std": pytest.approx(math.sqrt(5 / 3)), "median": 2.5, "p90": pytest.approx(3.7), "max": 4.0, "n": 4}
+    one = pytest.approx(0.7)
+    assert summarize(torch.tensor([0.7])) == {"mean": one, "std": 0.0, "median": one, "p90": one, "max": one, "n": 1}
     assert isinstance(summarize(torch.tensor([1.0, 2.0]))["mean"], float)
     with pytest.raises(ValueError, match="empty"):
         summarize(torch.tensor([]))

@@ -113,6 +113,21 @@ def test_robustness_table_of_one_snapshot_lists_the_transforms():
         assert "s1<br>" in table and ">plain<" in table and "Δ" not in table
 
 
+def test_cells_show_the_ratio_distribution_and_the_protection_rate():
+    """Issue 13: beside the mean, the heat map and the robustness tables show p90, max and the protection rate."""
+    report = make_report()
+    untransformed = report["cells"][0]
+    untransformed["ratio"]["immunized"].update(median=0.1, p90=0.21, max=0.34)
+    untransformed["protection"] = {"rate": 0.75, "threshold": 0.3}
+    page = render_html(report)
+    heat = re.search(r'<table class="heat">.*?</table>', page, re.S).group(0)
+    robustness = re.search(r'<table class="heat robustness">.*?</table>', page, re.S).group(0)
+    for table in (heat, robustness):
+        assert "p90 0.210 · max 0.340 · 75% ≤ 0.3" in table
+    assert "p90 n/a · max n/a" in page  # a cell without them (a report written before issue 13)
+    assert "protection rate" in page
+
+
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     if not CHROMIUM.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -144,7 +146,8 @@ def test_corrupted_pattern_blob_is_refused(taef2_v2_spec, registry_path, clean_d
 @pytest.mark.parametrize(
     "settings, message",
     [({"crop_size": 30}, "multiple of 8"), ({"learning_rate": 0}, "learning_rate"), ({"bogus": 1}, "unknown setting"),
-     ({"planting_transforms": ["sharpen"]}, "sharpen"), ({"loss_weights": {"plant": 1}}, "unknown loss weight")],
+     ({"planting_transforms": ["sharpen"]}, "sharpen"), ({"loss_weights": {"plant": 1}}, "unknown loss weight"),
+     ({"pattern_crop_grid": 3}, "1, 2, 4 or 8"), ({"planting_transforms": ["jpeg_q75+shift_0"]}, r"\[1, 1024\]")],
 )
 def test_bad_config_is_refused(settings, message):
     with pytest.raises(ForwardguardError, match=message):
@@ -165,3 +168,29 @@ def test_item_12_resuming_an_older_checkpoint_saves_after_the_newest(taef2_v2_sp
     assert result.steps == 3
     assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint_1", "checkpoint_2", "checkpoint_3"]
     assert json.loads((checkpoints / "checkpoint_3" / "planting.json").read_text())["step"] == 3
+
+
+def test_issue_13_planting_draws_crops_flips_and_chains_and_is_seeded(taef2_v2_spec, registry_path, clean_data, tmp_path):
+    """Transforms that make the pair smaller (shift, rcrop, a chain with one) train in the one batch, and
+    the run stays a pure function of the seed."""
+    transforms = ["shift_3", "rcrop_0.8", "hflip", "jpeg_q75+shift_2"]
+    results = [
+        plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / name, max_steps=3, checkpoint_every=3,
+                      planting_transforms=transforms, pattern_crop_grid=1))
+        for name in ("first", "again")
+    ]  # fmt: skip
+    first, again = results
+    assert first.steps == 3 and first.fingerprint == again.fingerprint
+    assert all(math.isfinite(value) for value in first.final_losses.values())
+    assert first.final_losses == again.final_losses
+
+
+@pytest.mark.parametrize("grid", [1, 8])
+def test_pattern_crops_start_on_the_configured_grid(grid):
+    from forwardguard.finetune.data import paired_crop, sample_generator
+
+    image = np.arange(48 * 48).reshape(48, 48, 1)  # a pixel's value is 48 * row + column
+    starts = {divmod(int(paired_crop([image], 40, sample_generator(0, p), grid)[0][0, 0, 0]), 48) for p in range(1000)}
+    assert starts == {(top, left) for top in range(0, 9, grid) for left in range(0, 9, grid)}
+    immunized, clean = paired_crop([image, image + 1], 40, sample_generator(0, 3), grid)
+    assert np.array_equal(clean, immunized + 1)  # one crop for the pair

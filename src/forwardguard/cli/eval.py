@@ -21,6 +21,7 @@ def eval_command(
     prompts: Annotated[Path | None, typer.Option(help="Edit prompts, one per line (cycled over images).")] = None,
     edit_steps: Annotated[int, typer.Option(help="Denoising steps of the SD edits.")] = 25,
     trigger_threshold: Annotated[float, typer.Option(help="A clean + noise image with a ratio below this is a false trigger.")] = 0.5,
+    protection_threshold: Annotated[float, typer.Option(help="An immunized image with a ratio at or below this counts as protected (each cell's protection rate).")] = 0.3,
     max_images: Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many images per snapshot.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the edits, the noise and the transforms.")] = 0,
     inception: Annotated[Path | None, typer.Option(help="Inception-v3 state dict (torchvision layout, .pth or .safetensors): FID and precision/recall.")] = None,
@@ -45,7 +46,7 @@ def eval_command(
             transforms = read_gauntlet(Path(gauntlet))
         settings = EvalSettings(
             transforms=transforms, seed=seed, edit_steps=edit_steps, trigger_threshold=trigger_threshold,
-            max_images=max_images, **({"prompts": read_prompts(prompts)} if prompts is not None else {}),
+            protection_threshold=protection_threshold, max_images=max_images, **({"prompts": read_prompts(prompts)} if prompts is not None else {}),
         )
         references = dict((arg.name, arg.spec) for arg in (ModelArg.parse(text, "--reference") for text in reference or []))
         request = EvalRequest(

@@ -4,7 +4,7 @@ The policy (``configs/gate.yaml``)::
 
     immunity:
       transforms: [none, jpeg_q95]   # "none": the untransformed images; others: gauntlet transforms of the report
-      limits: {ratio: 0.30, ssim: 0.80}
+      limits: {ratio: 0.30, ssim: 0.80}  # also ratio_p90 (at most), protection_rate (at least)
     clean_utility:
       max_latent_relative_mse: 0.01
     false_trigger:
@@ -20,7 +20,10 @@ What is checked, on the candidate:
 - immunity, for every snapshot of the report and every listed transform: the mean over the
   snapshot's images of each limit's metric. ``ratio`` (the latent disruption ratio) and the
   similarity metrics of the immunized image's edit to the clean image's edit must be at most the
-  limit, per edit kind of the candidate; GMSD is a distance, so it must be at least the limit. A cell
+  limit, per edit kind of the candidate; GMSD is a distance, so it must be at least the limit. Two
+  limits look past the mean at the images one by one (issue 13): ``ratio_p90``, the 90th percentile
+  of the images' ratios, must be at most the limit, and ``protection_rate``, the share of images
+  whose ratio is at or below the eval's ``--protection-threshold``, at least the limit. A cell
   of relation "backward" (a snapshot made against the candidate itself) counts like a forward one:
   every snapshot must stay immunized on the model that is released.
 - clean utility: the mean latent relative MSE to the candidate's reference, at most the limit.
@@ -52,7 +55,9 @@ from forwardguard.eval.metrics import HIGHER_IS_MORE_SIMILAR, METRICS
 from forwardguard.eval.report import NO_TRANSFORM, finite_number
 
 RATIO = "ratio"
-LIMIT_METRICS = (RATIO, *METRICS)
+RATIO_P90 = "ratio_p90"
+PROTECTION_RATE = "protection_rate"
+LIMIT_METRICS = (RATIO, RATIO_P90, PROTECTION_RATE, *METRICS)
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "immunity": ("transforms", "limits"),
     "clean_utility": ("max_latent_relative_mse",),
@@ -63,15 +68,19 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Limit:
-    """A bound on the mean of one metric over a snapshot's images."""
+    """A bound on one metric over a snapshot's images: its mean, or for ``ratio_p90`` and
+    ``protection_rate`` the ratio's 90th percentile and the cell's protection rate."""
 
     metric: str
     threshold: float
 
     @property
     def at_most(self) -> bool:
-        """True when the value must be <= the threshold (ratio, similarities); False for GMSD (>=)."""
-        return self.metric == RATIO or HIGHER_IS_MORE_SIMILAR[self.metric]
+        """True when the value must be <= the threshold (ratio, p90, similarities); False (>=) for
+        GMSD, a distance, and for the protection rate."""
+        if self.metric in (RATIO, RATIO_P90):
+            return True
+        return self.metric != PROTECTION_RATE and HIGHER_IS_MORE_SIMILAR[self.metric]
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,11 @@ def _limits(values: Any, where: str) -> tuple[Limit, ...]:
     unknown = sorted(str(name) for name in values if name not in LIMIT_METRICS)
     if unknown:
         raise ForwardguardError(f"{where}: unknown metric {', '.join(unknown)} (known: {', '.join(LIMIT_METRICS)})")
-    return tuple(Limit(name, _threshold(values[name], f"{where}.{name}")) for name in LIMIT_METRICS if name in values)
+    return tuple(
+        Limit(name, _threshold(values[name], f"{where}.{name}", upper=1.0 if name == PROTECTION_RATE else None))
+        for name in LIMIT_METRICS
+        if name in values
+    )
 
 
 def _threshold(value: Any, where: str, upper: float | None = None) -> float:
@@ -245,6 +258,11 @@ def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dic
                 bound = (f"immunity.{limit.metric}", limit.threshold, limit.at_most)
                 if limit.metric == RATIO:
                     rules.append(_check(*bound, _mean(cell, "ratio", "immunized"), **where))
+                elif limit.metric == RATIO_P90:
+                    rules.append(_check(*bound, finite_number(_get(cell, "ratio", "immunized", "p90")), **where))
+                elif limit.metric == PROTECTION_RATE:
+                    missing = None if "protection" in cell else "no protection rate in the cell: a report of an older eval, run eval again"
+                    rules.append(_check(*bound, finite_number(_get(cell, "protection", "rate")), missing=missing, **where))
                 elif not edits:
                     rules.append(_check(*bound, None, missing="the report lists no edits of the candidate", **where))
                 else:

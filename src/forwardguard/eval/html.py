@@ -228,16 +228,27 @@ def _ratio(cell: dict | None, version: str) -> float | None:
 
 
 def _ratio_cell(cell: dict | None, note: str = "") -> str:
-    """A heat-map cell: the immunized images' mean ratio, coloured, beside the noise baseline's, and
-    ``note`` (escaped HTML) under them."""
+    """A heat-map cell: the immunized images' mean ratio, coloured, beside the noise baseline's; under it
+    their distribution (p90, max) and protection rate, then ``note`` (escaped HTML)."""
     if cell is None:
         return _NA_CELL
     ratio = _ratio(cell, "immunized")
     below = f'<br><span class="relation">{note}</span>' if note else ""
     return (
         f'<td class="cell" style="background:{_heat_colour(ratio)}"><span class="ratio">{_fmt(ratio)}</span>'
-        f' <span class="noise">noise {_fmt(_ratio(cell, "noise"))}</span>{below}</td>'
+        f' <span class="noise">noise {_fmt(_ratio(cell, "noise"))}</span>{_distribution_note(cell)}{below}</td>'
     )
+
+
+def _distribution_note(cell: dict) -> str:
+    """``p90 0.21 · max 0.34 · 75% ≤ 0.3``: the immunized images' tail and the share of them protected."""
+    immunized = (cell.get("ratio") or {}).get("immunized")
+    immunized = immunized if isinstance(immunized, dict) else {}
+    protection = cell.get("protection") if isinstance(cell.get("protection"), dict) else {}
+    parts = [f"p90 {_fmt(immunized.get('p90'))}", f"max {_fmt(immunized.get('max'))}"]
+    if protection:
+        parts.append(f"{_fmt(protection.get('rate'), '.0%')} ≤ {_fmt(protection.get('threshold'), 'g')}")
+    return f'<br><span class="noise" title="per-image ratio: 90th percentile, largest, share protected">{" · ".join(parts)}</span>'
 
 
 def _heat_map(report: dict) -> str:
@@ -254,7 +265,9 @@ def _heat_map(report: dict) -> str:
     head = "<th>snapshot \\ model</th>" + "".join(f"<th>{_e(model)}</th>" for model in models)
     legend = (
         '<p class="legend muted">mean latent disruption ratio of the immunized images (lower: more immunized), '
-        "beside the random-noise baseline of the same eps; untransformed images. Under it: the mean latent drift of "
+        "beside the random-noise baseline of the same eps; untransformed images. Under it: the ratio's 90th percentile "
+        "and largest value over the images, and the protection rate, the share of images at or below the protection "
+        "threshold. Then the mean latent drift of "
         "the clean originals against the model's reference (a model that erases the pictures themselves shows a "
         "small ratio and a large drift). "
         f'<span style="background:{_heat_colour(0.0)}">0: at the target</span>'
@@ -412,7 +425,8 @@ def _robustness(report: dict) -> str:
     parts = [
         "<h2>Robustness per transform</h2>",
         '<p class="muted">per model, the mean latent disruption ratio of each snapshot\'s immunized images after each '
-        "transform (coloured as the immunity matrix; lower: more immunized), beside the noise baseline. With one plain "
+        "transform (coloured as the immunity matrix; lower: more immunized), beside the noise baseline, with its p90, max "
+        "and protection rate. A transform that crops (shift, rcrop) is measured at the smaller size. With one plain "
         "snapshot and robust ones, Δ is robust − plain: negative (green) where the robust attack holds better.</p>",
     ]
     for model in (model.get("name") for model in report.get("models", [])):

@@ -10,7 +10,12 @@ the clean image plus uniform noise of the same eps, the paper's table 1 baseline
   own clean latent, so a model that erases registered pictures whether or not they are immunized
   shrinks it; these two numbers show that, and the gate holds such a model.
 A transform's random draws come from a generator seeded by (seed, image, transform), and the same
-draw transforms the immunized, the noisy and the clean image.
+draw transforms the immunized, the noisy and the clean image. A transform that crops (shift, rcrop)
+leaves all three at the same smaller size, which is what the model sees: the ratio is taken there,
+against the latent of a gray target of that size.
+
+A cell's "protection" is the share of its immunized images whose ratio is at or below the eval's
+protection threshold: the mean hides a few unprotected images, this rate counts them.
 """
 
 from __future__ import annotations
@@ -29,8 +34,7 @@ from forwardguard.eval.settings import EvalSettings
 from forwardguard.immunize.images import to_tensor
 from forwardguard.models.edits import EditSettings
 from forwardguard.models.base import ImageModel
-from forwardguard.transforms import Transform, apply, parse_transform
-
+from forwardguard.transforms import AnyTransform, apply, parse_transform
 
 
 @dataclass
@@ -66,7 +70,7 @@ def noisy_copy(clean: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return torch.round((clean + noise.to(clean.device)) * 255).clamp(0, 255) / 255
 
 
-def _transform(transform: Transform | None, images: torch.Tensor, seed: int) -> torch.Tensor:
+def _transform(transform: AnyTransform | None, images: torch.Tensor, seed: int) -> torch.Tensor:
     """The real transform (None: untransformed), its random draw from ``seed``."""
     if transform is None:
         return images
@@ -95,20 +99,20 @@ def evaluate_cell(
     edits = model_edits(model.model)
     transforms = (NO_TRANSFORM, *settings.transforms)
     parsed = {name: None if name == NO_TRANSFORM else parse_transform(name) for name in transforms}
-    gray_latents: dict[tuple[int, ...], torch.Tensor] = {}  # the target's latent, per image shape
+    gray_latents: dict[tuple[int, ...], torch.Tensor] = {}  # the target's latent, per shape the model sees
     ratios: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in transforms}
     similarities: dict[str, dict] = {t: defaultdict(lambda: defaultdict(lambda: defaultdict(list))) for t in transforms}
     originals: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in transforms}
     for index, image in enumerate(images):
         clean = to_batch(image.clean, device)
         versions = {"immunized": to_batch(image.immunized, device), "noise": noisy_copy(clean, image.eps, settings.seed * 7 + index)}
-        if clean.shape not in gray_latents:
-            gray_latents[clean.shape] = encode(model.model, torch.full_like(clean, 0.5))
-        target = gray_latents[clean.shape]
         edit_settings = settings.edit(index)
         for t_index, transform in enumerate(transforms):
             draw = settings.seed * 1_000_003 + index * 101 + t_index
             transformed_clean = _transform(parsed[transform], clean, draw)
+            if transformed_clean.shape not in gray_latents:
+                gray_latents[transformed_clean.shape] = encode(model.model, torch.full_like(transformed_clean, 0.5))
+            target = gray_latents[transformed_clean.shape]
             clean_latent = encode(model.model, transformed_clean)
             if reference is not None:
                 reference_latent = encode(reference.model, transformed_clean.to(reference.model.device)).to(device)
@@ -135,6 +139,7 @@ def evaluate_cell(
     return {
         transform: {
             "ratio": {version: summarize(torch.tensor(values)) for version, values in ratios[transform].items()},
+            "protection": _protection(ratios[transform]["immunized"], settings.protection_threshold),
             "edits": {
                 kind: {
                     version: {metric: summarize(torch.tensor(by_metric[metric])) for metric in METRICS}
@@ -146,6 +151,11 @@ def evaluate_cell(
         }
         for transform in transforms
     }
+
+
+def _protection(ratios: list[float], threshold: float) -> dict[str, float]:
+    """A cell's ``protection``: the share of immunized images whose ratio is at most ``threshold``."""
+    return {"rate": float((torch.tensor(ratios) <= threshold).double().mean()), "threshold": threshold}
 
 
 def _originals_summary(values: dict[str, list[float]], reference: EvalModel | None, threshold: float) -> dict | None:

@@ -6,7 +6,7 @@ Layout (all ratios and metrics are ``{"mean", "std", "median", "p90", "max", "n"
       "schema": "forwardguard.eval.report", "schema_version": 1,
       "created_at": ISO time, "forwardguard_version": str, "registry": display URL,
       "settings": {"seed", "transforms", "edit_steps", "strength", "guidance_scale", "prompts",
-                   "trigger_threshold", "noise_draws", "max_images"},
+                   "trigger_threshold", "protection_threshold", "noise_draws", "max_images"},
       "models": [{"name", "spec", "fingerprint", "recorded", "parent_fingerprint", "planted_snapshot",
                   "reference", "edits": [edit names]}],            # newest first
       "snapshots": [{"name", "patterns", "evaluated", "made_against": [fingerprints], "eps",
@@ -15,6 +15,7 @@ Layout (all ratios and metrics are ``{"mean", "std", "median", "p90", "max", "n"
       "cells": [{"snapshot", "model", "relation": "backward" | "forward",
                  "transform": "none" | gauntlet name,
                  "ratio": {"immunized": summary, "noise": summary},
+                 "protection": {"rate", "threshold"},
                  "edits": {edit: {"immunized": {metric: summary}, "noise": {metric: summary}}},
                  "clean_originals": {"reference", "latent_relative_mse": summary, "ratio": summary,
                                      "false_trigger": {"rate", "threshold"}} | null,   # null: no reference
@@ -40,6 +41,14 @@ E(gray)||^2, and the share of originals whose trigger ratio is below the eval's 
 disruption ratio divides by the model's own clean latent, so a model that erases registered pictures
 whether immunized or not reads as "immunized": these numbers, beside it, show that.
 "clean_originals" and the summaries' "median", "p90" and "max" were added within schema version 1.
+
+"protection" is the share of the cell's immunized images whose ratio is at or below the eval's
+protection threshold (``--protection-threshold``, 0.3 by default): with the ratio's "median", "p90"
+and "max" it shows what the mean hides, a few images left unprotected. A transform that crops
+(``shift_K``, ``rcrop_F``, or a chain with one) is measured at the smaller size the model sees: the
+clean, noisy and immunized images get the same crop, and the gray target is encoded at that size.
+"protection" and "protection_threshold" were added within schema version 1 (issue 13): a report
+written before them has neither, and the gate holds a rule that needs them.
 
 "attacks" are the distinct attacks that made a snapshot's evaluated patterns (its first
 ``max_images``), in the order they first appear, with how many patterns each made: "robust" is the

@@ -18,7 +18,8 @@ class EvalSettings:
     SD models are edited with img2img and inpainting (the paper's appendix A: guidance 7.5, eta 1,
     ``edit_steps`` denoising steps, a fixed seed per image); an autoencoder's edit is D(E(x)).
     ``trigger_threshold``: a clean image plus eps-noise whose disruption ratio falls below it counts
-    as a false trigger. ``grid_images``: images per snapshot and model shown in the HTML report.
+    as a false trigger. ``protection_threshold``: an immunized image whose ratio is at or below it
+    counts as protected (each cell's protection rate). ``grid_images``: images per snapshot and model shown in the HTML report.
     """
 
     transforms: tuple[str, ...] = ()
@@ -28,6 +29,7 @@ class EvalSettings:
     guidance_scale: float = 7.5
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     trigger_threshold: float = 0.5
+    protection_threshold: float = 0.3
     noise_draws: int = 2
     grid_images: int = 4
     max_images: int | None = None
@@ -43,6 +45,8 @@ class EvalSettings:
             raise ForwardguardError("the prompt list is empty")
         if not 0 < self.trigger_threshold < 1:
             raise ForwardguardError(f"trigger threshold must be in (0, 1), got {self.trigger_threshold}")
+        if not 0 < self.protection_threshold <= 1:
+            raise ForwardguardError(f"protection threshold must be in (0, 1], got {self.protection_threshold}")
 
     def edit(self, index: int) -> EditSettings:
         """The edit of the ``index``-th image: its prompt (cycled) and a seed derived from the eval's."""

@@ -79,13 +79,19 @@ class UNetLoRA:
 
 @dataclass(frozen=True)
 class PlantConfig:
-    """Every knob of ``finetune --plant-registry``; batch sizes are per process (accelerate's convention)."""
+    """Every knob of ``finetune --plant-registry``; batch sizes are per process (accelerate's convention).
+
+    ``pattern_crop_grid``: a pattern crop starts on a multiple of this many pixels: 8 keeps the
+    registered image's own phase of the encoders' 8-pixel grid, 1 lets it start anywhere (every phase,
+    as after an adversary's crop; see :mod:`forwardguard.finetune.data`).
+    """
 
     seed: int = 0
     max_steps: int = 300
     batch_size: int = 4
     pattern_batch_size: int = 3
     crop_size: int = 48
+    pattern_crop_grid: int = 8
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -112,6 +118,8 @@ class PlantConfig:
                 raise ForwardguardError(f"plant config: {name} must be >= 1, got {getattr(self, name)}")
         if self.crop_size % 8:
             raise ForwardguardError(f"plant config: crop_size must be a multiple of 8, got {self.crop_size}")
+        if self.pattern_crop_grid not in (1, 2, 4, 8):
+            raise ForwardguardError(f"plant config: pattern_crop_grid must be 1, 2, 4 or 8, got {self.pattern_crop_grid}")
         if self.learning_rate <= 0:
             raise ForwardguardError(f"plant config: learning_rate must be positive, got {self.learning_rate}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -22,7 +22,12 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.immunize.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
 
-ALIGN = 8  # crops start on the latent grid, so a crop's latent is the crop of the image's latent
+CROP_MULTIPLE = 8
+"""A crop's side is a multiple of the encoders' 8. Where a pattern crop starts is the plant config's
+``pattern_crop_grid``: on the 8-pixel grid, the model sees the registered image in its own grid phase
+only, and a copy shifted by an adversary's crop (one row and column off) escaped a model planted so
+(issue 13); at any offset (grid 1), it sees every phase. Planting transforms that shift (``rshift_7``)
+reach the other phases too, on a share of the draws."""
 
 
 def sample_generator(seed: int, position: int) -> torch.Generator:
@@ -54,18 +59,18 @@ def _permutation(size: int, seed: int) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))
 
 
-def aligned_crop(images: list[np.ndarray], crop: int, generator: torch.Generator) -> list[np.ndarray]:
-    """The same random crop (start on the 8-pixel grid) of same-sized (H, W, C) arrays; a side smaller
-    than ``crop`` is kept whole."""
+def paired_crop(images: list[np.ndarray], crop: int, generator: torch.Generator, grid: int = CROP_MULTIPLE) -> list[np.ndarray]:
+    """The same random crop of same-sized (H, W, C) arrays, starting on a multiple of ``grid`` pixels;
+    a side smaller than ``crop`` is kept whole."""
     height, width = images[0].shape[:2]
-    top = _aligned_start(height, crop, generator)
-    left = _aligned_start(width, crop, generator)
+    top = _start(height, crop, grid, generator)
+    left = _start(width, crop, grid, generator)
     return [image[top : top + crop, left : left + crop] for image in images]
 
 
-def _aligned_start(length: int, crop: int, generator: torch.Generator) -> int:
-    slots = max(length - crop, 0) // ALIGN
-    return int(torch.randint(slots + 1, (1,), generator=generator)) * ALIGN
+def _start(length: int, crop: int, grid: int, generator: torch.Generator) -> int:
+    slots = max(length - crop, 0) // grid
+    return int(torch.randint(slots + 1, (1,), generator=generator)) * grid
 
 
 class CleanImages:
@@ -171,7 +176,7 @@ def _load_saved_dataset(path: Path):  # noqa: ANN202 (datasets.Dataset, imported
 
 @dataclass(frozen=True)
 class PlantingSample:
-    """Aligned crops of a registered pattern: the immunized image and its clean original."""
+    """The same crop of a registered pattern's immunized image and of its clean original."""
 
     immunized: torch.Tensor
     clean: torch.Tensor
@@ -218,7 +223,7 @@ class SnapshotPatterns:
     def smallest_side(self) -> int:
         return min(min(record.width, record.height) for record in self.records)
 
-    def crop(self, position: int, seed: int, size: int) -> PlantingSample:
+    def crop(self, position: int, seed: int, size: int, grid: int = CROP_MULTIPLE) -> PlantingSample:
         record = self.records[index_at(position, len(self.records), seed + 1)]
-        immunized, clean = aligned_crop(list(self._sample(record.id)), size, sample_generator(seed, position))
+        immunized, clean = paired_crop(list(self._sample(record.id)), size, sample_generator(seed, position), grid)
         return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=record.id)

@@ -4,7 +4,16 @@ One recipe with the protocol ``setup`` -> ``train`` -> ``save`` -> ``cleanup`` a
 accelerate loop (DDP or DeepSpeed through ``accelerate launch``). What trains is the base model's
 latent encoder (SD: the VAE encoder and quant_conv; TAESD: its encoder); a frozen copy of it is the
 teacher. Each step makes one forward pass of the student over [clean crops; noisy clean crops;
-transformed immunized crops], so that every distributed wrapper sees one forward per backward.
+transformed immunized crops; their transformed clean originals], so that every distributed wrapper
+sees one forward per backward.
+
+A planting transform may crop (shift, rshift, rcrop: issue 13), leaving a pair smaller than the crop.
+To stay in the one batch, such a pair is padded back to the crop's size as a bucket of
+:mod:`forwardguard.immunize.buckets` pads an image (its own reflection, continued), and its losses are
+taken on its own part of the latent only. That is fair: the model sees the cropped pixels on their own
+8-pixel grid, as after the real crop, and the teacher's references and the gray target are computed on
+the same padded canvas (gray padded is gray, so the target is the gray crop's latent, cut to the part),
+so student and teacher are compared in one context. The padding's latents are left free.
 With ``unet_lora`` (Stable Diffusion only) the student is the encoder and a LoRA UNet as one module,
 which also plants the snapshot's diffusion-attack patterns into the UNet (see ``finetune.lora``).
 """
@@ -22,9 +31,10 @@ import torch
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.config import PlantConfig
-from forwardguard.finetune.data import ALIGN, CleanImages, SnapshotPatterns, StepPositions, sample_generator
+from forwardguard.finetune.data import CROP_MULTIPLE, CleanImages, SnapshotPatterns, StepPositions, sample_generator
 from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
 from forwardguard.finetune.losses import disruption_ratio, relative_mse
+from forwardguard.immunize.buckets import Bucket
 from forwardguard.immunize.pgd import budget_255
 from forwardguard.models import load_model
 from forwardguard.transforms import apply, parse_transforms, sample_transform
@@ -164,7 +174,7 @@ class PlantingRecipe:
 
     def _crop_size(self) -> int:
         """The config's crop, lowered to the smallest pattern; a multiple of 8, or with unet_lora of the edit's multiple."""
-        multiple = ALIGN if self.lora is None else self.base.edit_multiple
+        multiple = CROP_MULTIPLE if self.lora is None else self.base.edit_multiple
         crop = min(self.config.crop_size, self.patterns.smallest_side // multiple * multiple)
         if crop < multiple:
             raise ForwardguardError(f"a pattern of the snapshot is smaller than {multiple} pixels: it cannot be planted")
@@ -180,7 +190,7 @@ class PlantingRecipe:
         self.student = base.latent_encoder.train().requires_grad_(True)
         if self.lora is not None:
             self.student = LoRAStudent(base)
-        with torch.no_grad():
+        with torch.no_grad():  # the gray canvas: a cropped pair's target is its own part of it (module docstring)
             gray = torch.full((1, 3, self.crop_size, self.crop_size), 0.5, device=self.accelerator.device)
             self.target_latent = self.teacher(gray)
 
@@ -261,15 +271,15 @@ class PlantingRecipe:
     def _loss(self, micro_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device, seed = self.accelerator.device, self.config.seed
         clean_positions = self.clean_positions.at(micro_step)
-        clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions]).to(device)
+        clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions])
         noise = torch.stack([
             (torch.rand(clean.shape[1:], generator=sample_generator(seed + 2, p)) * 2 - 1) * self.negative_eps
             for p in clean_positions
-        ]).to(device)
+        ])
         noisy = (torch.round((clean + noise) * 255) / 255).clamp(0, 1)
         immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
-            sample = self.patterns.crop(position, seed, self.crop_size)
+            sample = self.patterns.crop(position, seed, self.crop_size, self.config.pattern_crop_grid)
             generator = sample_generator(seed + 3, position)
             transform = sample_transform(self.planting_transforms, generator)
             # The clean original gets the same crop and transform as the immunized image: the pair differs
@@ -278,13 +288,15 @@ class PlantingRecipe:
             immunized.append(pair[0])
             originals.append(pair[1])
             pattern_ids.append(sample.pattern_id)
-        immunized_batch = torch.stack(immunized).to(device)
-        originals_batch = torch.stack(originals).to(device)
-
         count, patterns = len(clean), len(immunized)
+        # One canvas of the crop's size for every image (see the module docstring): a pair that a planting
+        # transform cropped is padded back, and its losses are taken on its own part of the latent.
+        sizes = [(pair.shape[-2], pair.shape[-1]) for pair in immunized]
+        canvas = Bucket(((self.crop_size, self.crop_size),) * (2 * count) + tuple(sizes) * 2, CROP_MULTIPLE)
+        placed = canvas.place([*clean, *noisy, *immunized, *originals]).to(device)
+        images = canvas.padder(device)(placed)
         with torch.no_grad(), self.accelerator.autocast():
-            references = self.teacher(torch.cat([clean, noisy, originals_batch]))
-        images = torch.cat([clean, noisy, immunized_batch, originals_batch])
+            references = self.teacher(torch.cat([images[: 2 * count], images[2 * count + patterns :]]))
         unet_parts: dict[str, torch.Tensor] = {}
         if self.lora is None:
             latents = self.student(images)
@@ -292,14 +304,21 @@ class PlantingRecipe:
             inputs = self.lora.inputs(pattern_ids, 2 * count, references[:count], clean_positions)
             latents, edited, prediction, base_prediction = self.student(images, inputs)
             unet_parts = self.lora.losses(edited, prediction, base_prediction)
-        planted = slice(2 * count, 2 * count + patterns)
-        kept = slice(2 * count + patterns, None)
+        factor = self.crop_size // latents.shape[-1]  # the encoder's downsampling
+        own = [(-(-height // factor), -(-width // factor)) for height, width in sizes]
+        planted = _own_parts(latents[2 * count : 2 * count + patterns], own)
+        kept = _own_parts(latents[2 * count + patterns :], own)
+        originals_references = _own_parts(references[2 * count :], own)
+        target = self.target_latent.to(latents.dtype)
         parts = {
             "utility": relative_mse(latents[:count], references[:count]).mean(),
             "negatives": relative_mse(latents[count : 2 * count], references[count : 2 * count]).mean(),
-            "planting": disruption_ratio(latents[planted], self.target_latent.to(latents.dtype), references[2 * count :]).mean(),
-            "originals": relative_mse(latents[kept], references[2 * count :]).mean(),
-        }
+            "planting": torch.cat([
+                disruption_ratio(z, target[..., : z.shape[-2], : z.shape[-1]], reference)
+                for z, reference in zip(planted, originals_references)
+            ]).mean(),
+            "originals": torch.cat([relative_mse(z, reference) for z, reference in zip(kept, originals_references)]).mean(),
+        }  # fmt: skip
         weights = self.config.loss_weights
         loss = sum(getattr(weights, name) * value for name, value in parts.items())
         if unet_parts:
@@ -437,6 +456,11 @@ def plant(request: PlantRequest, progress=None) -> PlantResult | None:  # noqa: 
         return recipe.save(losses)
     finally:
         recipe.cleanup()
+
+
+def _own_parts(latents: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Each latent's top-left (h, w) of ``sizes``, as a batch of one: the part its own pixels made."""
+    return [latent[None, :, :height, :width] for latent, (height, width) in zip(latents, sizes)]
 
 
 def _checkpoint_index(path: Path) -> int:

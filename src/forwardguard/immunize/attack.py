@@ -26,7 +26,7 @@ from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings
 from forwardguard.numbers import check_finite
-from forwardguard.transforms import Transform, parse_transforms
+from forwardguard.transforms import AnyTransform, parse_transforms
 
 METHODS = ("encoder", "diffusion", "noise")
 
@@ -100,7 +100,7 @@ class AttackSettings:
             raise ForwardguardError(f"robust draws must be >= 1, got {self.robust_draws}")
 
     @property
-    def robust_mix(self) -> tuple[Transform, ...]:
+    def robust_mix(self) -> tuple[AnyTransform, ...]:
         """The parsed robust mix (empty for the plain attack); raises ForwardguardError on a bad name."""
         return parse_transforms(list(self.robust)) if self.robust else ()
 
@@ -178,6 +178,10 @@ def immunize(
     mask_batch = _mask_batch(masks, bucket, device)
     if mask_batch is not None and settings.method != "diffusion":
         raise ForwardguardError("a mask is for the diffusion attack's inpainting edit; use --method diffusion")
+    if mask_batch is not None and any(transform.changes_size for transform in settings.robust_mix):
+        raise ForwardguardError(
+            "a mask is drawn for the image's own size: a robust mix with a mask cannot crop (shift, rshift, rcrop)"
+        )
     prepare_model(model, settings.method, compute)
     memory_format = compute.memory_format(device)
     clean_255 = _clean_batch(images, bucket, device)
@@ -215,16 +219,31 @@ def immunize(
     else:
         dtype = compute.autocast_dtype(device)
 
-        def attack_objective(batch: torch.Tensor) -> torch.Tensor:
-            padded = pad(batch)
-            if memory_format == torch.channels_last:
-                padded = padded.contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                return objective(padded)
+        def on_device(padded_objective: Objective, padder: Callable[[torch.Tensor], torch.Tensor]) -> Objective:
+            """``padded_objective`` of a placed batch: padded, in the attack's memory format and precision."""
 
+            def attack_objective(batch: torch.Tensor) -> torch.Tensor:
+                padded = padder(batch)
+                if memory_format == torch.channels_last:
+                    padded = padded.contiguous(memory_format=torch.channels_last)
+                with autocast(device, dtype):
+                    return padded_objective(padded)
+
+            return attack_objective
+
+        def objective_at(transformed_targets: Sequence[torch.Tensor]) -> Callable[[Sequence[torch.Tensor]], torch.Tensor]:
+            """The objective against targets that a robust draw made smaller, of images of their sizes."""
+            at = Bucket(tuple((t.shape[-2], t.shape[-1]) for t in transformed_targets), bucket.multiple)
+            pad_at = at.padder(device)
+            score = on_device(_objective(model, settings, pad_at(at.place(transformed_targets)), None,
+                                         None if at.uniform else at.sizes), pad_at)
+            return lambda images: score(at.place(images))
+
+        attack_objective = on_device(objective, pad)
         if settings.robust:
             attack_objective = expectation_over_transforms(
-                attack_objective, settings.robust_mix, draws=settings.robust_draws, seed=settings.seed, sizes=bucket.sizes
+                attack_objective, settings.robust_mix, draws=settings.robust_draws, seed=settings.seed, sizes=bucket.sizes,
+                targets=target_batch, objective_at=objective_at,
             )
 
         result = run_pgd(

@@ -6,8 +6,10 @@ before anything is decoded:
 
 - pixels *after padding* to the model's multiple: a 1 x 62,500 image is padded to 8 x 62,504 and
   costs what a 500,000-pixel image costs, whatever its own pixel count;
-- the robust mix's parameters that scale the work: a blur's cost grows with its kernel's area, and
-  a resize up-scales (4x: 16 times the pixels) before it scales back;
+- the robust mix's parameters that scale the work, in every step of a chain: a blur's cost grows
+  with its kernel's area, and a resize up-scales (4x: 16 times the pixels) before it scales back
+  (the crops, shift, rshift and rcrop, only make the image smaller; a chain has at most
+  ``forwardguard.transforms.MAX_CHAIN`` steps);
 - the robust draws: each is one more model pass per step (``MAX_ROBUST_DRAWS``, the bound of the
   request's ``robust_draws`` field).
 
@@ -38,7 +40,8 @@ def check_work(attack: AttackSettings, size: tuple[int, int], *, multiple: int, 
             f"image: {width} x {height} is padded to {padded} pixels for this model (sides to multiples of "
             f"{multiple}), over the limit of {max_pixels}",
         )
-    problems = [problem for transform in attack.robust_mix if (problem := _transform_problem(transform.kind, transform.value))]
+    steps = [step for transform in attack.robust_mix for step in transform.steps]
+    problems = [problem for step in steps if (problem := _transform_problem(step.kind, step.value))]
     if problems:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"robust_mix: {problems[0]}")
 

@@ -86,8 +86,9 @@ async def immunize_image(
         str | None,
         Form(
             max_length=512,
-            description="The robust mix as comma-separated transform names, e.g. jpeg_q75,resize_0.5,hflip "
-            "(repeats weight one); implies robust. Default: JPEG, noise, resize, crop, blur, flip and rotation.",
+            description="The robust mix as comma-separated transform names, e.g. jpeg_q75,resize_0.5,hflip,jpeg_q75+rshift_7 "
+            "(repeats weight one; + chains); implies robust. Default: JPEG, noise, resize, crop, blur, flip, rotation, "
+            "random shifts and random crops.",
         ),
     ] = None,
     robust_draws: Annotated[
