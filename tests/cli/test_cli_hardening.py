@@ -163,3 +163,15 @@ def test_item_16_a_newline_in_a_file_name_stays_on_one_error_line(tmp_path: Path
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "x.png\\nerror: forged line" in line
+
+
+def test_item_05_an_undefined_ratio_is_none_and_reads_n_a() -> None:
+    """Issue 14 item 5: an image that already is its target has no ratio (0/0): None (null in the sidecar,
+    which is written with allow_nan=False), never a bare NaN; people read n/a."""
+    from forwardguard.immunize.attack import ImmunizedImage, format_ratio
+
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    undefined = ImmunizedImage(rgb=pixels, alpha=None, delta=pixels.astype(np.int16), loss_before=0.0, loss_after=0.0)
+    assert undefined.loss_ratio is None and format_ratio(undefined.loss_ratio) == "n/a"
+    defined = ImmunizedImage(rgb=pixels, alpha=None, delta=pixels.astype(np.int16), loss_before=2.0, loss_after=0.5)
+    assert defined.loss_ratio == 0.25 and format_ratio(defined.loss_ratio) == "0.250"

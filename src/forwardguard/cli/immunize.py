@@ -106,6 +106,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from forwardguard.errors import one_line
+    from forwardguard.immunize.attack import format_ratio
     from forwardguard.immunize.runner import immunize_files, registry_recorder
     from forwardguard.models import load_model
 
@@ -139,7 +140,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
         steps = f", {record['steps_run']} steps" if "steps_run" in record else ""
         console.print(
             f"{written.job.out_png}  loss {record['loss_before']:.4g} -> {record['loss_after']:.4g}"
-            f" (ratio {record['loss_ratio']:.3f}){steps}, linf {record['linf_255']}/255{pattern}",
+            f" (ratio {format_ratio(record['loss_ratio'])}){steps}, linf {record['linf_255']}/255{pattern}",
             markup=False, highlight=False,
         )
     skipped = f"{len(report.skipped)} already done, " if options.resume else ""

@@ -95,6 +95,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
     from forwardguard.finetune import PlantConfig, PlantRequest, plant
     from forwardguard.immunize import AttackSettings, RunOptions, immunize_files
+    from forwardguard.immunize.attack import format_ratio
     from forwardguard.immunize.runner import registry_recorder
     from forwardguard.models import load_model
     from forwardguard.registry import Registry
@@ -114,7 +115,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         if report.failed:
             raise ForwardguardError(f"immunizing {report.failed[0][0]} failed: {report.failed[0][1]}")
         for written in report.written:
-            say(f"    {written.job.out_png.name}: latent disruption ratio against v1 {written.record['loss_ratio']:.3f}")
+            say(f"    {written.job.out_png.name}: latent disruption ratio against v1 {format_ratio(written.record['loss_ratio'])}")
         say(f"2/5 record them in {registry_path} and freeze snapshot {SNAPSHOT!r}")
         registry.create_snapshot(SNAPSHOT)
 

@@ -147,9 +147,16 @@ class ImmunizedImage:
         return int(np.abs(self.delta).max(initial=0))
 
     @property
-    def loss_ratio(self) -> float:
-        """loss_after / loss_before: the latent disruption ratio for encoder and noise methods."""
-        return self.loss_after / self.loss_before if self.loss_before > 0 else float("nan")
+    def loss_ratio(self) -> float | None:
+        """loss_after / loss_before: the latent disruption ratio for encoder and noise methods; None when the
+        loss before is 0 (the image already is its target, the ratio is undefined)."""
+        return self.loss_after / self.loss_before if self.loss_before > 0 else None
+
+
+
+def format_ratio(ratio: float | None) -> str:
+    """A disruption ratio for people; an undefined one (the image already is its target) as n/a."""
+    return "n/a" if ratio is None else f"{ratio:.3f}"
 
 
 def immunize(

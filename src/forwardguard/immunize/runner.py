@@ -278,7 +278,7 @@ def _deliver(
                 on_written(written)
             except ForwardguardError as error:  # an image is delivered only with its record
                 raise ForwardguardError(f"{job.source}: {error}") from error
-        write_bytes_atomic(job.out_json, (json.dumps(written.record, indent=2) + "\n").encode(), overwrite=overwrite)
+        write_bytes_atomic(job.out_json, (json.dumps(written.record, indent=2, allow_nan=False) + "\n").encode(), overwrite=overwrite)
     except BaseException:
         job.out_png.unlink(missing_ok=True)
         job.out_json.unlink(missing_ok=True)
