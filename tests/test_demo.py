@@ -26,7 +26,7 @@ def test_default_demo_releases_the_planted_v2_and_holds_v2_from_any_folder(tmp_p
     assert any(line.startswith("RELEASE planted-v2: all") for line in lines), result.stdout
     assert any(line.startswith("HOLD v2: ") for line in lines), result.stdout
     assert "immunity.ratio" in result.stdout and "clean_originals.false_trigger" in result.stdout
-    assert f"report: {out / 'eval' / 'report.html'}" in result.stdout
+    assert "report: forwardguard-demo/eval/report.html" in result.stdout
 
     report = json.loads((out / "eval" / "report.json").read_text())
     ratios = {cell["model"]: cell["ratio"]["immunized"]["mean"] for cell in report["cells"] if cell["transform"] == "none"}

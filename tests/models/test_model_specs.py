@@ -50,7 +50,7 @@ def test_missing_model_is_a_one_line_error(monkeypatch):
     with pytest.raises(ForwardguardError) as error:
         load_model("no-such-owner/no-such-model")
     message = str(error.value)
-    assert "'no-such-owner/no-such-model' not found" in message
+    assert "'no-such-owner/no-such-model' is not in the local Hugging Face cache" in message
     assert "\n" not in message
 
 

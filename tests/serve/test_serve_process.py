@@ -62,7 +62,7 @@ def test_startup_errors_are_one_line(tmp_path: Path) -> None:
     no_model = runner.invoke(app, ["serve", "--registry", str(registry)])
     assert no_model.exit_code == 1
     assert no_model.output.strip().splitlines()[-1] == (
-        "error: invalid serve setting models: Field required"
+        "error: --model is required (or FORWARDGUARD_SERVE_MODELS)"
     )
     bad_limit = runner.invoke(app, ["serve", "--registry", str(registry), "--model", "tiny", "--max-steps", "10",
                                     "--default-steps", "20"])

@@ -3,11 +3,14 @@
 Without the middleware a client with no key could make the server receive and buffer a whole
 upload (up to the body limit, for up to the upload timeout) before being told 401: a cheap way to
 fill its memory. :class:`AuthenticateBeforeBody` answers such a request from its headers alone and
-closes the connection; the key's record is kept for the route's dependency.
+closes the connection; the key's record is kept for the route's dependency. Before answering it
+reads and drops what of the body arrives within a second, up to 1 MiB: nothing is kept, and a socket
+closed with unread data is reset, which would make an honest client lose the 401 itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, status
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 _SCOPE_KEY = "api_key"
+DISCARD_BYTES = 1 << 20
+DISCARD_SECONDS = 1.0
 
 
 def check_key(state: ServeState, key: str | None) -> ApiKeyRecord:
@@ -70,7 +75,23 @@ class AuthenticateBeforeBody:
             response = JSONResponse(
                 {"detail": error.detail}, status_code=error.status_code, headers={**(error.headers or {}), "Connection": "close"}
             )
+            try:
+                await asyncio.wait_for(_discard_body(receive), DISCARD_SECONDS)
+            except asyncio.TimeoutError:
+                pass
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})[_SCOPE_KEY] = record
         await self.app(scope, receive, send)
+
+
+async def _discard_body(receive: Receive) -> None:
+    """Read and drop the request body, up to ``DISCARD_BYTES`` (see the module docstring)."""
+    received = 0
+    while received <= DISCARD_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
