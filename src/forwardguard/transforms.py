@@ -289,14 +289,8 @@ def sample_transform(pool: Sequence[AnyTransform], generator: torch.Generator | 
 
 def apply(transform: AnyTransform, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """The real transform of a batch (N, C, H, W) in [0, 1]: JPEG through Pillow, no gradient."""
-    _check_images(images)
     with torch.no_grad():
-        for step in transform.steps:
-            if step.kind == "jpeg":
-                images = _jpeg_pillow(images, int(step.value))
-            else:
-                images = _TORCH[step.kind](images, step.value, generator).clamp(0, 1)
-    return images
+        return _run_steps(transform, images, generator, jpeg=_jpeg_pillow)
 
 
 def apply_differentiable(
@@ -307,10 +301,21 @@ def apply_differentiable(
     It equals ``apply`` for every kind but JPEG, whose forward pass follows libjpeg closely and whose
     gradient is a surrogate (see ``_jpeg_differentiable``).
     """
+    return _run_steps(transform, images, generator, jpeg=_jpeg_differentiable)
+
+
+def _run_steps(
+    transform: AnyTransform,
+    images: torch.Tensor,
+    generator: torch.Generator | None,
+    *,
+    jpeg: Callable[[torch.Tensor, int], torch.Tensor],
+) -> torch.Tensor:
+    """Each step of ``transform`` in turn; JPEG through ``jpeg``, every other kind through its torch function."""
     _check_images(images)
     for step in transform.steps:
         if step.kind == "jpeg":
-            images = _jpeg_differentiable(images, int(step.value))
+            images = jpeg(images, int(step.value))
         else:
             images = _TORCH[step.kind](images, step.value, generator).clamp(0, 1)
     return images
