@@ -12,7 +12,9 @@ two planted models over the default gauntlet: ``--out`` gets the report (report.
 with the robustness table). The script prints, per model and transform, the mean latent
 disruption ratio of the plain and the robust snapshot and their difference, and checks issue 8's
 targets on v1: after real JPEG q75 the robust ratio is at most 0.45, after q50 at most 0.55, and
-untransformed it is at most the plain one + 0.05 (exit status 1 when one is missed).
+untransformed it is at most the plain one + 0.05; and issue 13's: at most 0.45 after a crop of 1 to 7
+pixels off the top and left (shift_1..7, added to the gauntlet here) and after a mirror (exit status 1
+when one is missed).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from forwardguard.transforms import GAUNTLET
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")
 CLEAN_TRAINING = ("astronaut", "coffee", "chelsea", "brick", "grass", "gravel", "moon", "coins", "clock", "hubble_deep_field")
-TARGETS = {"jpeg_q75": 0.45, "jpeg_q50": 0.55}
+TARGETS = {"jpeg_q75": 0.45, "jpeg_q50": 0.55, **{f"shift_{k}": 0.45 for k in range(1, 8)}, "hflip": 0.45}
+"""Issue 8's JPEG targets and issue 13's free edits (every phase of the 8-pixel grid, a mirror) on v1."""
+FREE_SHIFTS = tuple(f"shift_{k}" for k in range(1, 8))
 UNTRANSFORMED_LOSS = 0.05
 
 
@@ -112,7 +116,8 @@ def main() -> int:
                                             output=args.out / f"planted-{name}", config=config, snapshot=name))
             models.append(ModelArg(f"planted-{name}", result.spec))
 
-    settings = EvalSettings(transforms=tuple(transform.name for transform in GAUNTLET), grid_images=2)
+    gauntlet = [transform.name for transform in GAUNTLET]
+    settings = EvalSettings(transforms=(*gauntlet, *(name for name in FREE_SHIFTS if name not in gauntlet)), grid_images=2)
     with console.status("evaluating"):
         report_path = run_eval(EvalRequest(registry=str(registry_path), models=tuple(models), out=args.out / "report",
                                            snapshots=tuple(attacks), settings=settings))
@@ -120,16 +125,18 @@ def main() -> int:
     ratios = {
         (cell["model"], cell["snapshot"], cell["transform"]): cell["ratio"]["immunized"]["mean"] for cell in report["cells"]
     }
+    worst = {(cell["model"], cell["snapshot"], cell["transform"]): cell["ratio"]["immunized"]["max"] for cell in report["cells"]}
     transforms = [NO_TRANSFORM, *settings.transforms]
     summary = {}
     for model in models:
         table = Table(title=f"{model.name}: mean latent disruption ratio, {len(rgbs)} photos (lower: more immunized)")
-        for column in ("transform", "plain", "robust", "robust - plain"):
+        for column in ("transform", "plain", "robust", "robust - plain", "robust, worst photo"):
             table.add_column(column, justify="left" if column == "transform" else "right")
         for transform in transforms:
             plain, robust = ratios[(model.name, "plain", transform)], ratios[(model.name, "robust", transform)]
-            summary[f"{model.name}/{transform}"] = {"plain": plain, "robust": robust}
-            table.add_row(transform, f"{plain:.3f}", f"{robust:.3f}", f"{robust - plain:+.3f}")
+            robust_max = worst[(model.name, "robust", transform)]
+            summary[f"{model.name}/{transform}"] = {"plain": plain, "robust": robust, "robust_max": robust_max}
+            table.add_row(transform, f"{plain:.3f}", f"{robust:.3f}", f"{robust - plain:+.3f}", f"{robust_max:.3f}")
         console.print(table)
 
     checks = {
