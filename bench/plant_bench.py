@@ -39,7 +39,7 @@ from forwardguard.eval.matrix import noisy_copy, to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.images import encode_png
+from forwardguard.images import encode_png
 from forwardguard.models import load_model
 from forwardguard.registry import Registry
 

@@ -8,7 +8,7 @@ import torch
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.images import read_image
+from forwardguard.images import read_image
 from forwardguard.models.edits import EditSettings
 
 

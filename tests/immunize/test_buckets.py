@@ -8,7 +8,7 @@ import torch
 
 from forwardguard.immunize import AttackSettings, LoadedImage, immunize
 from forwardguard.immunize.buckets import Bucket, group_into_buckets
-from forwardguard.immunize.images import pad_to_multiple
+from forwardguard.models.padding import pad_to_multiple
 from forwardguard.models.edits import EditSettings
 
 

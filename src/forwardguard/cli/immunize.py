@@ -58,7 +58,7 @@ def immunize_command(
         from forwardguard.immunize.compute import ComputeOptions
         from forwardguard.immunize.distributed import Shard
         from forwardguard.immunize.robust import mix_names
-        from forwardguard.immunize.images import iter_image_files
+        from forwardguard.images import iter_image_files
         from forwardguard.immunize.runner import RunOptions
         from forwardguard.models.edits import EditSettings
         from forwardguard.numbers import parse_number

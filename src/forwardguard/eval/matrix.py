@@ -31,7 +31,7 @@ from forwardguard.eval.edits import encode, model_edits
 from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.report import NO_TRANSFORM
 from forwardguard.eval.settings import EvalSettings
-from forwardguard.immunize.images import to_tensor
+from forwardguard.images import to_tensor
 from forwardguard.models.edits import EditSettings
 from forwardguard.models.base import ImageModel
 from forwardguard.transforms import AnyTransform, apply, parse_transform

@@ -103,7 +103,7 @@ NO_PROMPTED_EDIT = "not computed: no model has a prompted edit (an autoencoder's
 
 def save_grid_image(out: Path, snapshot: str, model: str, index: int, edit: str, tensors: dict[str, torch.Tensor]) -> dict:
     """Write one grid row's images as PNGs under ``out/images``; return the grid entry (relative paths)."""
-    from forwardguard.immunize.images import encode_png, to_uint8
+    from forwardguard.images import encode_png, to_uint8
 
     folder = out / GRID_FOLDER / _safe(snapshot) / _safe(model)
     folder.mkdir(parents=True, exist_ok=True)

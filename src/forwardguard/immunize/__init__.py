@@ -5,7 +5,7 @@
 """
 
 from forwardguard.immunize.attack import METHODS, AttackSettings, ImmunizedImage, immunize
-from forwardguard.immunize.images import LoadedImage, read_image, read_mask
+from forwardguard.images import LoadedImage, read_image, read_mask
 from forwardguard.immunize.runner import RunOptions, RunReport, immunize_files
 
 __all__ = [

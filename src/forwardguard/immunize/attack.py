@@ -18,7 +18,7 @@ import torch
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize.buckets import Bucket
 from forwardguard.immunize.compute import ComputeOptions, autocast, prepare_model
-from forwardguard.immunize.images import LoadedImage
+from forwardguard.images import LoadedImage
 from forwardguard.immunize.objectives import bucket_multiple, diffusion_objective, encoder_objective
 from forwardguard.immunize.pgd import EarlyStop, Objective, budget_255, quantize, run_pgd
 from forwardguard.immunize.robust import expectation_over_transforms

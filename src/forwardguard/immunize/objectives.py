@@ -17,10 +17,10 @@ from dataclasses import replace
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.images import crop_to, pad_to_multiple
 from forwardguard.immunize.pgd import Objective
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings, img2img, inpaint
+from forwardguard.models.padding import pad_to_multiple, run_padded
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 Size = tuple[int, int]
@@ -92,10 +92,12 @@ def diffusion_objective(
     weights = None if sizes is None else _region_weights(sizes, size, targets.device)
 
     def edit(images: torch.Tensor, seed: int) -> torch.Tensor:
-        padded, _ = pad_to_multiple(images, model.edit_multiple)
         draw = replace(settings, seed=seed)
-        edited = img2img(model, padded, draw) if padded_masks is None else inpaint(model, padded, padded_masks, draw)
-        return crop_to(edited, size)
+
+        def run(padded: torch.Tensor) -> torch.Tensor:
+            return img2img(model, padded, draw) if padded_masks is None else inpaint(model, padded, padded_masks, draw)
+
+        return run_padded(run, images, model.edit_multiple)
 
     def loss(edited: torch.Tensor) -> torch.Tensor:
         return _per_image_mse(edited, targets) if weights is None else _region_mse(edited, targets, weights)

@@ -23,7 +23,7 @@ from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immuniz
 from forwardguard.immunize.buckets import group_into_buckets
 from forwardguard.immunize.compute import ComputeOptions
 from forwardguard.immunize.objectives import bucket_multiple
-from forwardguard.immunize.images import (
+from forwardguard.images import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
     encode_png,

@@ -22,7 +22,7 @@ import numpy as np
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
-from forwardguard.immunize.images import LoadedImage, encode_png
+from forwardguard.images import LoadedImage, encode_png
 from forwardguard.interrupt import interruptible
 from forwardguard.models.base import ImageModel
 from forwardguard.models.load import load_model
