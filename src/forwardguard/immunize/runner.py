@@ -32,6 +32,7 @@ from forwardguard.images import (
     to_tensor,
     write_bytes_atomic,
 )
+from forwardguard.measures import gray_image
 from forwardguard.models.base import ImageModel
 
 PATTERN_PARAMS = (
@@ -245,9 +246,9 @@ def _prepare(path: Path, options: RunOptions) -> Job:
 
 
 def _target(target: str, image: LoadedImage) -> torch.Tensor:
-    """The target image at the input's size: gray (0.5), or an image file resized to it."""
+    """The target image at the input's size: gray, or an image file resized to it."""
     if target == "gray":
-        return torch.full((3, image.height, image.width), 0.5)
+        return gray_image((3, image.height, image.width))
     from PIL import Image
 
     loaded = read_image(Path(target))
