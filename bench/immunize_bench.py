@@ -54,8 +54,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from forwardguard.demo import demo_photos
 from forwardguard.errors import ForwardguardError
-from forwardguard.images import read_image
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+from forwardguard.images import LoadedImage, read_image
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.immunize.compute import ComputeOptions
 from forwardguard.immunize.step_rules import DEFAULT_RULE
 from forwardguard.models import load_model, resolve_device

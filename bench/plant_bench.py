@@ -38,8 +38,8 @@ from forwardguard.eval.edits import encode
 from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.images import encode_png
+from forwardguard.images import LoadedImage, encode_png
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
 from forwardguard.registry import Registry

@@ -107,7 +107,8 @@ def planted_flow(tmp_path_factory, taef2, taef2_v2_spec, clean_data, photo):
     from planting_support import PLANT_TEST_OVERRIDES, REGISTERED, UNREGISTERED, PlantedFlow, record_immunized
 
     from forwardguard.finetune import PlantConfig, PlantRequest, plant
-    from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+    from forwardguard.images import LoadedImage
+    from forwardguard.immunize import AttackSettings, immunize
     from forwardguard.registry import Registry
 
     root = tmp_path_factory.mktemp("flow")

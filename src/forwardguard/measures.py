@@ -24,6 +24,11 @@ def gray_image(shape: Sequence[int], device: torch.device | str | None = None) -
     return torch.full(tuple(shape), GRAY, device=device)
 
 
+def budget_255(eps: float) -> int:
+    """The largest integer change of an 8-bit pixel value that the budget ``eps`` allows."""
+    return int(eps * 255 + 1e-6)
+
+
 def uniform_noise(shape: Sequence[int], eps: float, generator: torch.Generator) -> torch.Tensor:
     """Uniform noise in [-eps, eps] of ``shape``, drawn on the CPU from ``generator``: one seeded draw
     per image, whatever batch it is in."""

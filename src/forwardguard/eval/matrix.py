@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 from forwardguard.eval.edits import encode, model_edits
-from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, relative_mse, summarize
+from forwardguard.eval.metric_names import METRICS
+from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.report import NO_TRANSFORM
 from forwardguard.eval.settings import EvalSettings
 from forwardguard.images import to_tensor
 from forwardguard.measures import gray_image, noisy_copy
-from forwardguard.models.edits import EditSettings
 from forwardguard.models.base import ImageModel
+from forwardguard.models.edits import EditSettings
 from forwardguard.transforms import AnyTransform, apply, parse_transform
 
 

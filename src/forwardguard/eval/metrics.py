@@ -29,12 +29,7 @@ import torch.nn.functional as F
 
 from forwardguard import measures
 from forwardguard.errors import ForwardguardError
-
-METRICS = ("ssim", "psnr", "vifp", "fsim", "srsim", "gmsd", "vsi", "dss", "haarpsi")
-"""Metric names, in report order: the paper's table 1, then table 4."""
-
-HIGHER_IS_MORE_SIMILAR: dict[str, bool] = {name: name != "gmsd" for name in METRICS}
-"""True for similarities (1 or 80 dB for identical images); False for GMSD, a distance (0 when identical)."""
+from forwardguard.eval.metric_names import METRICS
 
 MIN_SIDE: dict[str, int] = {
     "ssim": 11, "psnr": 1, "vifp": 41, "fsim": 2, "srsim": 40, "gmsd": 1, "vsi": 1, "dss": 32, "haarpsi": 16,

@@ -77,12 +77,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 import forwardguard
 from forwardguard.errors import ForwardguardError
 
 if TYPE_CHECKING:
+    import torch  # gate reads reports without torch
+
     from forwardguard.registry import PatternRecord  # the registry imports SQLAlchemy: gate reads reports without it
 
 SCHEMA = "forwardguard.eval.report"

@@ -9,7 +9,7 @@ sees one forward per backward.
 
 A planting transform may crop (shift, rshift, rcrop: issue 13), leaving a pair smaller than the crop.
 To stay in the one batch, such a pair is padded back to the crop's size as a bucket of
-:mod:`forwardguard.immunize.buckets` pads an image (its own reflection, continued), and its losses are
+:mod:`forwardguard.models.buckets` pads an image (its own reflection, continued), and its losses are
 taken on its own part of the latent only. That is fair: the model sees the cropped pixels on their own
 8-pixel grid, as after the real crop, and the teacher's references and the gray target are computed on
 the same padded canvas (gray padded is gray, so the target is the gray crop's latent, cut to the part),
@@ -33,10 +33,9 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.config import PlantConfig
 from forwardguard.finetune.data import CROP_MULTIPLE, CleanImages, SnapshotPatterns, StepPositions, sample_generator
 from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
-from forwardguard.immunize.buckets import Bucket
-from forwardguard.immunize.pgd import budget_255
-from forwardguard.measures import disruption_ratio, gray_image, noisy_copy, relative_mse
+from forwardguard.measures import budget_255, disruption_ratio, gray_image, noisy_copy, relative_mse
 from forwardguard.models import load_model
+from forwardguard.models.buckets import Bucket
 from forwardguard.transforms import apply, parse_transforms, sample_transform
 
 CHECKPOINTS = "checkpoints"

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.buckets import Bucket
-from forwardguard.immunize.compute import ComputeOptions, autocast, prepare_model
 from forwardguard.images import LoadedImage
+from forwardguard.immunize.compute import ComputeOptions, autocast, prepare_model
 from forwardguard.immunize.objectives import bucket_multiple, diffusion_objective, encoder_objective
-from forwardguard.immunize.pgd import EarlyStop, Objective, budget_255, quantize, run_pgd
+from forwardguard.immunize.pgd import EarlyStop, Objective, quantize, run_pgd
 from forwardguard.immunize.robust import expectation_over_transforms
 from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
-from forwardguard.measures import gray_image, uniform_noise
+from forwardguard.measures import budget_255, gray_image, uniform_noise
 from forwardguard.models.base import ImageModel
+from forwardguard.models.buckets import Bucket
 from forwardguard.models.edits import EditSettings
 from forwardguard.numbers import check_finite
 from forwardguard.transforms import AnyTransform, parse_transforms

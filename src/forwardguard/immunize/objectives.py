@@ -3,7 +3,7 @@
 Inputs of any size are padded (reflect, bottom and right) to what the model needs inside the
 objective, so the gradient reaches every real pixel and the delta keeps the image's own size.
 
-A batch of images of different sizes arrives as a bucket (:mod:`forwardguard.immunize.buckets`):
+A batch of images of different sizes arrives as a bucket (:mod:`forwardguard.models.buckets`):
 every image already padded to one shape. ``sizes`` then gives each image's own (H, W), and each
 loss is taken over that image's own part only: for the encoder, the latent of the image padded to
 the model's multiple, as when the image is attacked alone; for an edit, the image's own pixels.

@@ -2,7 +2,7 @@
 
 Each input succeeds or fails on its own: a bad file is reported with a one-line reason and nothing
 is written for it, and the other inputs are still processed. Images of similar sizes share a batch
-(a padded bucket, :mod:`forwardguard.immunize.buckets`). With ``resume``, an input whose outputs are
+(a padded bucket, :mod:`forwardguard.models.buckets`). With ``resume``, an input whose outputs are
 already complete (see :func:`finished`) is skipped, and partial outputs are replaced.
 """
 
@@ -19,10 +19,6 @@ import torch
 
 import forwardguard
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
-from forwardguard.immunize.buckets import group_into_buckets
-from forwardguard.immunize.compute import ComputeOptions
-from forwardguard.immunize.objectives import bucket_multiple
 from forwardguard.images import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -32,8 +28,12 @@ from forwardguard.images import (
     to_tensor,
     write_bytes_atomic,
 )
+from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
+from forwardguard.immunize.compute import ComputeOptions
+from forwardguard.immunize.objectives import bucket_multiple
 from forwardguard.measures import gray_image
 from forwardguard.models.base import ImageModel
+from forwardguard.models.buckets import group_into_buckets
 
 PATTERN_PARAMS = (
     "eps", "eps_255", "step_size", "step_size_255", "steps", "seed", "edit", "noise_draws", "mask", "source",
@@ -74,7 +74,7 @@ class RunReport:
 @dataclass(frozen=True)
 class RunOptions:
     """``batch_size``: images attacked together; ``bucket_growth``: how far an image may be padded to
-    share a batch (see :func:`forwardguard.immunize.buckets.group_into_buckets`). ``resume``: skip
+    share a batch (see :func:`forwardguard.models.buckets.group_into_buckets`). ``resume``: skip
     inputs whose outputs are complete and were made with the same model and settings."""
 
     out_dir: Path
