@@ -34,7 +34,6 @@ from rich.console import Console
 from rich.table import Table
 from skimage import data
 
-from forwardguard.eval.edits import encode
 from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
@@ -42,6 +41,7 @@ from forwardguard.images import LoadedImage, encode_png
 from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
+from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,11 +7,11 @@ import torch
 
 from planting_support import HELD_OUT
 
-from forwardguard.eval.edits import encode
 from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
+from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
 
 

@@ -7,11 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from forwardguard.eval.edits import encode, model_edits
+from forwardguard.eval.edits import model_edits
 from forwardguard.eval.matrix import EvalModel, to_batch
 from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.settings import EvalSettings
 from forwardguard.measures import gray_image, noisy_copy
+from forwardguard.models.padding import encode
 
 CLEAN_EPS = 16 / 255
 

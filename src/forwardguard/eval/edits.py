@@ -46,8 +46,3 @@ def model_edits(model: ImageModel) -> dict[str, Edit]:
         return run_padded(model.reconstruct, images, model.encode_multiple)
 
     return {"reconstruction": reconstruction} if model.has_decoder else {}
-
-
-def encode(model: ImageModel, images: torch.Tensor) -> torch.Tensor:
-    """Latents of images of any size (padded to the encoder's multiple)."""
-    return model.encode(pad_to_multiple(images, model.encode_multiple)[0])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from forwardguard.eval.edits import encode, model_edits
+from forwardguard.eval.edits import model_edits
 from forwardguard.eval.metric_names import METRICS
 from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.report import NO_TRANSFORM
@@ -36,6 +36,7 @@ from forwardguard.images import to_tensor
 from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings
+from forwardguard.models.padding import encode
 from forwardguard.transforms import AnyTransform, apply, parse_transform
 
 

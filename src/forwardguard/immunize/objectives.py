@@ -20,7 +20,7 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.immunize.pgd import Objective
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings, img2img, inpaint
-from forwardguard.models.padding import pad_to_multiple, run_padded
+from forwardguard.models.padding import encode, pad_to_multiple, run_padded
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 Size = tuple[int, int]
@@ -59,18 +59,14 @@ def _region_weights(sizes: Sequence[Size], shape: Size, device: torch.device) ->
 def encoder_objective(model: ImageModel, targets: torch.Tensor, sizes: Sequence[Size] | None = None) -> Objective:
     """Algorithm 1: ||E(x + delta) - E(x_target)||^2 (mean over latent elements)."""
 
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        padded, _ = pad_to_multiple(images, model.encode_multiple)
-        return model.encode(padded)
-
     with torch.no_grad():
-        target_latents = encode(targets)
+        target_latents = encode(model, targets)
     if sizes is None:
-        return lambda images: _per_image_mse(encode(images), target_latents)
+        return lambda images: _per_image_mse(encode(model, images), target_latents)
     factor = targets.shape[-1] // target_latents.shape[-1]  # the encoder's downsampling
     latent_sizes = [(-(-height // factor), -(-width // factor)) for height, width in sizes]
     weights = _region_weights(latent_sizes, tuple(target_latents.shape[-2:]), target_latents.device)
-    return lambda images: _region_mse(encode(images), target_latents, weights)
+    return lambda images: _region_mse(encode(model, images), target_latents, weights)
 
 
 def diffusion_objective(

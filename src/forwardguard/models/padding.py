@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from forwardguard.models.base import ImageModel
+
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (N, C, H, W) at the bottom and right so that H and W are multiples of ``multiple``.
@@ -37,3 +39,8 @@ def run_padded(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
     """``run`` (an image-to-image model call) on ``images`` padded to ``multiple``, cropped back to their size."""
     padded, size = pad_to_multiple(images, multiple)
     return crop_to(run(padded), size)
+
+
+def encode(model: ImageModel, images: torch.Tensor) -> torch.Tensor:
+    """Latents of images of any size, padded to the encoder's multiple (the padding's latents included)."""
+    return model.encode(pad_to_multiple(images, model.encode_multiple)[0])
