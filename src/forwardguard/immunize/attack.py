@@ -22,7 +22,7 @@ from forwardguard.immunize.objectives import bucket_multiple, diffusion_objectiv
 from forwardguard.immunize.pgd import EarlyStop, Objective, quantize, run_pgd
 from forwardguard.immunize.robust import expectation_over_transforms
 from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
-from forwardguard.measures import budget_255, gray_image, uniform_noise
+from forwardguard.measures import GRAY, budget_255, uniform_noise
 from forwardguard.models.base import ImageModel
 from forwardguard.models.buckets import Bucket
 from forwardguard.models.edits import EditSettings
@@ -197,7 +197,7 @@ def immunize(
         clean_255 = clean_255.contiguous(memory_format=torch.channels_last)
     clean = clean_255 / 255
     if targets is None:
-        target_batch = gray_image(clean.shape, clean.device)
+        target_batch = torch.full_like(clean, GRAY)  # the gray target, in the batch's memory format
     else:
         target_batch = bucket.place([target.to(device) for target in targets])
     sizes = None if bucket.uniform else bucket.sizes
@@ -324,4 +324,3 @@ def _mask_batch(masks: Sequence[np.ndarray | None] | None, bucket: Bucket, devic
         raise ValueError("give a mask for every image of a batch, or for none")
     placed = bucket.place([torch.from_numpy(np.asarray(mask, dtype=np.float32))[None] for mask in masks])
     return bucket.padder(device)(placed.to(device))
-
