@@ -54,7 +54,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from forwardguard.demo import demo_photos
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+from forwardguard.images import LoadedImage, read_image
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.immunize.compute import ComputeOptions
 from forwardguard.immunize.step_rules import DEFAULT_RULE
 from forwardguard.models import load_model, resolve_device
@@ -267,8 +268,8 @@ def _photos(count: int, size: int) -> np.ndarray:
     paths = demo_photos()
     resized = []
     for index in range(count):
-        with Image.open(paths[index % len(paths)]) as image:
-            resized.append(np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)))
+        image = Image.fromarray(read_image(paths[index % len(paths)]).rgb)
+        resized.append(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC)))
     return np.stack(resized)
 
 

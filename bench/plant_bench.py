@@ -34,13 +34,14 @@ from rich.console import Console
 from rich.table import Table
 from skimage import data
 
-from forwardguard.eval.edits import encode
-from forwardguard.eval.matrix import noisy_copy, to_batch
+from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.images import encode_png
+from forwardguard.images import LoadedImage, encode_png
+from forwardguard.immunize import AttackSettings, immunize
+from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
+from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def ratio(model, immunized: np.ndarray, clean: np.ndarray, reference=None) -> fl
     """The disruption ratio; with ``reference``, its clean latent is the denominator's."""
     x, x_imm = to_batch(clean, model.device), to_batch(immunized, model.device)
     with torch.no_grad():
-        target = encode(model, torch.full_like(x, 0.5))
+        target = encode(model, gray_image(x.shape, x.device))
         return float(latent_disruption_ratio(encode(model, x_imm), encode(reference or model, x), target)[0])
 
 
@@ -103,9 +104,9 @@ def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dic
     with torch.no_grad():
         for index, name in enumerate(HELD_OUT):
             clean = to_batch(photo(name, 128), planted.device)
-            target = encode(planted, torch.full_like(clean, 0.5))
-            noise = [float(latent_disruption_ratio(encode(planted, noisy_copy(clean, 16 / 255, index * 10 + d)),
-                                                   encode(planted, clean), target)[0]) for d in range(3)]
+            target = encode(planted, gray_image(clean.shape, clean.device))
+            noisy = [noisy_copy(clean, 16 / 255, torch.Generator().manual_seed(index * 10 + d)) for d in range(3)]
+            noise = [float(latent_disruption_ratio(encode(planted, x), encode(planted, clean), target)[0]) for x in noisy]
             held_out[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)),
                               "noise_ratio_min": min(noise)}
     return {"config": {**overrides}, "clean_photos": list(CLEAN_TRAINING[:clean_photos]), "plant_seconds": seconds, "steps": planted_result.steps,

@@ -35,8 +35,8 @@ from forwardguard.eval.matrix import NO_TRANSFORM
 from forwardguard.eval.run import run_eval
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.images import encode_png
+from forwardguard.images import LoadedImage, encode_png
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.immunize.robust import DEFAULT_MIX, mix_names
 from forwardguard.models import load_model
 from forwardguard.registry import Registry

@@ -41,6 +41,24 @@ def photo():
 
 
 @pytest.fixture(scope="session")
+def rotated_jpeg(photo):
+    """``(jpeg, upright)``: a camera-style JPEG stored sideways (48 x 64) with EXIF orientation 6 ("rotate
+    90 degrees clockwise to display"), and its decoded pixels turned upright by hand, (64, 48, 3) uint8."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(photo("astronaut", (64, 48))).save(buffer, format="JPEG", quality=90, exif=exif)
+    with Image.open(io.BytesIO(buffer.getvalue())) as stored:  # Pillow alone ignores the tag
+        upright = np.ascontiguousarray(np.rot90(np.asarray(stored.convert("RGB")), k=-1))
+    return buffer.getvalue(), upright
+
+
+@pytest.fixture(scope="session")
 def taef2_spec(shared_dir: Path) -> str:
     return f"taesd:{shared_dir / 'models' / 'taef2'}"
 
@@ -89,7 +107,8 @@ def planted_flow(tmp_path_factory, taef2, taef2_v2_spec, clean_data, photo):
     from planting_support import PLANT_TEST_OVERRIDES, REGISTERED, UNREGISTERED, PlantedFlow, record_immunized
 
     from forwardguard.finetune import PlantConfig, PlantRequest, plant
-    from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+    from forwardguard.images import LoadedImage
+    from forwardguard.immunize import AttackSettings, immunize
     from forwardguard.registry import Registry
 
     root = tmp_path_factory.mktemp("flow")

@@ -86,7 +86,7 @@ def test_shipped_plant_config_is_the_built_in_default():
 
 
 def test_plant_config_default_transforms_are_the_planting_pool():
-    from forwardguard.finetune.config import PLANTING_TRANSFORMS
+    from forwardguard.finetune.config import PlantConfig
     from forwardguard.transforms import PLANTING_POOL
 
-    assert PLANTING_TRANSFORMS == tuple(transform.name for transform in PLANTING_POOL)
+    assert PlantConfig().planting_transforms == tuple(transform.name for transform in PLANTING_POOL)

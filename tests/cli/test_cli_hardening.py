@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from forwardguard.cli import app
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+from forwardguard.images import LoadedImage
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.models import load_model
 from forwardguard.registry import Registry, blobs
 

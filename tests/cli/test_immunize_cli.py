@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from forwardguard.cli import app
-from forwardguard.immunize.images import read_image
+from forwardguard.images import read_image
 
 runner = CliRunner()
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.edits import encode
 from forwardguard.eval.matrix import EvalImage, EvalModel, evaluate_cell, to_batch
 from forwardguard.eval.settings import EvalSettings
+from forwardguard.models.padding import encode
 from forwardguard.transforms import apply, parse_transform
 
 TRANSFORMS = ("shift_3", "rcrop_0.8", "jpeg_q75+shift_3")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.metrics import METRICS
+from forwardguard.eval.metric_names import METRICS
 from forwardguard.eval.run import run_eval
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.immunize import AttackSettings

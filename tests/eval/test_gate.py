@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from forwardguard.cli import app
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.gate import Limit, Policy, gate, load_policy
-from forwardguard.eval.metrics import METRICS
+from forwardguard.eval.metric_names import METRICS
 from forwardguard.eval.report import SCHEMA, SCHEMA_VERSION
 
 SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "configs" / "gate.yaml"

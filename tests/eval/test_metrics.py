@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.metrics import (
-    HIGHER_IS_MORE_SIMILAR,
-    METRICS,
-    edit_similarity,
-    latent_disruption_ratio,
-    relative_mse,
-    summarize,
-)
+from forwardguard.eval.metric_names import HIGHER_IS_MORE_SIMILAR, METRICS
+from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 
 IDENTICAL = {"ssim": 1.0, "psnr": 80.0, "vifp": 1.0, "fsim": 1.0, "srsim": 1.0, "gmsd": 0.0, "vsi": 1.0, "dss": 1.0, "haarpsi": 1.0}
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from forwardguard.eval.html import render_html
-from forwardguard.eval.metrics import METRICS
+from forwardguard.eval.metric_names import METRICS
 from forwardguard.eval.report import HTML_FILE, SCHEMA, SCHEMA_VERSION, save_grid_image
 
 CHROMIUM = Path("/usr/bin/chromium")

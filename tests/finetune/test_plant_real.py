@@ -7,17 +7,18 @@ import torch
 
 from planting_support import HELD_OUT
 
-from forwardguard.eval.edits import encode
-from forwardguard.eval.matrix import noisy_copy, to_batch
+from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
+from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
+from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
 
 
 def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:
     x, x_imm = to_batch(clean, model.device), to_batch(immunized, model.device)
     with torch.no_grad():
-        target = encode(model, torch.full_like(x, 0.5))
+        target = encode(model, gray_image(x.shape, x.device))
         return float(latent_disruption_ratio(encode(model, x_imm), encode(model, x), target)[0])
 
 
@@ -47,9 +48,9 @@ def test_planted_v2_keeps_registered_images_immunized_and_clean_use(planted_flow
         for index, name in enumerate(HELD_OUT):
             clean = to_batch(photo(name, (128, 128)), planted.device)
             drifts[name] = float(relative_mse(encode(planted, clean), encode(v2, clean))[0])
-            target = encode(planted, torch.full_like(clean, 0.5))
+            target = encode(planted, gray_image(clean.shape, clean.device))
             for draw in range(3):
-                noisy = noisy_copy(clean, 16 / 255, seed=index * 10 + draw)
+                noisy = noisy_copy(clean, 16 / 255, torch.Generator().manual_seed(index * 10 + draw))
                 noise_ratio = float(latent_disruption_ratio(encode(planted, noisy), encode(planted, clean), target)[0])
                 assert noise_ratio > 0.85, (name, draw, noise_ratio)
     print("held-out latent relative MSE to taef2-v2", drifts)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.images import read_image
+from forwardguard.images import LoadedImage, read_image
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.models.edits import EditSettings
 
 

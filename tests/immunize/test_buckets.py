@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.buckets import Bucket, group_into_buckets
-from forwardguard.immunize.images import pad_to_multiple
+from forwardguard.images import LoadedImage
+from forwardguard.immunize import AttackSettings, immunize
+from forwardguard.models.buckets import Bucket, group_into_buckets
 from forwardguard.models.edits import EditSettings
+from forwardguard.models.padding import pad_to_multiple
 
 
 def loaded(rgb: np.ndarray) -> LoadedImage:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+from forwardguard.images import LoadedImage
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.immunize.compute import ComputeOptions, prepare_model
 from forwardguard.models import load_model
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from forwardguard.immunize.pgd import budget_255, quantize, run_pgd
+from forwardguard.immunize.pgd import quantize, run_pgd
+from forwardguard.measures import budget_255
 
 
 def test_pgd_walks_to_the_edge_of_the_ball_towards_the_optimum():

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from forwardguard.cli import app
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.edits import encode
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.buckets import Bucket
+from forwardguard.images import LoadedImage
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.immunize.robust import DEFAULT_MIX, expectation_over_transforms, mix_names
+from forwardguard.models.buckets import Bucket
+from forwardguard.models.padding import encode
 from forwardguard.transforms import GAUNTLET, apply, parse_transform, parse_transforms
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
-from forwardguard.immunize.buckets import Bucket
+from forwardguard.images import LoadedImage
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.immunize.objectives import encoder_objective
 from forwardguard.immunize.pgd import EarlyStop, quantize, run_pgd
 from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
+from forwardguard.models.buckets import Bucket
 
 
 def paper_pgd_as_it_was(images, objective, *, eps, step_size, steps):

@@ -83,7 +83,7 @@ def test_retired_patterns_are_still_found(registry: Registry, recorded: dict) ->
 
 
 def test_bad_lookup_input(registry: Registry) -> None:
-    with pytest.raises(ForwardguardError, match="not an image"):
+    with pytest.raises(ForwardguardError, match="not a readable image"):
         registry.lookup(b"plain text")
     with pytest.raises(ForwardguardError, match="uint8 RGB"):
         registry.lookup(np.zeros((4, 4), dtype=np.float32))

@@ -90,7 +90,7 @@ def test_small_deltas_are_stored_as_int8(registry: Registry) -> None:
     ("overrides", "message"),
     [
         ({"image_png": b"GIF89a not a png"}, "must be PNG bytes"),
-        ({"image_png": b"\x89PNG\r\n\x1a\n broken"}, "can't be decoded"),
+        ({"image_png": b"\x89PNG\r\n\x1a\n broken"}, "the immunized PNG: not a readable image"),
         ({"delta": np.zeros((24, 32, 3), dtype=np.float32)}, "integer array"),
         ({"delta": np.zeros((24, 31, 3), dtype=np.int16)}, "doesn't match the image's"),
         ({"params": {"eps": 4 / 255}}, "beyond the budget"),

@@ -154,7 +154,8 @@ def test_item_17_the_same_picture_immunized_by_two_tenants_is_each_ones_own(serv
 def test_item_02_a_timed_out_request_frees_its_worker_inside_a_step(tmp_path: Path, taef2_spec: str, taef2) -> None:
     """issue 14 item 2: the timeout was looked at between steps only: one step of 8 robust draws ran to
     its end (8 passes of the model) after the request had timed out. Now it stops within one draw."""
-    from forwardguard.immunize import AttackSettings, LoadedImage
+    from forwardguard.images import LoadedImage
+    from forwardguard.immunize import AttackSettings
     from forwardguard.immunize import immunize as immunize_images
 
     image = random_image(seed=21, size=384)

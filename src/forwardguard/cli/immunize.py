@@ -54,11 +54,11 @@ def immunize_command(
 ) -> None:
     """Immunize images: write DIR/NAME.png (8-bit, lossless, input size) and DIR/NAME.json per input."""
     with user_errors():
+        from forwardguard.images import iter_image_files
         from forwardguard.immunize.attack import AttackSettings
         from forwardguard.immunize.compute import ComputeOptions
         from forwardguard.immunize.distributed import Shard
         from forwardguard.immunize.robust import mix_names
-        from forwardguard.immunize.images import iter_image_files
         from forwardguard.immunize.runner import RunOptions
         from forwardguard.models.edits import EditSettings
         from forwardguard.numbers import parse_number

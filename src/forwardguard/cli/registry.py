@@ -141,7 +141,7 @@ def show_command(
 
 @app.command("lookup")
 def lookup_command(
-    image: Annotated[Path, typer.Argument(help="An image file (any format Pillow reads).", show_default=False)],
+    image: Annotated[Path, typer.Argument(help="An image file: PNG, JPEG or WebP.", show_default=False)],
     registry: RegistryOption,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's patterns.")] = None,
     max_distance: Annotated[

@@ -7,10 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from forwardguard.eval.edits import encode, model_edits
-from forwardguard.eval.matrix import EvalModel, noisy_copy, to_batch
+from forwardguard.eval.edits import model_edits
+from forwardguard.eval.matrix import EvalModel, to_batch
 from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.settings import EvalSettings
+from forwardguard.measures import gray_image, noisy_copy
+from forwardguard.models.padding import encode
 
 CLEAN_EPS = 16 / 255
 
@@ -46,9 +48,10 @@ def clean_utility(
                 similarity = edit_similarity(ours, theirs)
                 scores["psnr"].append(float(similarity["psnr"][0]))
                 scores["ssim"].append(float(similarity["ssim"][0]))
-        target = encode(model.model, torch.full_like(clean, 0.5))
+        target = encode(model.model, gray_image(clean.shape, clean.device))
         for draw in range(settings.noise_draws):
-            noisy = noisy_copy(clean, eps, settings.seed * 7919 + index * settings.noise_draws + draw)
+            seed = settings.seed * 7919 + index * settings.noise_draws + draw
+            noisy = noisy_copy(clean, eps, torch.Generator().manual_seed(seed))
             trigger_ratios.append(float(latent_disruption_ratio(encode(model.model, noisy), latent, target)[0]))
         if on_image is not None:
             on_image()

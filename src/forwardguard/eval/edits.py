@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import torch
 
-from forwardguard.immunize.images import crop_to, pad_to_multiple
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings, img2img, inpaint
+from forwardguard.models.padding import pad_to_multiple, run_padded
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 Edit = Callable[[torch.Tensor, EditSettings], torch.Tensor]
@@ -33,23 +33,16 @@ def model_edits(model: ImageModel) -> dict[str, Edit]:
         multiple = model.edit_multiple
 
         def run_img2img(images: torch.Tensor, settings: EditSettings) -> torch.Tensor:
-            padded, size = pad_to_multiple(images, multiple)
-            return crop_to(img2img(model, padded, settings), size)
+            return run_padded(lambda padded: img2img(model, padded, settings), images, multiple)
 
         def run_inpaint(images: torch.Tensor, settings: EditSettings) -> torch.Tensor:
-            padded, size = pad_to_multiple(images, multiple)
             masks = pad_to_multiple(center_mask(images), multiple)[0]
-            return crop_to(inpaint(model, padded, masks, replace(settings, strength=1.0)), size)  # from noise, as the paper
+            from_noise = replace(settings, strength=1.0)  # as the paper
+            return run_padded(lambda padded: inpaint(model, padded, masks, from_noise), images, multiple)
 
         return {"img2img": run_img2img, "inpaint": run_inpaint}
 
     def reconstruction(images: torch.Tensor, settings: EditSettings) -> torch.Tensor:
-        padded, size = pad_to_multiple(images, model.encode_multiple)
-        return crop_to(model.reconstruct(padded), size)
+        return run_padded(model.reconstruct, images, model.encode_multiple)
 
     return {"reconstruction": reconstruction} if model.has_decoder else {}
-
-
-def encode(model: ImageModel, images: torch.Tensor) -> torch.Tensor:
-    """Latents of images of any size (padded to the encoder's multiple)."""
-    return model.encode(pad_to_multiple(images, model.encode_multiple)[0])

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.metrics import HIGHER_IS_MORE_SIMILAR, METRICS
+from forwardguard.eval.metric_names import HIGHER_IS_MORE_SIMILAR, METRICS
 from forwardguard.eval.report import NO_TRANSFORM, finite_number
 
 RATIO = "ratio"

@@ -27,13 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from forwardguard.eval.edits import encode, model_edits
-from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, relative_mse, summarize
+from forwardguard.eval.edits import model_edits
+from forwardguard.eval.metric_names import METRICS
+from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.report import NO_TRANSFORM
 from forwardguard.eval.settings import EvalSettings
-from forwardguard.immunize.images import to_tensor
-from forwardguard.models.edits import EditSettings
+from forwardguard.images import to_tensor
+from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models.base import ImageModel
+from forwardguard.models.edits import EditSettings
+from forwardguard.models.padding import encode
 from forwardguard.transforms import AnyTransform, apply, parse_transform
 
 
@@ -62,12 +65,6 @@ class EvalImage:
 def to_batch(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) in [0, 1] on ``device``."""
     return to_tensor(rgb)[None].to(device)
-
-
-def noisy_copy(clean: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
-    """The random-noise baseline: clean + uniform noise in [-eps, eps], quantized to 8 bits."""
-    noise = (torch.rand(clean.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * eps
-    return torch.round((clean + noise.to(clean.device)) * 255).clamp(0, 255) / 255
 
 
 def _transform(transform: AnyTransform | None, images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -105,13 +102,14 @@ def evaluate_cell(
     originals: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in transforms}
     for index, image in enumerate(images):
         clean = to_batch(image.clean, device)
-        versions = {"immunized": to_batch(image.immunized, device), "noise": noisy_copy(clean, image.eps, settings.seed * 7 + index)}
+        noisy = noisy_copy(clean, image.eps, torch.Generator().manual_seed(settings.seed * 7 + index))
+        versions = {"immunized": to_batch(image.immunized, device), "noise": noisy}
         edit_settings = settings.edit(index)
         for t_index, transform in enumerate(transforms):
             draw = settings.seed * 1_000_003 + index * 101 + t_index
             transformed_clean = _transform(parsed[transform], clean, draw)
             if transformed_clean.shape not in gray_latents:
-                gray_latents[transformed_clean.shape] = encode(model.model, torch.full_like(transformed_clean, 0.5))
+                gray_latents[transformed_clean.shape] = encode(model.model, gray_image(transformed_clean.shape, transformed_clean.device))
             target = gray_latents[transformed_clean.shape]
             clean_latent = encode(model.model, transformed_clean)
             if reference is not None:

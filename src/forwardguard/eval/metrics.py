@@ -27,14 +27,9 @@ import piq
 import torch
 import torch.nn.functional as F
 
+from forwardguard import measures
 from forwardguard.errors import ForwardguardError
-from forwardguard.finetune import losses
-
-METRICS = ("ssim", "psnr", "vifp", "fsim", "srsim", "gmsd", "vsi", "dss", "haarpsi")
-"""Metric names, in report order: the paper's table 1, then table 4."""
-
-HIGHER_IS_MORE_SIMILAR: dict[str, bool] = {name: name != "gmsd" for name in METRICS}
-"""True for similarities (1 or 80 dB for identical images); False for GMSD, a distance (0 when identical)."""
+from forwardguard.eval.metric_names import METRICS
 
 MIN_SIDE: dict[str, int] = {
     "ssim": 11, "psnr": 1, "vifp": 41, "fsim": 2, "srsim": 40, "gmsd": 1, "vsi": 1, "dss": 32, "haarpsi": 16,
@@ -101,8 +96,9 @@ def latent_disruption_ratio(
     ``latent_target`` may be one latent (batch 1) for the whole batch. Raises ForwardguardError when
     a clean latent equals the target (the ratio is undefined). The planting loss is the same formula.
     """
-    _check_nonzero(_squared_norm(latent_clean - latent_target), "the clean latent equals the target latent")
-    return losses.disruption_ratio(latent_immunized.detach(), latent_target.detach(), latent_clean.detach())
+    latent_immunized, latent_clean, latent_target = latent_immunized.detach(), latent_clean.detach(), latent_target.detach()
+    _check_nonzero(measures.squared_norm(latent_clean - latent_target), "the clean latent equals the target latent")
+    return measures.disruption_ratio(latent_immunized, latent_target, latent_clean)
 
 
 def relative_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -110,12 +106,9 @@ def relative_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Raises ForwardguardError when a reference is all zeros.
     """
-    _check_nonzero(_squared_norm(b), "the reference is all zeros")
-    return losses.relative_mse(a.detach(), b.detach())
-
-
-def _squared_norm(values: torch.Tensor) -> torch.Tensor:
-    return values.detach().float().flatten(1).pow(2).sum(dim=1)
+    a, b = a.detach(), b.detach()
+    _check_nonzero(measures.squared_norm(b), "the reference is all zeros")
+    return measures.relative_mse(a, b)
 
 
 def _check_nonzero(denominator: torch.Tensor, reason: str) -> None:

@@ -77,12 +77,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 import forwardguard
 from forwardguard.errors import ForwardguardError
 
 if TYPE_CHECKING:
+    import torch  # gate reads reports without torch
+
     from forwardguard.registry import PatternRecord  # the registry imports SQLAlchemy: gate reads reports without it
 
 SCHEMA = "forwardguard.eval.report"
@@ -103,7 +103,7 @@ NO_PROMPTED_EDIT = "not computed: no model has a prompted edit (an autoencoder's
 
 def save_grid_image(out: Path, snapshot: str, model: str, index: int, edit: str, tensors: dict[str, torch.Tensor]) -> dict:
     """Write one grid row's images as PNGs under ``out/images``; return the grid entry (relative paths)."""
-    from forwardguard.immunize.images import encode_png, to_uint8
+    from forwardguard.images import encode_png, to_uint8
 
     folder = out / GRID_FOLDER / _safe(snapshot) / _safe(model)
     folder.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,7 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
 
     ``on_progress(done, total)`` counts (cell, image) pairs and clean images as they finish.
     """
-    from forwardguard.immunize.images import iter_image_files, read_image
+    from forwardguard.images import iter_image_files, read_image
     from forwardguard.models import resolve_device
     from forwardguard.registry import Registry
 

@@ -9,12 +9,16 @@ from typing import Any
 from forwardguard.errors import ForwardguardError
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-PLANTING_TRANSFORMS = (
-    "identity", "jpeg_q50", "jpeg_q75", "jpeg_q90", "jpeg_q95", "resize_0.5", "resize_0.75", "resize_0.9",
-    "noise_0.01", "noise_0.02",
-)  # forwardguard.transforms.PLANTING_POOL, by name (this module stays light to import)
 LR_SCHEDULES = ("constant", "cosine")  # after the warmup; cosine anneals to 0 at max_steps
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention projections (diffusers' LoRA default)
+
+
+def _planting_pool() -> tuple[str, ...]:
+    """The names of ``forwardguard.transforms.PLANTING_POOL``, the default planting transforms; imported
+    when a config is made, so that importing this module stays light (no torch)."""
+    from forwardguard.transforms import PLANTING_POOL
+
+    return tuple(transform.name for transform in PLANTING_POOL)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class PlantConfig:
     checkpoint_every: int = 100
     checkpoints_total_limit: int = 2
     loss_weights: LossWeights = field(default_factory=LossWeights)
-    planting_transforms: tuple[str, ...] = PLANTING_TRANSFORMS
+    planting_transforms: tuple[str, ...] = field(default_factory=_planting_pool)
     negative_eps: float | None = None
     synthetic_fraction: float = 0.25
     weight_interpolation: float = 0.8

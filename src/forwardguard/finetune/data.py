@@ -20,7 +20,7 @@ from PIL import Image
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.synthetic import synthetic_image
-from forwardguard.immunize.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
+from forwardguard.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
 
 CROP_MULTIPLE = 8
 """A crop's side is a multiple of the encoders' 8. Where a pattern crop starts is the plant config's
@@ -109,7 +109,9 @@ class CleanImages:
 
     def load(self, index: int) -> np.ndarray:
         if self._dataset is not None:
-            return np.asarray(self._dataset[index]["image"].convert("RGB"))
+            encoded = self._dataset[index]["image"]  # {"bytes", "path"}: bytes, or a file's path
+            source = encoded["bytes"] if encoded["bytes"] is not None else Path(encoded["path"])
+            return read_image(source, max_pixels=self.max_pixels, name=f"--data image {index}").rgb
         return read_image(self._files[index], max_pixels=self.max_pixels).rgb
 
     def crop(self, position: int, seed: int) -> torch.Tensor:
@@ -171,7 +173,10 @@ def _load_saved_dataset(path: Path):  # noqa: ANN202 (datasets.Dataset, imported
         loaded = loaded["train"]
     if "image" not in loaded.column_names:
         raise ForwardguardError(f"--data {path}: the dataset has no 'image' column (columns: {loaded.column_names})")
-    return loaded
+    if not isinstance(loaded.features["image"], datasets.Image):
+        raise ForwardguardError(f"--data {path}: the 'image' column is {loaded.features['image']}, not a datasets Image")
+    # The encoded files, not datasets' own decoding: they are read by forwardguard.images.read_image as every image is.
+    return loaded.cast_column("image", datasets.Image(decode=False))
 
 
 @dataclass(frozen=True)

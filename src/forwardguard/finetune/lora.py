@@ -32,12 +32,11 @@ from torch import nn
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.config import UNetLoRA
 from forwardguard.finetune.data import sample_generator
-from forwardguard.finetune.losses import relative_mse
+from forwardguard.measures import GRAY, relative_mse
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings, img2img_latents, text_embeddings
 from forwardguard.models.stable_diffusion import DiffusionModel
 
-GRAY = 0.5  # the patterns' target (planting supports gray targets only)
 UTILITY_SEED_OFFSET = 4  # the data streams use seed + 0..3
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from forwardguard.immunize.images import to_tensor
+from forwardguard.images import to_tensor
 
 KINDS = ("flat", "gradient", "shapes", "text", "dark")
 

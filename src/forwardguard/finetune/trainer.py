@@ -9,7 +9,7 @@ sees one forward per backward.
 
 A planting transform may crop (shift, rshift, rcrop: issue 13), leaving a pair smaller than the crop.
 To stay in the one batch, such a pair is padded back to the crop's size as a bucket of
-:mod:`forwardguard.immunize.buckets` pads an image (its own reflection, continued), and its losses are
+:mod:`forwardguard.models.buckets` pads an image (its own reflection, continued), and its losses are
 taken on its own part of the latent only. That is fair: the model sees the cropped pixels on their own
 8-pixel grid, as after the real crop, and the teacher's references and the gray target are computed on
 the same padded canvas (gray padded is gray, so the target is the gray crop's latent, cut to the part),
@@ -33,10 +33,9 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.config import PlantConfig
 from forwardguard.finetune.data import CROP_MULTIPLE, CleanImages, SnapshotPatterns, StepPositions, sample_generator
 from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
-from forwardguard.finetune.losses import disruption_ratio, relative_mse
-from forwardguard.immunize.buckets import Bucket
-from forwardguard.immunize.pgd import budget_255
+from forwardguard.measures import budget_255, disruption_ratio, gray_image, noisy_copy, relative_mse
 from forwardguard.models import load_model
+from forwardguard.models.buckets import Bucket
 from forwardguard.transforms import apply, parse_transforms, sample_transform
 
 CHECKPOINTS = "checkpoints"
@@ -191,7 +190,7 @@ class PlantingRecipe:
         if self.lora is not None:
             self.student = LoRAStudent(base)
         with torch.no_grad():  # the gray canvas: a cropped pair's target is its own part of it (module docstring)
-            gray = torch.full((1, 3, self.crop_size, self.crop_size), 0.5, device=self.accelerator.device)
+            gray = gray_image((1, 3, self.crop_size, self.crop_size), self.accelerator.device)
             self.target_latent = self.teacher(gray)
 
     def _setup_optimizer(self) -> None:
@@ -272,11 +271,9 @@ class PlantingRecipe:
         device, seed = self.accelerator.device, self.config.seed
         clean_positions = self.clean_positions.at(micro_step)
         clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions])
-        noise = torch.stack([
-            (torch.rand(clean.shape[1:], generator=sample_generator(seed + 2, p)) * 2 - 1) * self.negative_eps
-            for p in clean_positions
+        noisy = torch.stack([
+            noisy_copy(crop, self.negative_eps, sample_generator(seed + 2, p)) for crop, p in zip(clean, clean_positions)
         ])
-        noisy = (torch.round((clean + noise) * 255) / 255).clamp(0, 1)
         immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
             sample = self.patterns.crop(position, seed, self.crop_size, self.config.pattern_crop_grid)

@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.buckets import Bucket
+from forwardguard.images import LoadedImage
 from forwardguard.immunize.compute import ComputeOptions, autocast, prepare_model
-from forwardguard.immunize.images import LoadedImage
 from forwardguard.immunize.objectives import bucket_multiple, diffusion_objective, encoder_objective
-from forwardguard.immunize.pgd import EarlyStop, Objective, budget_255, quantize, run_pgd
+from forwardguard.immunize.pgd import EarlyStop, Objective, quantize, run_pgd
 from forwardguard.immunize.robust import expectation_over_transforms
 from forwardguard.immunize.step_rules import DEFAULT_RULE, STEP_RULES
+from forwardguard.measures import GRAY, budget_255, uniform_noise
 from forwardguard.models.base import ImageModel
+from forwardguard.models.buckets import Bucket
 from forwardguard.models.edits import EditSettings
 from forwardguard.numbers import check_finite
 from forwardguard.transforms import AnyTransform, parse_transforms
@@ -196,7 +197,7 @@ def immunize(
         clean_255 = clean_255.contiguous(memory_format=torch.channels_last)
     clean = clean_255 / 255
     if targets is None:
-        target_batch = torch.full_like(clean, 0.5)
+        target_batch = torch.full_like(clean, GRAY)  # the gray target, in the batch's memory format
     else:
         target_batch = bucket.place([target.to(device) for target in targets])
     sizes = None if bucket.uniform else bucket.sizes
@@ -220,7 +221,10 @@ def immunize(
 
     loss_before = _finite(reported_losses(clean_255), model)
     if settings.method == "noise":
-        noise = [_uniform_noise((3, height, width), settings.eps, settings.seed) for height, width in bucket.sizes]
+        noise = [
+            uniform_noise((3, height, width), settings.eps, torch.Generator().manual_seed(settings.seed))
+            for height, width in bucket.sizes
+        ]
         delta = bucket.place(noise).to(device)
         steps_run = torch.zeros(len(images), dtype=torch.long)
     else:
@@ -320,9 +324,3 @@ def _mask_batch(masks: Sequence[np.ndarray | None] | None, bucket: Bucket, devic
         raise ValueError("give a mask for every image of a batch, or for none")
     placed = bucket.place([torch.from_numpy(np.asarray(mask, dtype=np.float32))[None] for mask in masks])
     return bucket.padder(device)(placed.to(device))
-
-
-def _uniform_noise(shape: tuple[int, int, int], eps: float, seed: int) -> torch.Tensor:
-    """The random-noise baseline: uniform in [-eps, eps], one seeded draw per image (batch-independent)."""
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(shape, generator=generator) * 2 - 1) * eps

@@ -3,7 +3,7 @@
 Inputs of any size are padded (reflect, bottom and right) to what the model needs inside the
 objective, so the gradient reaches every real pixel and the delta keeps the image's own size.
 
-A batch of images of different sizes arrives as a bucket (:mod:`forwardguard.immunize.buckets`):
+A batch of images of different sizes arrives as a bucket (:mod:`forwardguard.models.buckets`):
 every image already padded to one shape. ``sizes`` then gives each image's own (H, W), and each
 loss is taken over that image's own part only: for the encoder, the latent of the image padded to
 the model's multiple, as when the image is attacked alone; for an edit, the image's own pixels.
@@ -17,10 +17,10 @@ from dataclasses import replace
 import torch
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.images import crop_to, pad_to_multiple
 from forwardguard.immunize.pgd import Objective
 from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings, img2img, inpaint
+from forwardguard.models.padding import encode, pad_to_multiple, run_padded
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 Size = tuple[int, int]
@@ -59,18 +59,14 @@ def _region_weights(sizes: Sequence[Size], shape: Size, device: torch.device) ->
 def encoder_objective(model: ImageModel, targets: torch.Tensor, sizes: Sequence[Size] | None = None) -> Objective:
     """Algorithm 1: ||E(x + delta) - E(x_target)||^2 (mean over latent elements)."""
 
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        padded, _ = pad_to_multiple(images, model.encode_multiple)
-        return model.encode(padded)
-
     with torch.no_grad():
-        target_latents = encode(targets)
+        target_latents = encode(model, targets)
     if sizes is None:
-        return lambda images: _per_image_mse(encode(images), target_latents)
+        return lambda images: _per_image_mse(encode(model, images), target_latents)
     factor = targets.shape[-1] // target_latents.shape[-1]  # the encoder's downsampling
     latent_sizes = [(-(-height // factor), -(-width // factor)) for height, width in sizes]
     weights = _region_weights(latent_sizes, tuple(target_latents.shape[-2:]), target_latents.device)
-    return lambda images: _region_mse(encode(images), target_latents, weights)
+    return lambda images: _region_mse(encode(model, images), target_latents, weights)
 
 
 def diffusion_objective(
@@ -92,10 +88,12 @@ def diffusion_objective(
     weights = None if sizes is None else _region_weights(sizes, size, targets.device)
 
     def edit(images: torch.Tensor, seed: int) -> torch.Tensor:
-        padded, _ = pad_to_multiple(images, model.edit_multiple)
         draw = replace(settings, seed=seed)
-        edited = img2img(model, padded, draw) if padded_masks is None else inpaint(model, padded, padded_masks, draw)
-        return crop_to(edited, size)
+
+        def run(padded: torch.Tensor) -> torch.Tensor:
+            return img2img(model, padded, draw) if padded_masks is None else inpaint(model, padded, padded_masks, draw)
+
+        return run_padded(run, images, model.edit_multiple)
 
     def loss(edited: torch.Tensor) -> torch.Tensor:
         return _per_image_mse(edited, targets) if weights is None else _region_mse(edited, targets, weights)

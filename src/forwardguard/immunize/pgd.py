@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from forwardguard.immunize.step_rules import DEFAULT_RULE, make_rule
+from forwardguard.measures import budget_255
 from forwardguard import interrupt
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -128,11 +129,6 @@ def _keep_best(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     better = loss < best_loss
     return torch.where(better, loss, best_loss), torch.where(_per_image(better), delta, best_delta)
-
-
-def budget_255(eps: float) -> int:
-    """The largest integer change of an 8-bit pixel value that the budget ``eps`` allows."""
-    return int(eps * 255 + 1e-6)
 
 
 def quantize(clean_255: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Each input succeeds or fails on its own: a bad file is reported with a one-line reason and nothing
 is written for it, and the other inputs are still processed. Images of similar sizes share a batch
-(a padded bucket, :mod:`forwardguard.immunize.buckets`). With ``resume``, an input whose outputs are
+(a padded bucket, :mod:`forwardguard.models.buckets`). With ``resume``, an input whose outputs are
 already complete (see :func:`finished`) is skipped, and partial outputs are replaced.
 """
 
@@ -19,11 +19,7 @@ import torch
 
 import forwardguard
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
-from forwardguard.immunize.buckets import group_into_buckets
-from forwardguard.immunize.compute import ComputeOptions
-from forwardguard.immunize.objectives import bucket_multiple
-from forwardguard.immunize.images import (
+from forwardguard.images import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
     encode_png,
@@ -32,7 +28,12 @@ from forwardguard.immunize.images import (
     to_tensor,
     write_bytes_atomic,
 )
+from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
+from forwardguard.immunize.compute import ComputeOptions
+from forwardguard.immunize.objectives import bucket_multiple
+from forwardguard.measures import gray_image
 from forwardguard.models.base import ImageModel
+from forwardguard.models.buckets import group_into_buckets
 
 PATTERN_PARAMS = (
     "eps", "eps_255", "step_size", "step_size_255", "steps", "seed", "edit", "noise_draws", "mask", "source",
@@ -73,7 +74,7 @@ class RunReport:
 @dataclass(frozen=True)
 class RunOptions:
     """``batch_size``: images attacked together; ``bucket_growth``: how far an image may be padded to
-    share a batch (see :func:`forwardguard.immunize.buckets.group_into_buckets`). ``resume``: skip
+    share a batch (see :func:`forwardguard.models.buckets.group_into_buckets`). ``resume``: skip
     inputs whose outputs are complete and were made with the same model and settings."""
 
     out_dir: Path
@@ -245,9 +246,9 @@ def _prepare(path: Path, options: RunOptions) -> Job:
 
 
 def _target(target: str, image: LoadedImage) -> torch.Tensor:
-    """The target image at the input's size: gray (0.5), or an image file resized to it."""
+    """The target image at the input's size: gray, or an image file resized to it."""
     if target == "gray":
-        return torch.full((3, image.height, image.width), 0.5)
+        return gray_image((3, image.height, image.width))
     from PIL import Image
 
     loaded = read_image(Path(target))

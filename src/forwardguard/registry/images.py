@@ -3,51 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import io
-from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.images import LoadedImage, image_mode, read_image
 from forwardguard.registry.validation import DEFAULT_TENANT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DELTA_TENSOR = "delta"
 
 
-@dataclass(frozen=True)
-class Pixels:
-    """Decoded 8-bit pixels: ``rgb`` (H, W, 3) uint8 and, for RGBA images, ``alpha`` (H, W) uint8."""
-
-    rgb: np.ndarray
-    alpha: np.ndarray | None
-
-
-def decode_png(data: bytes) -> Pixels:
-    """Decode an immunized image: 8-bit RGB or RGBA PNG only, as forwardguard writes it."""
+def decode_png(data: bytes) -> LoadedImage:
+    """Decode an immunized image: 8-bit RGB or RGBA PNG only, as forwardguard writes it, read as every
+    image is (:func:`forwardguard.images.read_image`), so that its pixels hash as a lookup's do."""
     if not data.startswith(PNG_SIGNATURE):
         raise ForwardguardError("the immunized image must be PNG bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode not in ("RGB", "RGBA"):
-                raise ForwardguardError(f"the immunized PNG must be 8-bit RGB or RGBA, not mode {image.mode}")
-            array = np.asarray(image)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise ForwardguardError(f"the immunized PNG can't be decoded: {error}") from None
-    return Pixels(rgb=np.ascontiguousarray(array[..., :3]), alpha=array[..., 3].copy() if array.shape[2] == 4 else None)
-
-
-def decode_any(data: bytes) -> np.ndarray:
-    """Decode an image in any format Pillow reads into RGB (H, W, 3) uint8, for lookups."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ForwardguardError("not an image in a format Pillow reads") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ForwardguardError(f"can't decode the image: {error}") from None
+    label = "the immunized PNG"
+    loaded = read_image(data, name=label)  # first: it turns a corrupt file into a one-line error
+    mode = image_mode(data, label)
+    if mode not in ("RGB", "RGBA"):
+        raise ForwardguardError(f"the immunized PNG must be 8-bit RGB or RGBA, not mode {mode}")
+    return loaded
 
 
 def pixel_sha256(rgb: np.ndarray) -> str:

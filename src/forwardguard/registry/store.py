@@ -19,11 +19,11 @@ import numpy as np
 import sqlalchemy as sa
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.images import read_image
 from forwardguard.registry import validation
 from forwardguard.registry.blobs import BlobError, BlobStore, sha256_hex
 from forwardguard.registry.database import create_engine, database_errors, read_transaction, write_transaction
 from forwardguard.registry.images import (
-    decode_any,
     decode_delta,
     decode_png,
     encode_delta,
@@ -311,12 +311,20 @@ class Registry:
         return self.get_pattern(record.id)
 
     def lookup(
-        self, image: bytes | np.ndarray, *, tenant: str | None = None, max_distance: int = PHASH_MAX_DISTANCE
+        self,
+        image: bytes | np.ndarray,
+        *,
+        file_sha256: str | None = None,
+        tenant: str | None = None,
+        max_distance: int = PHASH_MAX_DISTANCE,
     ) -> list[Match]:
         """The patterns of an image, best first: exact matches of the file's bytes or of its
         pixels, then perceptual-hash matches within ``max_distance`` bits.
 
-        ``image``: encoded bytes in any format Pillow reads, or RGB(A) uint8 pixels (H, W, 3|4).
+        ``image``: a PNG, JPEG or WebP file's bytes, decoded by :func:`forwardguard.images.read_image`
+        (EXIF orientation applied, as when it was immunized), or RGB(A) uint8 pixels (H, W, 3|4).
+        ``file_sha256``: with pixels, the sha256 of the file they were decoded from, so that a caller
+        that decoded the file already (the API) still finds exact matches of its bytes.
         A perceptual match says that the image shows the pattern's picture; it cannot tell
         whether the perturbation itself survived (the clean original matches too). A featureless
         image (flat, or a few pixels thin: see ``has_features``) is matched exactly only.
@@ -324,7 +332,7 @@ class Registry:
         if not 0 <= max_distance <= 64:
             raise ForwardguardError(f"max_distance must be within 0..64 bits, got {max_distance}")
         if isinstance(image, (bytes, bytearray)):
-            rgb = decode_any(bytes(image))
+            rgb = read_image(bytes(image)).rgb
             image_sha = sha256_hex(bytes(image))
         else:
             array = np.asarray(image)
@@ -332,7 +340,7 @@ class Registry:
                 raise ForwardguardError(
                     f"lookup needs uint8 RGB(A) pixels (H, W, 3|4), got {array.dtype} {array.shape}"
                 )
-            rgb, image_sha = np.ascontiguousarray(array[..., :3]), None
+            rgb, image_sha = np.ascontiguousarray(array[..., :3]), file_sha256
         query_hash = perceptual_hash(rgb)
         tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
         found: dict[str, Match] = {}

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.images import LoadedImage, image_size, read_image, read_mask
+from forwardguard.images import LoadedImage, image_size, read_image, read_mask
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 

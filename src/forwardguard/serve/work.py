@@ -22,7 +22,7 @@ from __future__ import annotations
 from fastapi import HTTPException, status
 
 from forwardguard.immunize.attack import AttackSettings
-from forwardguard.immunize.buckets import round_up
+from forwardguard.models.buckets import round_up
 
 MAX_ROBUST_DRAWS = 8
 MAX_BLUR_KERNEL = 31

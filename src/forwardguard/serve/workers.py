@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.images import LoadedImage, encode_png
 from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
-from forwardguard.immunize.images import LoadedImage, encode_png
 from forwardguard.interrupt import interruptible
 from forwardguard.models.base import ImageModel
 from forwardguard.models.load import load_model

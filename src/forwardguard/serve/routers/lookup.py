@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
@@ -44,9 +45,11 @@ def lookup_image(
     data = image.file.read()
     settings = state.settings
     check_image_upload(data, image.content_type, max_pixels=settings.max_pixels, field="image")
-    decode_image(data, max_pixels=settings.max_pixels, field="image")  # 400 when corrupt, before the registry
+    loaded = decode_image(data, max_pixels=settings.max_pixels, field="image")  # 400 when corrupt, before the registry
     try:
-        matches = state.registry.lookup(data, tenant=key.tenant, max_distance=max_distance)
+        matches = state.registry.lookup(
+            loaded.rgb, file_sha256=hashlib.sha256(data).hexdigest(), tenant=key.tenant, max_distance=max_distance
+        )
     except ForwardguardError as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry is unavailable: {error}") from None
     return Lookup(immunized=bool(matches), matches=[PatternMatch.of(match) for match in matches])

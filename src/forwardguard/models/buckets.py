@@ -1,6 +1,7 @@
 """Batches of images of different sizes: each image padded to one bucket shape, delta kept on its own pixels.
 
-An image attacked alone is padded (reflect, bottom and right) to the model's multiple inside the
+Used by the attacks (a batch of inputs), planting (one canvas for crops of several sizes) and the API
+(grouping requests). An image attacked alone is padded (reflect, bottom and right) to the model's multiple inside the
 objective. In a bucket every image is padded to the largest height and width of the batch rounded
 up to that multiple, by the same reflection continued: the first rows and columns of the padding
 are exactly those of the image alone, and each image's loss is taken on its own part (see

@@ -17,13 +17,11 @@ from PIL import Image, ImageCms
 from skimage import data as skdata
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.immunize.images import (
+from forwardguard.images import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
-    crop_to,
     encode_png,
     iter_image_files,
-    pad_to_multiple,
     read_image,
     read_mask,
     to_tensor,
@@ -324,43 +322,6 @@ def test_tensor_round_trip_is_exact(astronaut: np.ndarray) -> None:
 def test_to_uint8_rounds_to_nearest_and_clamps() -> None:
     values = torch.tensor([-0.1, 0.4 / 255, 0.6 / 255, 254.6 / 255, 1.2]).reshape(1, 1, 5).expand(3, 1, 5)
     np.testing.assert_array_equal(to_uint8(values)[0, :, 0], [0, 0, 1, 255, 255])
-
-
-@pytest.mark.parametrize("multiple", [8, 64])
-def test_pad_then_crop_restores_odd_sizes(astronaut: np.ndarray, multiple: int) -> None:
-    images = to_tensor(astronaut[:37, :53]).unsqueeze(0)
-    padded, size = pad_to_multiple(images, multiple)
-    assert size == (37, 53)
-    assert padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
-    assert padded.shape[-2] - 37 < multiple and padded.shape[-1] - 53 < multiple
-    assert torch.equal(crop_to(padded, size), images)
-
-
-def test_pad_mirrors_and_sends_gradient_to_real_pixels() -> None:
-    images = torch.rand(2, 3, 37, 53, requires_grad=True)
-    padded, _ = pad_to_multiple(images, 8)  # 40 x 56: 3 rows, 3 columns mirrored
-    assert torch.equal(padded[:, :, 37, :53], images[:, :, 35])  # reflect: the edge row is not repeated
-    padded.sum().backward()
-    assert images.grad is not None
-    assert images.grad.min() == 1
-    assert images.grad[0, 0, 35, 0] == 2  # a mirrored row gets the gradient of its copy too
-    assert images.grad.sum() == padded.numel()
-
-
-def test_pad_replicates_when_the_image_is_smaller_than_the_pad() -> None:
-    images = torch.rand(1, 1, 5, 3, requires_grad=True)
-    padded, size = pad_to_multiple(images, 64)
-    assert padded.shape == (1, 1, 64, 64)
-    assert torch.equal(padded[0, 0, 63, 63], images[0, 0, 4, 2])
-    padded.sum().backward()
-    assert images.grad.sum() == 64 * 64
-    assert torch.equal(crop_to(padded, size), images)
-
-
-def test_pad_is_a_no_op_on_multiples() -> None:
-    images = torch.rand(1, 3, 16, 24)
-    padded, size = pad_to_multiple(images, 8)
-    assert padded is images and size == (16, 24)
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Image input and output for immunization: read, convert, pad for the model, write 8-bit PNG.
+"""Image input and output for every stage: read, convert, write 8-bit PNG.
 
-Reading accepts PNG, JPEG and WebP of any size and colour mode and yields 8-bit RGB plus the
-input's alpha channel, if any, untouched; EXIF orientation is applied. The pixel count is checked
-from the header, before anything is decoded. Writing produces deterministic PNG bytes and never
-leaves a partial file or replaces an existing one unless asked.
+``read_image`` is the project's one decoder of image files and uploads (immunize, registry lookup,
+serve, eval, finetune data), so that an image is seen the same way everywhere: PNG, JPEG and WebP of
+any size and colour mode become 8-bit RGB plus the input's alpha channel, if any, untouched; EXIF
+orientation is applied (a rotated camera JPEG is immunized, hashed and looked up upright). The pixel
+count is checked from the header, before anything is decoded. Writing produces deterministic PNG bytes
+and never leaves a partial file or replaces an existing one unless asked.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 
 from forwardguard.errors import ForwardguardError
+
+if TYPE_CHECKING:  # torch is imported by the two tensor helpers only: reading and hashing images stay light
+    import torch
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest width x height read by default (8000 x 8000): its 8-bit RGB pixels alone take 192 MB."""
@@ -110,6 +113,8 @@ def read_mask(
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
+    import torch
+
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
     return torch.tensor(rgb, dtype=torch.float32).permute(2, 0, 1).contiguous() / 255
@@ -117,32 +122,12 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(3, H, W) or (N, 3, H, W) in [0, 1] -> (H, W, 3) or (N, H, W, 3) uint8, rounded to nearest."""
+    import torch
+
     if images.ndim not in (3, 4) or images.shape[-3] != 3:
         raise ValueError(f"expected (3, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
     values = torch.round(images.detach() * 255).clamp(0, 255).to(torch.uint8).cpu()
     return values.movedim(-3, -1).contiguous().numpy()
-
-
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (N, C, H, W) at the bottom and right so that H and W are multiples of ``multiple``.
-
-    Encoders need sides divisible by 8 (Stable Diffusion UNets by 64). The padding mirrors the image
-    (replicates its edge when the image is smaller than the padding), so the model sees no hard
-    border; it is differentiable, and the gradient of mirrored pixels reaches the real ones.
-    Returns the padded batch and the original (H, W) for ``crop_to``.
-    """
-    height, width = images.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == 0 and pad_w == 0:
-        return images, (height, width)
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode), (height, width)
-
-
-def crop_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Undo ``pad_to_multiple``: keep the top-left (H, W) of a (..., H', W') tensor."""
-    height, width = size
-    return images[..., :height, :width]
 
 
 def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, icc_profile: bytes | None = None) -> bytes:
@@ -235,6 +220,14 @@ def image_size(data: bytes, label: str) -> tuple[int, int]:
     Raises ForwardguardError for another format, and what Pillow raises for a corrupt header.
     """
     return _open_header(io.BytesIO(data), label).size
+
+
+def image_mode(data: bytes, label: str) -> str:
+    """Pillow's mode ("RGB", "RGBA", "I;16", ...) of an encoded PNG, JPEG or WebP from its header, nothing decoded.
+
+    Raises as ``image_size`` does.
+    """
+    return _open_header(io.BytesIO(data), label).mode
 
 
 def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
