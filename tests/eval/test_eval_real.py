@@ -11,7 +11,7 @@ from PIL import Image
 from planting_support import HELD_OUT
 
 from forwardguard.eval.gate import gate, load_policy
-from forwardguard.eval.report import load_report
+from forwardguard.eval.schema import load_report
 from forwardguard.eval.run import run_eval
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 

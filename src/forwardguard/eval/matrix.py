@@ -29,7 +29,7 @@ import torch
 
 from forwardguard.eval.edits import encode, model_edits
 from forwardguard.eval.metrics import METRICS, edit_similarity, latent_disruption_ratio, relative_mse, summarize
-from forwardguard.eval.report import NO_TRANSFORM
+from forwardguard.eval.schema import NO_TRANSFORM
 from forwardguard.eval.settings import EvalSettings
 from forwardguard.immunize.images import to_tensor
 from forwardguard.models.edits import EditSettings
