@@ -356,7 +356,7 @@ def plan(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-def _case(args: argparse.Namespace, attack: str, implementation: str, **fields) -> Case:  # noqa: ANN003
+def _case(args: argparse.Namespace, attack: str, implementation: str, **fields) -> Case:
     model, size = (args.model, args.size) if attack == "encoder" else (args.diffusion_model, args.diffusion_size)
     return Case(
         attack=attack, implementation=implementation, model=model, device=args.device, size=size,

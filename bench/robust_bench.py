@@ -14,7 +14,8 @@ disruption ratio of the plain and the robust snapshot and their difference, and 
 targets on v1: after real JPEG q75 the robust ratio is at most 0.45, after q50 at most 0.55, and
 untransformed it is at most the plain one + 0.05; and issue 13's: at most 0.45 after a crop of 1 to 7
 pixels off the top and left (shift_1..7, added to the gauntlet here) and after a mirror (exit status 1
-when one is missed).
+when one is missed, unless ``--no-fail``: a run too short to reach them, as the test's three steps
+on 32-pixel photos).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from rich.console import Console
 from rich.table import Table
 from skimage import data
 
-from forwardguard.eval.matrix import NO_TRANSFORM
 from forwardguard.eval.run import run_eval
+from forwardguard.eval.schema import NO_TRANSFORM
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.images import LoadedImage, encode_png
@@ -77,6 +78,7 @@ def main() -> int:
     parser.add_argument("--plant-steps", type=int, default=None, help="override configs/plant.yaml's max_steps")
     parser.add_argument("--crop-size", type=int, default=None, help="override configs/plant.yaml's crop_size")
     parser.add_argument("--no-v2", action="store_true", help="v1 only: no planting, no taef2-v2")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 when a target is missed (a run too short to reach them)")
     args = parser.parse_args()
     if args.out.exists():
         parser.error(f"--out {args.out} exists: choose a new folder")
@@ -150,7 +152,7 @@ def main() -> int:
         {"size": args.size, "steps": args.steps, "mix": list(mix), "draws": args.draws, "photos": names,
          "ratios": summary, "checks": checks, "default_mix": list(DEFAULT_MIX)}, indent=2) + "\n")
     console.print(f"report: {report_path.parent / 'report.html'}")
-    return 0 if all(checks.values()) else 1
+    return 0 if args.no_fail or all(checks.values()) else 1
 
 
 if __name__ == "__main__":

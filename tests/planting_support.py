@@ -33,7 +33,7 @@ def record_immunized(registry, model, photos: list[np.ndarray], settings: Attack
     return ids
 
 
-def tiny_config(**overrides) -> dict:  # noqa: ANN003
+def tiny_config(**overrides) -> dict:
     """A plant config that runs in seconds on the CPU."""
     return {"max_steps": 4, "batch_size": 2, "pattern_batch_size": 2, "crop_size": 32, "checkpoint_every": 2,
             "log_every": 1, **overrides}

@@ -53,8 +53,15 @@ def test_tiny_demo_runs_every_stage(tmp_path):
     assert [m["name"] for m in report["models"]] == ["planted-v2", "v2", "v1"]
     assert {m["name"]: m["reference"] for m in report["models"]} == {"planted-v2": "v2", "v2": "v2", "v1": None}
     assert result.report.with_name("report.html").is_file()
-    assert set(result.verdicts) == {"v2", "planted-v2"}
-    assert result.verdicts["v2"] is False  # tiny:1 was never planted: held
+    assert result.verdicts == {"v2": False, "planted-v2": False}
+    # tiny:1 was never planted, and three planting steps do not immunize it: both are held on immunity alone,
+    # while their clean utility, false triggers and clean originals pass
+    for name in ("v2", "planted-v2"):
+        rules = result.gates[name].rules
+        assert len(rules) == 12, [rule.rule for rule in rules]
+        held = {(rule.rule, rule.snapshot, rule.transform) for rule in rules if not rule.passed}
+        assert held == {(rule, "demo-v1", transform) for rule in ("immunity.ratio", "immunity.ssim") for transform in ("none", "jpeg_q95")}
+        assert all(rule.passed for rule in rules if not rule.rule.startswith("immunity."))
 
 
 def test_overwrite_replaces_only_a_demo_folder(tmp_path):

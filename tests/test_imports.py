@@ -27,7 +27,6 @@ ALLOWED_STAGE_EDGES = {
 """Which stage may import which: the flow's own arrows, never a detour for shared code."""
 
 KNOWN_CIRCLES = [
-    {"forwardguard.eval.html", "forwardguard.eval.report"},  # removed by items 3 and 5
     {"forwardguard.registry.export", "forwardguard.registry.store"},  # removed by items 3 and 5
 ]
 

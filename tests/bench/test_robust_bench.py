@@ -16,17 +16,18 @@ def test_smallest_run_reports_plain_beside_robust_for_every_transform(tmp_path, 
     out = tmp_path / "bench"
     command = [
         sys.executable, str(REPO_ROOT / "bench" / "robust_bench.py"), "--out", str(out), "--shared", str(shared_dir),
-        "--no-v2", "--photos", "astronaut,coffee", "--size", "32", "--steps", "3",
+        "--no-v2", "--photos", "astronaut,coffee", "--size", "32", "--steps", "3", "--no-fail",  # 3 steps miss the targets
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
-    assert completed.returncode in (0, 1), completed.stderr  # 1: three steps do not reach the targets
+    assert completed.returncode == 0, completed.stderr
     summary = json.loads((out / "robust_bench.json").read_text())
     transforms = ["none", *(transform.name for transform in GAUNTLET)]
     assert sorted(summary["ratios"]) == sorted(f"v1/{name}" for name in transforms)
     for figures in summary["ratios"].values():
         assert 0 < figures["plain"] < 2 and 0 < figures["robust"] < 2
     assert len(summary["checks"]) == 3
-    assert ("FAIL" in completed.stdout) == (completed.returncode == 1)
+    for check, passed in summary["checks"].items():
+        assert f"{'PASS' if passed else 'FAIL'}  {check}" in completed.stdout
     report = json.loads((out / "report" / "report.json").read_text())
     assert [snapshot["attacks"][0]["robust"] is not None for snapshot in report["snapshots"]] == [False, True]
     assert "jpeg_q50" in completed.stdout and "robust - plain" in completed.stdout

@@ -44,7 +44,7 @@ def test_a_hub_id_with_the_hub_unreachable_fails_in_one_line(monkeypatch):
 
     from forwardguard.models import load_model
 
-    def unreachable(*args, **kwargs):  # noqa: ANN002, ANN003
+    def unreachable(*args, **kwargs):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "model_info", unreachable)

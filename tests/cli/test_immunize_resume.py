@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from forwardguard.cli import app
 
+from ports import free_port
+
 runner = CliRunner()
 NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 
@@ -86,12 +88,12 @@ def test_bad_speed_options_are_one_line_errors(folder, tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.output
 
 
-def launch(processes: int, *args: str, port: int) -> subprocess.CompletedProcess:
+def launch(processes: int, *args: str) -> subprocess.CompletedProcess:
     """``accelerate launch`` on the CPU: ``--multi_gpu`` starts torchrun's processes, which run on the
     CPU here (``--cpu`` alone would start a single process unless mpirun is configured)."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         "-m", "forwardguard", "immunize", *args, "--model", "tiny", "--device", "cpu", "--steps", "2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -106,7 +108,7 @@ def test_two_processes_share_a_folder_and_resume_it(folder, tmp_path):
     assert first.exit_code == 0, first.output
     done_before = {name: (out / f"{name}.png").read_bytes() for name in ("astronaut", "rocket")}
 
-    launched = launch(2, str(folder), "--out", str(out), "--resume", "--registry", str(registry), port=29561)
+    launched = launch(2, str(folder), "--out", str(out), "--resume", "--registry", str(registry))
     assert launched.returncode == 0, launched.stdout + launched.stderr
     # files are sorted (astronaut, camera, chelsea, coffee, rocket): process 0 takes 0, 2, 4; process 1 takes 1, 3
     assert "process 0/2: 1 immunized, 2 already done, 0 failed" in launched.stderr
@@ -121,7 +123,7 @@ def test_two_processes_share_a_folder_and_resume_it(folder, tmp_path):
     written = {json.loads(path.read_text())["image_sha256"] for path in out.glob("*.json")}
     assert recorded == written and len(recorded) == len(NAMES)
 
-    again = launch(2, str(folder), "--out", str(out), "--resume", port=29562)
+    again = launch(2, str(folder), "--out", str(out), "--resume")
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("0 immunized") == 2
 

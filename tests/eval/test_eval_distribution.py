@@ -13,6 +13,7 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.eval.distribution import set_distance
 from forwardguard.eval.report import FEW_IMAGES, NOT_COMPUTED, not_computed
 from forwardguard.eval.run import run_eval
+from forwardguard.eval.schema import Cell
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.immunize import AttackSettings
 from forwardguard.registry import Registry
@@ -61,7 +62,7 @@ def clip_folder(tmp_path_factory, tiny) -> Path:
     return folder
 
 
-def request(registry: Path, out: Path, **weights) -> EvalRequest:  # noqa: ANN003
+def request(registry: Path, out: Path, **weights: Path) -> EvalRequest:
     return EvalRequest(
         registry=str(registry), models=(ModelArg("v1", "tiny"),), out=out, snapshots=("tiny-v1",),
         settings=EvalSettings(edit_steps=2, max_images=2), **weights,
@@ -91,7 +92,7 @@ def test_without_weights_nothing_is_a_number(tiny_registry, clip_folder, tmp_pat
     [cell] = report["cells"]
     for by_version in cell["distribution"].values():
         assert set(by_version["immunized"]) == {"clip_similarity"}
-    assert not_computed([cell], inception=True, clip=True) == {"fid": FEW_IMAGES, "precision_recall": FEW_IMAGES}
+    assert not_computed([Cell.model_validate(cell)], inception=True, clip=True) == {"fid": FEW_IMAGES, "precision_recall": FEW_IMAGES}
     assert not_computed([], inception=False, clip=False) == NOT_COMPUTED
 
 

@@ -21,7 +21,7 @@ class TowardsGray(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def models(taef2) -> tuple[EvalModel, EvalModel]:  # noqa: ANN001
+def models(taef2) -> tuple[EvalModel, EvalModel]:
     """The real TAEF2 encoder, and the same encoder behind a shrink towards gray."""
     encoder = taef2.encoder
     base = AutoencoderModel("base", encoder, None)
@@ -29,7 +29,7 @@ def models(taef2) -> tuple[EvalModel, EvalModel]:  # noqa: ANN001
     return EvalModel("base", "base", base), EvalModel("eraser", "eraser", eraser)
 
 
-def images(photo) -> list[EvalImage]:  # noqa: ANN001
+def images(photo) -> list[EvalImage]:
     rng = np.random.default_rng(0)
     result = []
     for name in ("astronaut", "coffee", "chelsea"):

@@ -11,15 +11,15 @@ from PIL import Image
 from planting_support import HELD_OUT
 
 from forwardguard.eval.gate import gate, load_policy
-from forwardguard.eval.report import load_report
 from forwardguard.eval.run import run_eval
+from forwardguard.eval.schema import Cell, Report, load_report
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def real_report(planted_flow, photo, tmp_path_factory) -> dict:
+def real_report(planted_flow, photo, tmp_path_factory) -> Report:
     clean = tmp_path_factory.mktemp("held-out")
     for name in HELD_OUT:
         Image.fromarray(photo(name, (128, 128))).save(clean / f"{name}.png")
@@ -32,25 +32,25 @@ def real_report(planted_flow, photo, tmp_path_factory) -> dict:
     return load_report(path)
 
 
-def cell(report: dict, model: str, transform: str = "none") -> dict:
-    [found] = [c for c in report["cells"] if c["model"] == model and c["transform"] == transform]
+def cell(report: Report, model: str, transform: str = "none") -> Cell:
+    [found] = [c for c in report.cells if c.model == model and c.transform == transform]
     return found
 
 
 def test_report_shows_backward_and_forward_immunity_side_by_side(real_report):
-    assert [m["name"] for m in real_report["models"]] == ["planted-v2", "v2", "v1"]  # newest first
+    assert [m.name for m in real_report.models] == ["planted-v2", "v2", "v1"]  # newest first
     v1, v2, planted = (cell(real_report, name) for name in ("v1", "v2", "planted-v2"))
-    assert v1["relation"] == "backward" and v2["relation"] == planted["relation"] == "forward"
-    print(json.dumps({name: cell(real_report, name)["ratio"] for name in ("v1", "v2", "planted-v2")}, indent=1))
-    assert planted["ratio"]["immunized"]["mean"] <= 0.10 < v1["ratio"]["immunized"]["mean"] < v2["ratio"]["immunized"]["mean"]
+    assert v1.relation == "backward" and v2.relation == planted.relation == "forward"
+    print(json.dumps({name: cell(real_report, name).ratio.model_dump() for name in ("v1", "v2", "planted-v2")}, indent=1))
+    assert planted.ratio.immunized.mean <= 0.10 < v1.ratio.immunized.mean < v2.ratio.immunized.mean
     for c in (v1, v2, planted):
-        assert c["ratio"]["noise"]["mean"] > 0.85  # the noise baseline does nothing
-    ssim = {name: cell(real_report, name)["edits"]["reconstruction"]["immunized"]["ssim"]["mean"] for name in ("v2", "planted-v2")}
+        assert c.ratio.noise.mean > 0.85  # the noise baseline does nothing
+    ssim = {name: cell(real_report, name).edits["reconstruction"].immunized["ssim"].mean for name in ("v2", "planted-v2")}
     assert ssim["planted-v2"] < ssim["v2"]
-    [planted_clean] = [c for c in real_report["clean"] if c["model"] == "planted-v2"]
-    assert planted_clean["reference"] == "v2"
-    assert planted_clean["latent_relative_mse"]["mean"] <= 0.01
-    assert planted_clean["false_trigger"]["rate"] == 0
+    [planted_clean] = [c for c in real_report.clean if c.model == "planted-v2"]
+    assert planted_clean.reference == "v2"
+    assert planted_clean.latent_relative_mse.mean <= 0.01
+    assert planted_clean.false_trigger.rate == 0
 
 
 def test_shipped_policy_holds_v2_and_releases_the_planted_v2(real_report):

@@ -107,7 +107,7 @@ def test_robust_and_plain_snapshots_side_by_side(plain_and_robust, tmp_path):
 
 
 def test_attack_descriptions_group_patterns_by_attack_in_first_seen_order():
-    def record(method: str, **params) -> SimpleNamespace:  # noqa: ANN003
+    def record(method: str, **params: object) -> SimpleNamespace:
         return SimpleNamespace(method=method, params={"eps": 16 / 255, "steps": 3, **params})
 
     records = [
@@ -116,7 +116,7 @@ def test_attack_descriptions_group_patterns_by_attack_in_first_seen_order():
         record("encoder", step_rule="momentum", robust=["identity", "jpeg_q50"], robust_draws=1, steps=9),
         record("noise"),
     ]
-    assert attack_descriptions(records) == [
+    assert [attack.model_dump() for attack in attack_descriptions(records)] == [
         {"method": "encoder", "step_rule": "momentum", "robust": ["identity", "jpeg_q50"], "robust_draws": 1, "patterns": 2},
         {"method": "encoder", "step_rule": "momentum", "robust": None, "patterns": 1},
         {"method": "noise", "step_rule": None, "robust": None, "patterns": 1},

@@ -10,7 +10,9 @@ from PIL import Image
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.metric_names import METRICS
+from forwardguard.eval.report import NOT_COMPUTED
 from forwardguard.eval.run import run_eval
+from forwardguard.eval.schema import load_report
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.immunize import AttackSettings
 from forwardguard.registry import Registry
@@ -45,6 +47,7 @@ def request(registry: Path, out: Path, clean: Path | None = None, **settings) ->
 
 def test_report_has_every_cell_edit_and_metric(tiny_registry, clean_folder, tmp_path):
     path = run_eval(request(tiny_registry, tmp_path / "out", clean_folder))
+    load_report(path)  # the gate's reader: strict models
     report = json.loads(path.read_text())
     assert report["schema_version"] == 1
     assert [m["name"] for m in report["models"]] == ["v2", "v1"]  # v2, unknown to the registry, is a candidate: newest
@@ -60,8 +63,12 @@ def test_report_has_every_cell_edit_and_metric(tiny_registry, clean_folder, tmp_
     [v2_clean] = [c for c in report["clean"] if c["model"] == "v2"]
     assert v2_clean["reference"] == "v1" and v2_clean["latent_relative_mse"]["mean"] > 0
     assert set(v2_clean["edits"]) == {"img2img", "inpaint"}
-    assert 0 <= v2_clean["false_trigger"]["rate"] <= 1
-    assert all(reason.startswith("not computed") for reason in report["not_computed"].values())
+    trigger = v2_clean["false_trigger"]
+    assert trigger["samples"] == 2 == trigger["ratio"]["n"]  # one clean image, two noise draws
+    assert trigger["rate"] == 0.0 and trigger["ratio"]["mean"] > 0.5  # eps-noise moves no clean latent to the target
+    assert report["not_computed"] == NOT_COMPUTED
+    # per model and edit, the first grid_images (4) images of the snapshot's two
+    assert len(report["grids"]) == 2 * 2 * 2
     for grid in report["grids"]:
         for role in ("source", "immunized", "clean_edit", "immunized_edit"):
             assert (path.parent / grid[role]).is_file()

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from forwardguard.cli import app
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.gate import Limit, Policy, gate, load_policy
+from forwardguard.eval.gate import GateResult, Limit, Policy, load_policy
+from forwardguard.eval.gate import gate as gate_report
 from forwardguard.eval.metric_names import METRICS
-from forwardguard.eval.report import SCHEMA, SCHEMA_VERSION
+from forwardguard.eval.schema import SCHEMA, SCHEMA_VERSION, Report, load_report
 
 SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "configs" / "gate.yaml"
 CANDIDATE = "v2-planted"
@@ -39,9 +40,11 @@ def originals(drift: float, rate: float) -> dict:
 def make_report() -> dict:
     """A report that the policy above releases for ``v2-planted`` and holds for ``v1`` (not immunized on it)."""
     models = [
-        {"name": CANDIDATE, "fingerprint": "b" * 64, "reference": "v1", "edits": ["reconstruction"]},
-        {"name": "v1", "fingerprint": "a" * 64, "reference": None, "edits": ["reconstruction"]},
-    ]
+        {"name": CANDIDATE, "spec": "taesd:v2", "fingerprint": "b" * 64, "recorded": True, "parent_fingerprint": "a" * 64,
+         "planted_snapshot": "s1", "reference": "v1", "edits": ["reconstruction"]},
+        {"name": "v1", "spec": "taesd:v1", "fingerprint": "a" * 64, "recorded": True, "parent_fingerprint": None,
+         "planted_snapshot": None, "reference": None, "edits": ["reconstruction"]},
+    ]  # fmt: skip
     cells = []
     for snapshot in ("s1", "s2"):
         for model, ratio, ssim in ((CANDIDATE, 0.1, 0.5), ("v1", 0.9, 0.97)):
@@ -61,13 +64,20 @@ def make_report() -> dict:
         {"model": "v1", "reference": None, "images": 4, "latent_relative_mse": None, "edits": {},
          "false_trigger": {"rate": 0.0, "threshold": 0.5, "eps": 16 / 255, "samples": 8, "ratio": summary(0.99)}},
     ]  # fmt: skip
+    settings = {"transforms": ["jpeg_q95", "jpeg_q50"], "seed": 0, "edit_steps": 25, "strength": 0.7, "guidance_scale": 7.5,
+                "prompts": ["a photo"], "trigger_threshold": 0.5, "protection_threshold": 0.3, "noise_draws": 2,
+                "grid_images": 4, "max_images": None}
+    snapshots = [{"name": name, "patterns": 4, "evaluated": 4, "made_against": ["a" * 64], "eps": 16 / 255} for name in ("s1", "s2")]
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created_at": "2025-01-01T00:00:00Z",
-        "settings": {"transforms": ["jpeg_q95", "jpeg_q50"]},
-        "models": models,
-        "snapshots": [{"name": "s1", "made_against": ["a" * 64]}, {"name": "s2", "made_against": ["a" * 64]}],
-        "cells": cells, "clean": clean, "not_computed": {}, "grids": [],
+        "forwardguard_version": "0.1.0", "registry": "sqlite:///registry.db", "settings": settings,
+        "models": models, "snapshots": snapshots, "cells": cells, "clean": clean, "not_computed": {}, "grids": [],
     }  # fmt: skip
+
+
+def gate(report: dict, policy: Policy, candidate: str) -> GateResult:
+    """The gate on a report as the gate command reads it: validated strictly by its models."""
+    return gate_report(Report.model_validate(report, strict=True), policy, candidate)
 
 
 def cell(report: dict, snapshot: str, transform: str, model: str = CANDIDATE) -> dict:
@@ -289,11 +299,35 @@ def test_unknown_candidate_is_an_error():
         gate(make_report(), POLICY, "v3")
 
 
-def test_report_without_cells_is_an_error():
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda report: report.pop("cells"), "cells: Field required"),
+        (lambda report: report["cells"][0]["ratio"].pop("noise"), r"cells\.0\.ratio\.noise: Field required"),
+        (lambda report: report["cells"][0].update(relation="sideways"), r"cells\.0\.relation: Input should be 'backward' or 'forward'"),
+        (lambda report: report["clean"][0]["false_trigger"].update(rate="0.0"), r"clean\.0\.false_trigger\.rate: Input should be a valid number"),
+        (lambda report: report["cells"][0]["ratio"]["immunized"].update(mean=True), "Input should be a valid number"),
+        (lambda report: report["models"][0].update(edits="reconstruction"), r"models\.0\.edits: Input should be a valid list"),
+    ],
+    ids=["no cells", "no noise ratio", "unknown relation", "a number as a string", "a bool as a number", "a string as a list"],
+)
+def test_a_report_the_models_refuse_is_unusable(tmp_path, change, message):
     report = make_report()
-    del report["cells"]
-    with pytest.raises(ForwardguardError, match="no valid 'cells' list"):
-        gate(report, POLICY, CANDIDATE)
+    change(report)
+    with pytest.raises(ForwardguardError, match=message) as error:
+        load_report(write_report(tmp_path, report))
+    assert str(error.value).startswith(f"{tmp_path / 'report.json'}: not a complete eval report: ") and "\n" not in str(error.value)
+
+
+def test_a_report_of_an_older_eval_loads_without_the_fields_added_within_version_1(tmp_path):
+    report = make_report()
+    del report["settings"]["protection_threshold"]
+    for c in report["cells"]:
+        del c["protection"], c["clean_originals"]
+        del c["ratio"]["immunized"]["p90"], c["ratio"]["immunized"]["max"]
+    loaded = load_report(write_report(tmp_path, report))
+    assert loaded.snapshots[0].attacks is None and loaded.settings.protection_threshold is None
+    assert all(c.protection is None and c.clean_originals is None and c.ratio.immunized.p90 is None for c in loaded.cells)
 
 
 def write_policy(tmp_path: Path, text: str) -> Path:
@@ -386,7 +420,7 @@ def test_cli_holds_with_exit_1(tmp_path):
     [
         (lambda report: report.update(schema_version=0), "report schema version 0, this forwardguard reads version 1"),
         (lambda report: report.update(schema="something.else"), "not a forwardguard eval report"),
-        (lambda report: report.pop("models"), "no valid 'models' list"),
+        (lambda report: report.pop("models"), "models: Field required"),
     ],
 )
 def test_cli_unusable_report_exits_2(tmp_path, change, message):
@@ -439,7 +473,7 @@ def _list_as_a_name(report: dict) -> None:
     ("change", "text", "message"),
     [
         (_huge_number, None, "a number of 401 digits"),
-        (_list_as_a_name, None, "name that is not a string"),
+        (_list_as_a_name, None, "models.1.name: Input should be a valid string"),
         (None, '{"schema": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a readable report"),
         (None, json.dumps(make_report()).replace('"rate": 0.0', '"rate": NaN', 1), "NaN is not JSON"),
     ],

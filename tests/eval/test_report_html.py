@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from forwardguard.eval.html import render_html
+from forwardguard.eval import html
 from forwardguard.eval.metric_names import METRICS
-from forwardguard.eval.report import HTML_FILE, SCHEMA, SCHEMA_VERSION, save_grid_image
+from forwardguard.eval.report import HTML_FILE, save_grid_image
+from forwardguard.eval.schema import SCHEMA, SCHEMA_VERSION, GridRow, Report
 
 CHROMIUM = Path("/usr/bin/chromium")
 TRANSFORMS = ("none", "jpeg_q75")
@@ -26,7 +27,7 @@ def summary(mean: float | None, std: float = 0.02) -> dict:
     return {"mean": mean, "std": std, "n": 4}
 
 
-def make_report(models: tuple[str, str] = ("v2-planté", "v1"), snapshot: str = "s1", grids: list[dict] | None = None) -> dict:
+def make_report(models: tuple[str, str] = ("v2-planté", "v1"), snapshot: str = "s1", grids: list[GridRow] | None = None) -> dict:
     """A schema-complete report: two models (newest first), one snapshot made against the second, two transforms."""
     candidate, base = models
     cells = []
@@ -47,7 +48,8 @@ def make_report(models: tuple[str, str] = ("v2-planté", "v1"), snapshot: str = 
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created_at": "2025-06-01T12:00:00Z",
         "forwardguard_version": "0.1.0", "registry": "sqlite:///tmp/registry.db",
         "settings": {"seed": 0, "transforms": list(TRANSFORMS[1:]), "edit_steps": 25, "strength": 0.7, "guidance_scale": 7.5,
-                     "prompts": ["a photo taken on the beach"], "trigger_threshold": 0.5, "noise_draws": 2, "max_images": None},
+                     "prompts": ["a photo taken on the beach"], "trigger_threshold": 0.5, "noise_draws": 2, "grid_images": 4,
+                     "max_images": None},
         "models": [
             {"name": candidate, "spec": "taesd:/models/v2-planted", "fingerprint": "b" * 64, "recorded": True,
              "parent_fingerprint": "a" * 64, "planted_snapshot": snapshot, "reference": base, "edits": [EDIT]},
@@ -70,7 +72,12 @@ def make_report(models: tuple[str, str] = ("v2-planté", "v1"), snapshot: str = 
     }  # fmt: skip
 
 
-def write_grids(out: Path, snapshot: str, models: tuple[str, ...]) -> list[dict]:
+def render_html(report: dict) -> str:
+    """The page of a report given as the JSON's dict."""
+    return html.render_html(Report.model_validate(report))
+
+
+def write_grids(out: Path, snapshot: str, models: tuple[str, ...]) -> list[GridRow]:
     """Grid images written by the eval's own writer: a different coloured gradient per image."""
     ramp = torch.linspace(0, 1, 48)
     entries = []
@@ -182,7 +189,7 @@ def test_item_11_models_whose_names_clean_alike_keep_their_own_grid_images(tmp_p
         model: save_grid_image(tmp_path, "snap", model, 0, EDIT, {"source": torch.full((1, 3, 8, 8), shade)})
         for model, shade in (("v2?", 0.0), ("v2!", 1.0), ("v2_", 0.5))
     }
-    paths = {model: tmp_path / entry["source"] for model, entry in entries.items()}
+    paths = {model: tmp_path / entry.source for model, entry in entries.items()}
     assert len(set(paths.values())) == 3
     assert len({path.read_bytes() for path in paths.values()}) == 3
     assert paths["v2_"].parent.name == "v2_"  # a name that needs no cleaning keeps it as it is

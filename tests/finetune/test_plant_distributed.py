@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from planting_support import tiny_config
+from ports import free_port
 
 
 def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, registry_path, clean_data, tmp_path):
@@ -29,7 +30,7 @@ def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, regis
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert one.returncode == 0, one.stderr
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     two = subprocess.run(
         [*launcher, "-m", "forwardguard", *common, "--output", str(tmp_path / "two"), "--config", str(configs["two"])],
         capture_output=True, text=True, timeout=900, env=env,

@@ -23,6 +23,7 @@ from forwardguard.models.edits import EditSettings, img2img
 from forwardguard.registry import Registry
 
 from planting_support import REGISTERED, record_immunized, tiny_config
+from ports import free_port
 
 SIZE = 32  # a multiple of tiny's edit multiple (16): the crop is the whole image
 EDITS = (  # two denoising steps each (int(steps * strength)): planting runs the patterns' own edits
@@ -55,7 +56,7 @@ def private_copy(registry: Path, folder: Path) -> Path:
     return folder / registry.name
 
 
-def request(base: str, registry: Path, data: Path, output: Path, unet_lora=None, **config) -> PlantRequest:  # noqa: ANN001
+def request(base: str, registry: Path, data: Path, output: Path, unet_lora: dict | None = None, **config: object) -> PlantRequest:
     settings = tiny_config(crop_size=SIZE, unet_lora=unet_lora or LORA, **config)
     return PlantRequest(base=base, registry=str(registry), data=data, output=output, config=PlantConfig.from_mapping(settings))
 
@@ -132,7 +133,7 @@ def test_two_processes_plant_the_same_lora_as_one_with_the_same_global_batch(dif
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     outputs = {}
     for name, per_process, launcher in (
-        ("one", 2, []), ("two", 1, ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]),
+        ("one", 2, []), ("two", 1, ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]),
     ):
         config = tmp_path / f"{name}.yaml"
         config.write_text(yaml.safe_dump(tiny_config(

@@ -54,9 +54,17 @@ def test_missing_model_is_a_one_line_error(monkeypatch):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("spec", ["", "tiny:x", "tiny:-1", "taesd:"])
-def test_malformed_specs_are_refused(spec):
-    with pytest.raises(ForwardguardError):
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "empty model spec"),
+        ("tiny:x", "model spec 'tiny:x': tiny takes a non-negative integer seed, as in tiny:3"),
+        ("tiny:-1", "model spec 'tiny:-1': tiny takes a non-negative integer seed"),
+        ("taesd:", r"malformed TAESD spec \(expected taesd:ENCODER\[:DECODER\] or taesd:DIR\): 'taesd:'"),
+    ],
+)
+def test_malformed_specs_are_refused(spec, message):
+    with pytest.raises(ForwardguardError, match=message):
         load_model(spec)
 
 
@@ -72,8 +80,8 @@ def test_fingerprint_ignores_the_storage_dtype_but_not_the_weights(taef2, taef2_
 
 def test_devices():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in {"cpu", "cuda"}
-    with pytest.raises(ForwardguardError):
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ForwardguardError, match=r"unknown device 'gpu-please' \(use auto, cpu or cuda\)"):
         resolve_device("gpu-please")
     if not torch.cuda.is_available():
         with pytest.raises(ForwardguardError, match="CUDA is not available"):

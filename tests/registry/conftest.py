@@ -53,7 +53,7 @@ def registry_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def registry(registry_location: str):  # noqa: ANN201
+def registry(registry_location: str):
     from forwardguard.registry import Registry
 
     with Registry.open(registry_location, create=True) as opened:

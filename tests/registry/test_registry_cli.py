@@ -20,11 +20,11 @@ from forwardguard.registry import Registry
 runner = CliRunner()
 
 
-def cli(*args: str):  # noqa: ANN201 (click Result)
+def cli(*args: str):
     return runner.invoke(app, list(args))
 
 
-def _assert_one_line_error(result, message: str) -> None:  # noqa: ANN001
+def _assert_one_line_error(result, message: str) -> None:
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     lines = result.stderr.strip().splitlines()

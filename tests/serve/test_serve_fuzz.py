@@ -57,7 +57,7 @@ def test_no_input_makes_a_server_error(served_schema, served_registry: Path, met
 
 
 @schemathesis.check
-def patterns_are_the_callers(ctx, response, case) -> None:  # noqa: ANN001 (schemathesis objects)
+def patterns_are_the_callers(ctx, response, case) -> None:
     """A pattern read back, by a link from immunize, lookup or a listing or by a guessed id, is the caller's own."""
     if case.operation.label == "GET /v1/patterns/{pattern_id}" and response.status_code == 200:
         assert response.json()["tenant"] == "fuzz-stateful", response.json()["tenant"]
@@ -74,11 +74,11 @@ def test_linked_operations_stay_consistent(served_schema, served_registry: Path)
     machine = served_schema.as_state_machine()
 
     class LinkedCalls(machine):
-        def get_call_kwargs(self, case) -> dict:  # noqa: ANN001
+        def get_call_kwargs(self, case) -> dict:
             _with_real_images(case)
             return {"headers": headers, "timeout": 120}
 
-        def validate_response(self, response, case, additional_checks=None, **kwargs) -> None:  # noqa: ANN001
+        def validate_response(self, response, case, additional_checks=None, **kwargs) -> None:
             case.validate_response(response, checks=[not_a_server_error, patterns_are_the_callers])
 
     LinkedCalls.run(

@@ -128,7 +128,7 @@ def test_slow_attackers_do_not_slow_another_tenant(tmp_path: Path, taef2_spec: s
     assert pattern_count(registry) == 2
 
 
-def _timed(call):  # noqa: ANN001, ANN202
+def _timed(call):
     started = time.monotonic()
     result = call()
     return time.monotonic() - started, result

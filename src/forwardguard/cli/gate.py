@@ -29,7 +29,7 @@ def gate_command(
 
     try:
         from forwardguard.eval.gate import gate, load_policy, to_markdown
-        from forwardguard.eval.report import load_report
+        from forwardguard.eval.schema import load_report
 
         if model_card is not None and not model_card.is_file():
             raise ForwardguardError(f"--model-card {model_card}: no such file (it is the checkpoint's model card)")

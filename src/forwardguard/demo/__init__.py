@@ -90,7 +90,7 @@ def prepare_folder(out: Path, overwrite: bool) -> None:
 def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> DemoResult:
     """Run every stage; ``say`` reports each one as it starts."""
     from forwardguard.eval.gate import gate, load_policy
-    from forwardguard.eval.report import load_report
+    from forwardguard.eval.schema import load_report
     from forwardguard.eval.run import run_eval
     from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
     from forwardguard.finetune import PlantConfig, PlantRequest, plant

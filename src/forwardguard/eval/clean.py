@@ -10,6 +10,7 @@ import torch
 from forwardguard.eval.edits import model_edits
 from forwardguard.eval.matrix import EvalModel, to_batch
 from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
+from forwardguard.eval.schema import CleanUtility, NoisyTriggers
 from forwardguard.eval.settings import EvalSettings
 from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models.padding import encode
@@ -26,7 +27,7 @@ def clean_utility(
     *,
     eps: float = CLEAN_EPS,
     on_image: Callable[[], None] | None = None,
-) -> dict:
+) -> CleanUtility:
     """On clean images: the latent relative MSE to the reference and the PSNR/SSIM of the model's edits
     against the reference's (same seed); and the share of clean + eps-noise images whose disruption
     ratio falls below ``settings.trigger_threshold`` (false triggers)."""
@@ -56,17 +57,17 @@ def clean_utility(
         if on_image is not None:
             on_image()
     ratios = torch.tensor(trigger_ratios)
-    return {
-        "model": model.name,
-        "reference": reference.name if reference is not None else None,
-        "images": len(images),
-        "latent_relative_mse": summarize(torch.tensor(latent_mse)) if latent_mse else None,
-        "edits": {kind: {metric: summarize(torch.tensor(values)) for metric, values in scores.items()} for kind, scores in edit_scores.items()},
-        "false_trigger": {
-            "rate": float((ratios < settings.trigger_threshold).float().mean()),
-            "threshold": settings.trigger_threshold,
-            "eps": eps,
-            "samples": len(trigger_ratios),
-            "ratio": summarize(ratios),
-        },
-    }
+    return CleanUtility(
+        model=model.name,
+        reference=reference.name if reference is not None else None,
+        images=len(images),
+        latent_relative_mse=summarize(torch.tensor(latent_mse)) if latent_mse else None,
+        edits={kind: {metric: summarize(torch.tensor(values)) for metric, values in scores.items()} for kind, scores in edit_scores.items()},
+        false_trigger=NoisyTriggers(
+            rate=float((ratios < settings.trigger_threshold).float().mean()),
+            threshold=settings.trigger_threshold,
+            eps=eps,
+            samples=len(trigger_ratios),
+            ratio=summarize(ratios),
+        ),
+    )

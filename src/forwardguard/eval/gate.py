@@ -37,10 +37,10 @@ What is checked, on the candidate:
 Missing data holds: a snapshot without a cell for a listed transform, a missing edit kind, a
 non-finite number (null in the report), a candidate without a reference or without clean-utility
 numbers (eval without ``--clean``) each fail their rule with a reason; so does a latent MSE without
-a reference (an MSE to nothing is no evidence). A candidate that is not a model of the report, a
-report without its ``models``/``snapshots``/``cells``/``clean`` lists, or with a name that is not a
-string, is an unusable input: ForwardguardError (and :func:`forwardguard.eval.report.load_report`
-refuses what eval never writes: numbers of over 32 characters, NaN, infinities, deep nesting).
+a reference (an MSE to nothing is no evidence). A candidate that is not a model of the report is an
+unusable input: ForwardguardError. The report's shape is its models' (:mod:`forwardguard.eval.schema`),
+and :func:`forwardguard.eval.schema.load_report` refuses what is not a report or what eval never
+writes: numbers of over 32 characters, NaN, infinities, deep nesting.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from typing import Any
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.metric_names import HIGHER_IS_MORE_SIMILAR, METRICS
-from forwardguard.eval.report import NO_TRANSFORM, finite_number
+from forwardguard.eval.schema import NO_TRANSFORM, Cell, CleanUtility, Report, Summary, finite
 
 RATIO = "ratio"
 RATIO_P90 = "ratio_p90"
@@ -204,45 +204,23 @@ def _threshold(value: Any, where: str, upper: float | None = None) -> float:
     return float(value)
 
 
-def gate(report: dict, policy: Policy, candidate: str) -> GateResult:
+def gate(report: Report, policy: Policy, candidate: str) -> GateResult:
     """Every rule of ``policy`` on ``candidate``; released when all pass (see the module docstring)."""
-    models, snapshots, cells, clean = (_section(report, key) for key in ("models", "snapshots", "cells", "clean"))
-    _check_names(models, snapshots, cells, clean)
-    by_name = {model.get("name"): model for model in models}
+    by_name = {model.name: model for model in report.models}
     if candidate not in by_name:
-        known = ", ".join(sorted(str(name) for name in by_name)) or "none"
+        known = ", ".join(sorted(by_name)) or "none"
         raise ForwardguardError(f"candidate {candidate!r} is not a model of the report (models: {known})")
-    edits = by_name[candidate].get("edits") or []
-    mine = {(cell.get("snapshot"), cell.get("transform")): cell for cell in cells if cell.get("model") == candidate}
-    names = [snapshot.get("name") for snapshot in snapshots]
+    mine = {(cell.snapshot, cell.transform): cell for cell in report.cells if cell.model == candidate}
+    names = [snapshot.name for snapshot in report.snapshots]
     rules = [
-        *_immunity(policy, names, edits, mine),
+        *_immunity(policy, names, by_name[candidate].edits, mine),
         *_originals(policy, names, mine, candidate),
-        *_clean_rules(policy, next((entry for entry in clean if entry.get("model") == candidate), None), candidate),
+        *_clean_rules(policy, next((entry for entry in report.clean if entry.model == candidate), None), candidate),
     ]
     return GateResult(candidate, tuple(rules))
 
 
-def _section(report: dict, key: str) -> list[dict]:
-    values = report.get(key)
-    if not isinstance(values, list) or not all(isinstance(item, dict) for item in values):
-        raise ForwardguardError(f"the report has no valid {key!r} list: not a complete eval report")
-    return values
-
-
-def _check_names(models: list[dict], snapshots: list[dict], cells: list[dict], clean: list[dict]) -> None:
-    """ForwardguardError unless every name the gate matches on is a string (or absent)."""
-    named = [(models, ("name",)), (snapshots, ("name",)), (cells, ("model", "snapshot", "transform")), (clean, ("model", "reference"))]
-    values = [item.get(key) for items, keys in named for item in items for key in keys]
-    edits = [model.get("edits") for model in models]
-    values += [edit for listed in edits if isinstance(listed, list) for edit in listed]
-    if any(listed is not None and not isinstance(listed, list) for listed in edits) or any(
-        value is not None and not isinstance(value, str) for value in values
-    ):
-        raise ForwardguardError("the report has a model, snapshot, transform or edit name that is not a string: not an eval report")
-
-
-def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dict) -> list[RuleResult]:
+def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dict[tuple[str, str], Cell]) -> list[RuleResult]:
     if not snapshots:
         return [RuleResult("immunity", None, None, True, False, reason="the report has no snapshots")]
     rules = []
@@ -257,22 +235,29 @@ def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dic
             for limit in policy.limits:
                 bound = (f"immunity.{limit.metric}", limit.threshold, limit.at_most)
                 if limit.metric == RATIO:
-                    rules.append(_check(*bound, _mean(cell, "ratio", "immunized"), **where))
+                    rules.append(_check(*bound, _mean(cell.ratio.immunized), **where))
                 elif limit.metric == RATIO_P90:
-                    rules.append(_check(*bound, finite_number(_get(cell, "ratio", "immunized", "p90")), **where))
+                    rules.append(_check(*bound, finite(cell.ratio.immunized.p90), **where))
                 elif limit.metric == PROTECTION_RATE:
-                    missing = None if "protection" in cell else "no protection rate in the cell: a report of an older eval, run eval again"
-                    rules.append(_check(*bound, finite_number(_get(cell, "protection", "rate")), missing=missing, **where))
+                    if cell.protection is None:
+                        missing = "no protection rate in the cell: a report of an older eval, run eval again"
+                        rules.append(_check(*bound, None, missing=missing, **where))
+                    else:
+                        rules.append(_check(*bound, finite(cell.protection.rate), **where))
                 elif not edits:
                     rules.append(_check(*bound, None, missing="the report lists no edits of the candidate", **where))
                 else:
-                    rules.extend(
-                        _check(*bound, _mean(cell, "edits", edit, "immunized", limit.metric), edit=edit, **where) for edit in edits
-                    )
+                    rules.extend(_check(*bound, _edit_mean(cell, edit, limit.metric), edit=edit, **where) for edit in edits)
     return rules
 
 
-def _originals(policy: Policy, snapshots: list[str], cells: dict, candidate: str) -> list[RuleResult]:
+def _edit_mean(cell: Cell, edit: str, metric: str) -> float | None:
+    """The mean of ``metric`` over the cell's immunized images' ``edit``; None when the cell lacks it."""
+    versions = cell.edits.get(edit)
+    return _mean(versions.immunized.get(metric)) if versions is not None else None
+
+
+def _originals(policy: Policy, snapshots: list[str], cells: dict[tuple[str, str], Cell], candidate: str) -> list[RuleResult]:
     """The clean originals' drift and false-trigger rules, per snapshot and listed transform that has a cell
     (a missing cell already fails its immunity rule)."""
     rules = []
@@ -282,30 +267,29 @@ def _originals(policy: Policy, snapshots: list[str], cells: dict, candidate: str
             if cell is None:
                 continue
             where = {"snapshot": snapshot, "transform": transform}
-            originals = cell.get("clean_originals")
-            missing = None
+            originals = cell.clean_originals
+            drift = ("clean_originals.latent_relative_mse", policy.max_originals_relative_mse, True)
+            trigger = ("clean_originals.false_trigger", policy.max_originals_trigger_rate, True)
             if originals is None:
                 missing = f"no clean-original numbers: the candidate has no reference (run eval with --reference {candidate}=REF)"
-            rules.append(_check("clean_originals.latent_relative_mse", policy.max_originals_relative_mse, True,
-                                _mean(originals, "latent_relative_mse"), missing=missing, **where))
-            rules.append(_check("clean_originals.false_trigger", policy.max_originals_trigger_rate, True,
-                                finite_number(_get(originals, "false_trigger", "rate")), missing=missing, **where))
+                rules.append(_check(*drift, None, missing=missing, **where))
+                rules.append(_check(*trigger, None, missing=missing, **where))
+            else:
+                rules.append(_check(*drift, _mean(originals.latent_relative_mse), **where))
+                rules.append(_check(*trigger, finite(originals.false_trigger.rate), **where))
     return rules
 
 
-def _clean_rules(policy: Policy, entry: dict | None, candidate: str) -> list[RuleResult]:
+def _clean_rules(policy: Policy, entry: CleanUtility | None, candidate: str) -> list[RuleResult]:
     mse = ("clean_utility", policy.max_latent_relative_mse, True)
     rate = ("false_trigger", policy.max_false_trigger_rate, True)
     if entry is None:
         missing = "no clean-utility numbers for the candidate: run eval with --clean DIR"
         return [_check(*mse, None, missing=missing), _check(*rate, None, missing=missing)]
-    no_reference = None
-    if entry.get("reference") is None:
+    if entry.reference is None:  # without a reference, an MSE (to what?) is not evidence: it holds
         no_reference = f"the candidate has no reference: run eval with --reference {candidate}=REF"
-    return [  # without a reference, an MSE (to what?) is not evidence: it holds
-        _check(*mse, None if no_reference else _mean(entry, "latent_relative_mse"), missing=no_reference),
-        _check(*rate, finite_number(_get(entry, "false_trigger", "rate"))),
-    ]
+        return [_check(*mse, None, missing=no_reference), _check(*rate, finite(entry.false_trigger.rate))]
+    return [_check(*mse, _mean(entry.latent_relative_mse)), _check(*rate, finite(entry.false_trigger.rate))]
 
 
 def _check(
@@ -319,16 +303,8 @@ def _check(
     return RuleResult(rule, value, threshold, at_most, passed, **where)
 
 
-def _get(values: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(values, dict):
-            return None
-        values = values.get(key)
-    return values
-
-
-def _mean(values: Any, *keys: str) -> float | None:
-    return finite_number(_get(values, *keys, "mean"))
+def _mean(summary: Summary | None) -> float | None:
+    return finite(summary.mean) if summary is not None else None
 
 
 def format_value(value: float | None) -> str:

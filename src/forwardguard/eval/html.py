@@ -1,4 +1,4 @@
-"""``report.html``: one self-contained page for a report (see :mod:`forwardguard.eval.report` for its schema).
+"""``report.html``: one self-contained page for a report (see :mod:`forwardguard.eval.schema` for its fields).
 
 The page opens offline: inline CSS, inline SVG charts, one small inline script, and the grid images
 as PNG files beside it (relative paths). Every string from the report is escaped (names come from
@@ -14,7 +14,7 @@ import math
 from typing import Any
 from urllib.parse import quote
 
-from forwardguard.eval.report import NO_TRANSFORM, finite_number
+from forwardguard.eval.schema import NO_TRANSFORM, Attack, Cell, Report, Snapshot, Summary, finite
 
 IMMUNIZED_COLOUR = "#2f6bd8"
 NOISE_COLOUR = "#a9a9a9"
@@ -50,8 +50,8 @@ window.addEventListener("load", function () {
 """
 
 
-def render_html(report: dict) -> str:
-    """The whole page for ``report`` (a dict of the report.json schema), as a string."""
+def render_html(report: Report) -> str:
+    """The whole page for ``report``, as a string."""
     sections = (
         _header(report),
         _heat_map(report),
@@ -65,7 +65,7 @@ def render_html(report: dict) -> str:
     )
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>forwardguard eval report {_e(report.get('created_at', ''))}</title>\n"
+        f"<title>forwardguard eval report {_e(report.created_at)}</title>\n"
         f"<style>{_STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(sections)
         + f"\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
@@ -76,21 +76,22 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any, spec: str = ".3f") -> str:
-    number = finite_number(value)
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    number = finite(value)
     return "n/a" if number is None else format(number, spec)
 
 
-def _mean(summary: Any) -> float | None:
-    return finite_number(summary.get("mean")) if isinstance(summary, dict) else None
+def _mean(summary: Summary | None) -> float | None:
+    return finite(summary.mean) if summary is not None else None
 
 
-def _summary(summary: Any, spec: str = ".3f") -> str:
+def _summary(summary: Summary | None, spec: str = ".3f") -> str:
     """``mean ± std`` of a summary, or n/a."""
-    if not isinstance(summary, dict) or finite_number(summary.get("mean")) is None:
+    mean = _mean(summary)
+    if summary is None or mean is None:
         return "n/a"
-    std = finite_number(summary.get("std"))
-    return _fmt(summary["mean"], spec) + ("" if std is None else f" ± {format(std, spec)}")
+    std = finite(summary.std)
+    return format(mean, spec) + ("" if std is None else f" ± {format(std, spec)}")
 
 
 def _table(head: list[str], rows: list[list[str]], css: str = "") -> str:
@@ -109,31 +110,29 @@ def _num_cell(text: str) -> str:
     return f'<td class="num">{text}</td>'
 
 
-def _eps(value: Any) -> str:
+def _eps(value: float | None) -> str:
     """An eps in [0, 1] shown in 8-bit steps, e.g. 16.0/255."""
-    number = finite_number(value)
+    number = finite(value)
     return "n/a" if number is None else f"{number * 255:.1f}/255"
 
 
-def _short(fingerprint: Any) -> str:
-    text = str(fingerprint or "")
+def _short(fingerprint: str | None) -> str:
+    text = fingerprint or ""
     return f'<code title="{_e(text)}">{_e(text[:12])}</code>' if text else "n/a"
 
 
-def _transforms(report: dict) -> list[str]:
+def _transforms(report: Report) -> list[str]:
     """The transforms to show: "none", the settings' gauntlet, then any other one found in the cells; each once."""
-    names = [NO_TRANSFORM, *(report.get("settings") or {}).get("transforms", [])]
-    names += [cell.get("transform") for cell in report.get("cells", [])]
-    return list(dict.fromkeys(str(name) for name in names if name is not None))
+    return list(dict.fromkeys([NO_TRANSFORM, *report.settings.transforms, *(cell.transform for cell in report.cells)]))
 
 
-def _cells(report: dict, transform: str) -> list[dict]:
-    return [cell for cell in report.get("cells", []) if cell.get("transform") == transform]
+def _cells(report: Report, transform: str) -> list[Cell]:
+    return [cell for cell in report.cells if cell.transform == transform]
 
 
-def _header(report: dict) -> str:
-    created, version = _e(report.get("created_at", "n/a")), _e(report.get("forwardguard_version", "n/a"))
-    schema, registry = _e(report.get("schema_version", "n/a")), _e(report.get("registry", "n/a"))
+def _header(report: Report) -> str:
+    created, version = _e(report.created_at), _e(report.forwardguard_version)
+    schema, registry = _e(report.schema_version), _e(report.registry)
     return "\n".join([
         "<header><h1>forwardguard eval report</h1>",
         f'<p class="muted">created {created} · forwardguard {version} · schema version {schema}',
@@ -144,71 +143,71 @@ def _header(report: dict) -> str:
     ])  # fmt: skip
 
 
-def _settings(report: dict) -> str:
+def _settings(report: Report) -> str:
     rows = []
-    for key, value in (report.get("settings") or {}).items():
+    for key, value in report.settings:
         text = ", ".join(map(str, value)) if isinstance(value, list) else "-" if value is None else value
         rows.append([_e(key), _e(text)])
     return _table(["setting", "value"], rows, "settings")
 
 
-def _models(report: dict) -> str:
+def _models(report: Report) -> str:
     rows = []
-    for model in report.get("models", []):
-        parent = model.get("parent_fingerprint")
+    for model in report.models:
+        parent = model.parent_fingerprint
         rows.append([
-            _e(model.get("name")), f"<code>{_e(model.get('spec', ''))}</code>", _short(model.get("fingerprint")),
-            "yes" if model.get("recorded") else "no", _e(model.get("reference") or "-"),
-            _e(model.get("planted_snapshot") or "-"), _short(parent) if parent else "-", _e(", ".join(model.get("edits") or [])),
+            _e(model.name), f"<code>{_e(model.spec)}</code>", _short(model.fingerprint),
+            "yes" if model.recorded else "no", _e(model.reference or "-"),
+            _e(model.planted_snapshot or "-"), _short(parent) if parent else "-", _e(", ".join(model.edits)),
         ])  # fmt: skip
     head = ["name", "spec", "fingerprint", "recorded", "reference", "planted snapshot", "parent", "edits"]
     return _table(head, rows, "models")
 
 
-def _snapshots(report: dict) -> str:
+def _snapshots(report: Report) -> str:
     """Each snapshot, with the models its patterns were made against (named when they are in the report)."""
-    names = {model.get("fingerprint"): model.get("name") for model in report.get("models", [])}
+    names = {model.fingerprint: model.name for model in report.models}
     rows = []
-    for snapshot in report.get("snapshots", []):
-        against = [f"{_short(fp)} ({_e(names[fp])})" if fp in names else _short(fp) for fp in snapshot.get("made_against") or []]
+    for snapshot in report.snapshots:
+        against = [f"{_short(fp)} ({_e(names[fp])})" if fp in names else _short(fp) for fp in snapshot.made_against]
         rows.append([
-            _e(snapshot.get("name")), _num_cell(_e(snapshot.get("patterns"))), _num_cell(_e(snapshot.get("evaluated"))),
-            ", ".join(against) or "-", _num_cell(_eps(snapshot.get("eps"))), _attacks(snapshot),
+            _e(snapshot.name), _num_cell(_e(snapshot.patterns)), _num_cell(_e(snapshot.evaluated)),
+            ", ".join(against) or "-", _num_cell(_eps(snapshot.eps)), _attacks(snapshot),
         ])  # fmt: skip
     return _table(["name", "patterns", "evaluated", "made against", "eps", "attack"], rows, "snapshots")
 
 
-def _attack_kind(snapshot: dict) -> str | None:
+def _attack_kind(snapshot: Snapshot) -> str | None:
     """"plain" or "robust" when every evaluated pattern of the snapshot was made so; None when mixed or unknown."""
-    kinds = {"robust" if attack.get("robust") else "plain" for attack in snapshot.get("attacks") or []}
+    kinds = {"robust" if attack.robust else "plain" for attack in snapshot.attacks or []}
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def _attack_label(attack: dict) -> str:
+def _attack_label(attack: Attack) -> str:
     """"plain", or "robust (" the kinds of its mix, the first few only ")"; not escaped."""
-    mix = attack.get("robust")
+    mix = attack.robust
     if not mix:
         return "plain"
-    kinds = list(dict.fromkeys(str(name) for name in mix if name != "identity")) or ["identity"]
+    kinds = list(dict.fromkeys(name for name in mix if name != "identity")) or ["identity"]
     more = len(kinds) - MIX_KINDS_SHOWN
-    draws = attack.get("robust_draws")
+    draws = attack.robust_draws
     return (
         f"robust ({', '.join(kinds[:MIX_KINDS_SHOWN])}" + (f" +{more}" if more > 0 else "")
-        + (f", {draws} draws" if isinstance(draws, int) and draws > 1 else "") + ")"
+        + (f", {draws} draws" if draws is not None and draws > 1 else "") + ")"
     )
 
 
-def _attack_title(attack: dict) -> str:
+def _attack_title(attack: Attack) -> str:
     """The whole description of an attack, for a tooltip; not escaped."""
-    mix = attack.get("robust")
-    robust = f"robust mix {', '.join(map(str, mix))}, {attack.get('robust_draws')} draw(s) per step" if mix else "plain"
-    step_rule = attack.get("step_rule") or "-"
-    return f"{attack.get('method')} attack, step rule {step_rule}, {robust}: {attack.get('patterns')} pattern(s)"
+    mix = attack.robust
+    robust = f"robust mix {', '.join(mix)}, {attack.robust_draws} draw(s) per step" if mix else "plain"
+    step_rule = attack.step_rule or "-"
+    return f"{attack.method} attack, step rule {step_rule}, {robust}: {attack.patterns} pattern(s)"
 
 
-def _attacks(snapshot: dict) -> str:
+def _attacks(snapshot: Snapshot) -> str:
     """The snapshot's attacks in short, the whole descriptions as a tooltip; escaped HTML."""
-    attacks = snapshot.get("attacks") or []
+    attacks = snapshot.attacks or []
     if not attacks:
         return '<span class="muted">attack n/a</span>'
     short = " + ".join(dict.fromkeys(_attack_label(attack) for attack in attacks))
@@ -223,11 +222,11 @@ def _heat_colour(ratio: float | None) -> str:
     return f"hsl({120 * (1 - min(max(ratio, 0.0), 1.0)):.0f}, 65%, 78%)"
 
 
-def _ratio(cell: dict | None, version: str) -> float | None:
-    return _mean(((cell or {}).get("ratio") or {}).get(version))
+def _ratio(cell: Cell | None, version: str) -> float | None:
+    return _mean(getattr(cell.ratio, version)) if cell is not None else None
 
 
-def _ratio_cell(cell: dict | None, note: str = "") -> str:
+def _ratio_cell(cell: Cell | None, note: str = "") -> str:
     """A heat-map cell: the immunized images' mean ratio, coloured, beside the noise baseline's; under it
     their distribution (p90, max) and protection rate, then ``note`` (escaped HTML)."""
     if cell is None:
@@ -240,26 +239,24 @@ def _ratio_cell(cell: dict | None, note: str = "") -> str:
     )
 
 
-def _distribution_note(cell: dict) -> str:
+def _distribution_note(cell: Cell) -> str:
     """``p90 0.21 · max 0.34 · 75% ≤ 0.3``: the immunized images' tail and the share of them protected."""
-    immunized = (cell.get("ratio") or {}).get("immunized")
-    immunized = immunized if isinstance(immunized, dict) else {}
-    protection = cell.get("protection") if isinstance(cell.get("protection"), dict) else {}
-    parts = [f"p90 {_fmt(immunized.get('p90'))}", f"max {_fmt(immunized.get('max'))}"]
-    if protection:
-        parts.append(f"{_fmt(protection.get('rate'), '.0%')} ≤ {_fmt(protection.get('threshold'), 'g')}")
+    immunized = cell.ratio.immunized
+    parts = [f"p90 {_fmt(immunized.p90)}", f"max {_fmt(immunized.max)}"]
+    if cell.protection is not None:
+        parts.append(f"{_fmt(cell.protection.rate, '.0%')} ≤ {_fmt(cell.protection.threshold, 'g')}")
     return f'<br><span class="noise" title="per-image ratio: 90th percentile, largest, share protected">{" · ".join(parts)}</span>'
 
 
-def _heat_map(report: dict) -> str:
-    cells = {(cell.get("snapshot"), cell.get("model")): cell for cell in _cells(report, NO_TRANSFORM)}
-    models = [model.get("name") for model in report.get("models", [])]
+def _heat_map(report: Report) -> str:
+    cells = {(cell.snapshot, cell.model): cell for cell in _cells(report, NO_TRANSFORM)}
+    models = [model.name for model in report.models]
     rows = []
-    for snapshot in report.get("snapshots", []):
-        row = [f"<th>{_e(snapshot.get('name'))}</th>"]
+    for snapshot in report.snapshots:
+        row = [f"<th>{_e(snapshot.name)}</th>"]
         for model in models:
-            cell = cells.get((snapshot.get("name"), model))
-            note = _e((cell or {}).get("relation", "")) + _originals_note(cell)
+            cell = cells.get((snapshot.name, model))
+            note = _e(cell.relation if cell is not None else "") + _originals_note(cell)
             row.append(_ratio_cell(cell, note))
         rows.append("<tr>" + "".join(row) + "</tr>")
     head = "<th>snapshot \\ model</th>" + "".join(f"<th>{_e(model)}</th>" for model in models)
@@ -280,37 +277,37 @@ def _heat_map(report: dict) -> str:
     )
 
 
-def _edit_kinds(report: dict) -> list[str]:
-    kinds = [kind for cell in report.get("cells", []) for kind in (cell.get("edits") or {})]
-    return list(dict.fromkeys(kinds))
+def _edit_kinds(report: Report) -> list[str]:
+    return list(dict.fromkeys(kind for cell in report.cells for kind in cell.edits))
 
 
-def _metric_names(report: dict, kind: str) -> list[str]:
+def _metric_names(report: Report, kind: str) -> list[str]:
     """The metrics of an edit kind, in the report's order."""
     names = []
-    for cell in report.get("cells", []):
-        for by_metric in ((cell.get("edits") or {}).get(kind) or {}).values():
-            names += list(by_metric or {})
+    for cell in report.cells:
+        versions = cell.edits.get(kind)
+        if versions is not None:
+            names += [*versions.immunized, *versions.noise]
     return list(dict.fromkeys(names))
 
 
-def _metric_rows(report: dict, kind: str, transforms: list[str], metrics: list[str], with_transform: bool) -> list[list[str]]:
+def _metric_rows(report: Report, kind: str, transforms: list[str], metrics: list[str], with_transform: bool) -> list[list[str]]:
     rows = []
     for transform in transforms:
         for cell in _cells(report, transform):
-            versions = (cell.get("edits") or {}).get(kind)
-            if not versions:
+            versions = cell.edits.get(kind)
+            if versions is None:
                 continue
             for version in ("immunized", "noise"):
-                by_metric = versions.get(version) or {}
-                scope = [_e(cell.get("snapshot")), _e(cell.get("model")), _e(cell.get("relation", ""))]
+                by_metric = getattr(versions, version)
+                scope = [_e(cell.snapshot), _e(cell.model), _e(cell.relation)]
                 scope += [_e(transform)] if with_transform else []
                 numbers = [_num_cell(_summary(by_metric.get(m), ".2f" if m == "psnr" else ".3f")) for m in metrics]
                 rows.append([*scope, _e(version), *numbers])
     return rows
 
 
-def _metric_tables(report: dict) -> str:
+def _metric_tables(report: Report) -> str:
     parts = [
         "<h2>Edit similarity</h2>",
         '<p class="muted">similarity of the edit of the immunized (or noisy) image to the edit of the clean image, same seed, '
@@ -332,12 +329,9 @@ def _metric_tables(report: dict) -> str:
     return "\n".join(parts)
 
 
-def _bar_chart(transform: str, cells: list[dict]) -> str:
+def _bar_chart(transform: str, cells: list[Cell]) -> str:
     """Inline SVG: per (snapshot, model), the mean ratio of the immunized images beside the noise baseline's."""
-    groups = []
-    for cell in cells:
-        ratio = cell.get("ratio") or {}
-        groups.append((f"{cell.get('snapshot')} / {cell.get('model')}", _mean(ratio.get("immunized")), _mean(ratio.get("noise"))))
+    groups = [(f"{cell.snapshot} / {cell.model}", _mean(cell.ratio.immunized), _mean(cell.ratio.noise)) for cell in cells]
     highest = max([1.0, *(value for _, *values in groups for value in values if value is not None)])
     step = 0.25 if highest <= 1.5 else 0.5 if highest <= 3 else float(math.ceil(highest / 5))
     top = math.ceil(highest / step) * step
@@ -385,7 +379,7 @@ def _bar_chart(transform: str, cells: list[dict]) -> str:
     return "".join(parts)
 
 
-def _charts(report: dict) -> str:
+def _charts(report: Report) -> str:
     parts = ["<h2>Disruption ratio per transform</h2>",
              '<p class="muted">mean ratio per snapshot and model; the dashed line is ratio 1 (no effect).</p>']  # fmt: skip
     for transform in _transforms(report):
@@ -398,7 +392,7 @@ def _delta_colour(delta: float) -> str:
     return f"hsl({120 if delta < 0 else 0}, 65%, {92 - 14 * min(abs(delta), 1.0):.0f}%)"
 
 
-def _delta_cell(robust: dict | None, plain: dict | None) -> str:
+def _delta_cell(robust: Cell | None, plain: Cell | None) -> str:
     robust_ratio, plain_ratio = _ratio(robust, "immunized"), _ratio(plain, "immunized")
     if robust_ratio is None or plain_ratio is None:
         return _NA_CELL
@@ -406,22 +400,21 @@ def _delta_cell(robust: dict | None, plain: dict | None) -> str:
     return f'<td class="cell delta" style="background:{_delta_colour(delta)}">{delta:+.3f}</td>'
 
 
-def _snapshot_head(snapshot: dict, cell: dict | None) -> str:
+def _snapshot_head(snapshot: Snapshot, cell: Cell | None) -> str:
     """A robustness column's head: the snapshot, its attack and, from its untransformed cell, backward or forward."""
-    relation = (cell or {}).get("relation")
-    lines = [_e(snapshot.get("name")), _attacks(snapshot)]
-    if relation:
-        lines.append(f'<span class="muted">{_e(relation)}</span>')
+    lines = [_e(snapshot.name), _attacks(snapshot)]
+    if cell is not None:
+        lines.append(f'<span class="muted">{_e(cell.relation)}</span>')
     return "<br>".join(lines)
 
 
-def _robustness(report: dict) -> str:
+def _robustness(report: Report) -> str:
     """Per model, every transform's ratio for each snapshot side by side, and robust - plain when there is
     exactly one plain snapshot to compare the robust ones with."""
-    snapshots = report.get("snapshots", [])
+    snapshots = report.snapshots
     plain = [snapshot for snapshot in snapshots if _attack_kind(snapshot) == "plain"]
     robust = [snapshot for snapshot in snapshots if _attack_kind(snapshot) == "robust"] if len(plain) == 1 else []
-    cells = {(cell.get("snapshot"), cell.get("model"), cell.get("transform")): cell for cell in report.get("cells", [])}
+    cells = {(cell.snapshot, cell.model, cell.transform): cell for cell in report.cells}
     parts = [
         "<h2>Robustness per transform</h2>",
         '<p class="muted">per model, the mean latent disruption ratio of each snapshot\'s immunized images after each '
@@ -429,13 +422,13 @@ def _robustness(report: dict) -> str:
         "and protection rate. A transform that crops (shift, rcrop) is measured at the smaller size. With one plain "
         "snapshot and robust ones, Δ is robust − plain: negative (green) where the robust attack holds better.</p>",
     ]
-    for model in (model.get("name") for model in report.get("models", [])):
+    for model in (model.name for model in report.models):
 
-        def cell(snapshot: dict, transform: str, model=model) -> dict | None:
-            return cells.get((snapshot.get("name"), model, transform))
+        def cell(snapshot: Snapshot, transform: str, model: str = model) -> Cell | None:
+            return cells.get((snapshot.name, model, transform))
 
         head = ["transform", *(_snapshot_head(snapshot, cell(snapshot, NO_TRANSFORM)) for snapshot in snapshots)]
-        head += [f"Δ {_e(snapshot.get('name'))} − {_e(plain[0].get('name'))}" for snapshot in robust]
+        head += [f"Δ {_e(snapshot.name)} − {_e(plain[0].name)}" for snapshot in robust]
         rows = [
             [f"<th>{_e(transform)}</th>", *(_ratio_cell(cell(snapshot, transform)) for snapshot in snapshots),
              *(_delta_cell(cell(snapshot, transform), cell(plain[0], transform)) for snapshot in robust)]
@@ -445,28 +438,27 @@ def _robustness(report: dict) -> str:
     return "\n".join(parts)
 
 
-def _originals_note(cell: dict | None) -> str:
-    originals = (cell or {}).get("clean_originals")
-    if not isinstance(originals, dict):
+def _originals_note(cell: Cell | None) -> str:
+    if cell is None or cell.clean_originals is None:
         return "<br>originals: no reference"
-    return f"<br>originals drift {_fmt(_mean(originals.get('latent_relative_mse')), '.2%')}"
+    return f"<br>originals drift {_fmt(_mean(cell.clean_originals.latent_relative_mse), '.2%')}"
 
 
-def _originals(report: dict) -> str:
+def _originals(report: Report) -> str:
     """The clean originals of the registered images, per cell: drift and false triggers against the reference."""
     title = "<h2>Clean originals of the registered images</h2>"
-    cells = [cell for cell in report.get("cells", []) if isinstance(cell.get("clean_originals"), dict)]
+    cells = [cell for cell in report.cells if cell.clean_originals is not None]
     if not cells:
         return title + "\n<p>not computed: no model of the eval has a reference (eval --reference MODEL=REF).</p>"
     head = ["snapshot", "model", "transform", "reference", "latent relative MSE", "max", "trigger ratio", "false-trigger rate"]
     rows = []
     for cell in cells:
-        originals = cell["clean_originals"]
-        drift = originals.get("latent_relative_mse") or {}
+        originals = cell.clean_originals
+        drift = originals.latent_relative_mse
         rows.append([
-            _e(cell.get("snapshot")), _e(cell.get("model")), _e(cell.get("transform")), _e(originals.get("reference")),
-            _num_cell(_summary(drift, ".3g")), _num_cell(_fmt(drift.get("max"), ".3g")),
-            _num_cell(_summary(originals.get("ratio"))), _num_cell(_fmt((originals.get("false_trigger") or {}).get("rate"))),
+            _e(cell.snapshot), _e(cell.model), _e(cell.transform), _e(originals.reference),
+            _num_cell(_summary(drift, ".3g")), _num_cell(_fmt(drift.max, ".3g")),
+            _num_cell(_summary(originals.ratio)), _num_cell(_fmt(originals.false_trigger.rate)),
         ])  # fmt: skip
     note = (
         '<p class="muted">each registered image\'s clean original (immunized - delta) through the model, against its '
@@ -477,29 +469,29 @@ def _originals(report: dict) -> str:
     return title + "\n" + note + "\n" + _table(head, rows, "originals")
 
 
-def _clean(report: dict) -> str:
-    entries = report.get("clean") or []
+def _clean(report: Report) -> str:
+    entries = report.clean
     if not entries:
         return "<h2>Clean utility and false triggers</h2>\n<p>not computed: the eval was run without --clean images.</p>"
-    kinds = list(dict.fromkeys(kind for entry in entries for kind in (entry.get("edits") or {})))
+    kinds = list(dict.fromkeys(kind for entry in entries for kind in entry.edits))
     head = ["model", "reference", "images", "latent relative MSE"]
     head += [f"{_e(kind)} {metric}" for kind in kinds for metric in ("PSNR", "SSIM")]
     head += ["false-trigger rate", "trigger threshold", "noise eps", "samples", "noisy ratio"]
     rows = []
     for entry in entries:
-        trigger = entry.get("false_trigger") or {}
-        edits = entry.get("edits") or {}
+        trigger = entry.false_trigger
         row = [
-            _e(entry.get("model")), _e(entry.get("reference") or "none"), _num_cell(_e(entry.get("images", "n/a"))),
-            _num_cell(_summary(entry.get("latent_relative_mse"), ".3g")),
+            _e(entry.model), _e(entry.reference or "none"), _num_cell(_e(entry.images)),
+            _num_cell(_summary(entry.latent_relative_mse, ".3g")),
         ]  # fmt: skip
         for kind in kinds:
-            scores = edits.get(kind) or {}
-            row += [_num_cell(_summary(scores.get("psnr"), ".2f")), _num_cell(_summary(scores.get("ssim")))]
+            scores = entry.edits.get(kind)
+            psnr, ssim = (scores.psnr, scores.ssim) if scores is not None else (None, None)
+            row += [_num_cell(_summary(psnr, ".2f")), _num_cell(_summary(ssim))]
         row += [
-            _num_cell(_fmt(trigger.get("rate"))), _num_cell(_fmt(trigger.get("threshold"), ".2f")),
-            _num_cell(_eps(trigger.get("eps"))), _num_cell(_e(trigger.get("samples", "n/a"))),
-            _num_cell(_summary(trigger.get("ratio"))),
+            _num_cell(_fmt(trigger.rate)), _num_cell(_fmt(trigger.threshold, ".2f")),
+            _num_cell(_eps(trigger.eps)), _num_cell(_e(trigger.samples)),
+            _num_cell(_summary(trigger.ratio)),
         ]  # fmt: skip
         rows.append(row)
     note = (
@@ -509,30 +501,29 @@ def _clean(report: dict) -> str:
     return "<h2>Clean utility and false triggers</h2>\n" + note + "\n" + _table(head, rows, "clean")
 
 
-def _not_computed(report: dict) -> str:
-    notes = report.get("not_computed") or {}
+def _not_computed(report: Report) -> str:
+    notes = report.not_computed
     if not notes:
         return ""
     items = "".join(f"<li><b>{_e(name)}</b>: {_e(reason)}</li>" for name, reason in notes.items())
     return f"<h2>Not computed</h2>\n<ul class=\"not-computed\">{items}</ul>"
 
 
-def _image(path: Any, alt: str) -> str:
+def _image(path: str | None, alt: str) -> str:
     if not path:
         return "<td>n/a</td>"
-    return f'<td><img src="{_e(quote(str(path)))}" alt="{_e(alt)}"></td>'
+    return f'<td><img src="{_e(quote(path))}" alt="{_e(alt)}"></td>'
 
 
-def _grids(report: dict) -> str:
-    entries = report.get("grids") or []
+def _grids(report: Report) -> str:
+    entries = report.grids
     if not entries:
         return "<h2>Image grids</h2>\n<p>no grid images in this report.</p>"
     roles = (("source", "source"), ("immunized", "immunized"), ("clean_edit", "clean edit"), ("immunized_edit", "immunized edit"))
     rows = []
     for entry in entries:
-        snapshot, model, edit, index = (entry.get(key) for key in ("snapshot", "model", "edit", "index"))
-        label = f"{snapshot} / {model} / {edit} #{index}"
-        heading = f"<th>{_e(snapshot)}<br>{_e(model)}<br>{_e(edit)} #{_e(index)}</th>"
-        rows.append([heading] + [_image(entry.get(role), f"{label}: {title}") for role, title in roles])
+        label = f"{entry.snapshot} / {entry.model} / {entry.edit} #{entry.index}"
+        heading = f"<th>{_e(entry.snapshot)}<br>{_e(entry.model)}<br>{_e(entry.edit)} #{_e(entry.index)}</th>"
+        rows.append([heading] + [_image(getattr(entry, role), f"{label}: {title}") for role, title in roles])
     head = ["snapshot / model / edit"] + [title for _, title in roles]
     return "<h2>Image grids</h2>\n" + _table(head, rows, "grid")

@@ -30,7 +30,7 @@ import torch
 from forwardguard.eval.edits import model_edits
 from forwardguard.eval.metric_names import METRICS
 from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
-from forwardguard.eval.report import NO_TRANSFORM
+from forwardguard.eval.schema import NO_TRANSFORM
 from forwardguard.eval.settings import EvalSettings
 from forwardguard.images import to_tensor
 from forwardguard.measures import gray_image, noisy_copy

@@ -15,15 +15,16 @@ from forwardguard.eval.clean import clean_utility
 from forwardguard.eval.distribution import CellDistribution, DistributionScorer
 from forwardguard.eval.matrix import EvalImage, EvalModel, evaluate_cell
 from forwardguard.eval.report import attack_descriptions, build_report, not_computed, save_grid_image, write_report
+from forwardguard.eval.schema import Cell
 from forwardguard.eval.settings import EvalRequest, ModelArg
 from forwardguard.models import load_model
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 if TYPE_CHECKING:
-    from forwardguard.registry import PatternRecord
+    from forwardguard.registry import PatternRecord, Registry
 
 
-def _load_models(args: tuple[ModelArg, ...], registry, device: torch.device) -> list[EvalModel]:  # noqa: ANN001
+def _load_models(args: tuple[ModelArg, ...], registry: Registry, device: torch.device) -> list[EvalModel]:
     names = [arg.name for arg in args]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -53,7 +54,7 @@ def _newest_first(models: list[EvalModel], pattern_makers: set[str]) -> list[Eva
     return sorted(models, key=age)
 
 
-def _references(models: list[EvalModel], explicit: dict[str, str], registry, device: torch.device) -> dict[str, EvalModel]:  # noqa: ANN001
+def _references(models: list[EvalModel], explicit: dict[str, str], registry: Registry, device: torch.device) -> dict[str, EvalModel]:
     """Each model's reference: ``--reference NAME=REF`` (a --model name or a spec), else the base it was planted from."""
     by_name = {model.name: model for model in models}
     by_fingerprint = {model.fingerprint: model for model in models}
@@ -77,7 +78,7 @@ def _references(models: list[EvalModel], explicit: dict[str, str], registry, dev
     return references
 
 
-def _snapshot_images(registry, name: str, records: list[PatternRecord]) -> list[EvalImage]:  # noqa: ANN001
+def _snapshot_images(registry: Registry, name: str, records: list[PatternRecord]) -> list[EvalImage]:
     """``records``, the evaluated patterns of snapshot ``name``, as images; an empty snapshot is refused."""
     if not records:
         raise ForwardguardError(f"snapshot {name!r} holds no patterns: nothing to evaluate")
@@ -147,10 +148,8 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
             distribution = collector.results() if collector else {}
             relation = "backward" if model.fingerprint in made_against[snapshot] else "forward"
             for transform, numbers in by_transform.items():
-                cell = {"snapshot": snapshot, "model": model.name, "relation": relation, "transform": transform, **numbers}
-                if transform in distribution:
-                    cell["distribution"] = distribution[transform]
-                cells.append(cell)
+                cells.append(Cell(snapshot=snapshot, model=model.name, relation=relation, transform=transform, **numbers,
+                                  distribution=distribution.get(transform)))
     eps = max((image.eps for name in snapshot_names for image in images[name]), default=16 / 255)
     clean = [
         clean_utility(model, references.get(model.name), clean_images, request.settings, eps=eps, on_image=advance)
