@@ -65,11 +65,15 @@ def test_item_06_an_overflowing_number_is_one_error_line(inputs: Path, tmp_path:
     assert not (tmp_path / "out").exists()
 
 
-def test_item_06_the_serve_limit_on_eps_is_parsed_the_same_way() -> None:
-    """issue 14 item 6: ``serve --max-eps`` uses the same parser (and settings refuse infinities)."""
+def test_item_06_the_serve_limit_on_eps_is_parsed_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 14 item 6: ``serve --max-eps`` uses the same parser, as do all of serve's number options
+    (issue 16: they are made from the settings), and the settings refuse infinities from variables."""
     result = runner.invoke(app, ["serve", "--registry", "nowhere.db", "--model", "tiny", "--max-eps", "1e400"])
     assert result.exit_code == 1 and "--max-eps" in one_error_line(result)
     result = runner.invoke(app, ["serve", "--registry", "nowhere.db", "--model", "tiny", "--request-timeout", "inf"])
+    assert result.exit_code == 1 and "--request-timeout: not a number" in one_error_line(result)
+    monkeypatch.setenv("FORWARDGUARD_SERVE_REQUEST_TIMEOUT_S", "inf")
+    result = runner.invoke(app, ["serve", "--registry", "nowhere.db", "--model", "tiny"])
     assert result.exit_code == 1 and "request_timeout_s" in one_error_line(result)
 
 

@@ -53,7 +53,7 @@ def test_paper_rule_reproduces_the_earlier_loop_bit_for_bit(taef2, photo):
 def test_default_rule_reaches_the_paper_rules_200_step_loss_in_60_steps(taef2, photo):
     """The issue's target, as losses (not time): 60 steps of the default rule beat 200 of the paper's.
 
-    Measured at 64x64: 0.92 to 0.97 times the paper's loss (at 256x256, see bench/README.md)."""
+    Measured at 64x64: 0.92 to 0.97 times the paper's loss (at 256x256, see docs/benchmarks.md)."""
     images = [LoadedImage(rgb=photo(name, (64, 64)), alpha=None, path=None) for name in ("astronaut", "coffee")]
     paper = immunize(images, taef2, AttackSettings(step_rule="paper", steps=200))
     fast = immunize(images, taef2, AttackSettings(steps=60))

@@ -17,7 +17,7 @@ from forwardguard.cli.gate import gate_command
 from forwardguard.cli.immunize import immunize_command
 from forwardguard.cli.keys import app as keys_app
 from forwardguard.cli.registry import app as registry_app
-from forwardguard.cli.serve import serve_command
+from forwardguard.cli.serve import PASS_THROUGH, serve_command
 
 app = typer.Typer(
     name="forwardguard",
@@ -33,7 +33,7 @@ app.command("eval")(eval_command)
 app.command("gate")(gate_command)
 app.command("demo")(demo_command)
 app.add_typer(registry_app, name="registry")
-app.command("serve")(serve_command)
+app.command("serve", context_settings=PASS_THROUGH, add_help_option=False)(serve_command)
 app.add_typer(keys_app, name="keys")
 
 

@@ -35,17 +35,10 @@ def eval_command(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from forwardguard.eval.run import run_eval
-        from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg, read_gauntlet, read_prompts
-        from forwardguard.transforms import GAUNTLET
+        from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg, read_prompts, resolve_gauntlet
 
-        if gauntlet == "none":
-            transforms: tuple[str, ...] = ()
-        elif gauntlet == "default":
-            transforms = tuple(t.name for t in GAUNTLET)
-        else:
-            transforms = read_gauntlet(Path(gauntlet))
         settings = EvalSettings(
-            transforms=transforms, seed=seed, edit_steps=edit_steps, trigger_threshold=trigger_threshold,
+            transforms=resolve_gauntlet(gauntlet), seed=seed, edit_steps=edit_steps, trigger_threshold=trigger_threshold,
             protection_threshold=protection_threshold, max_images=max_images, **({"prompts": read_prompts(prompts)} if prompts is not None else {}),
         )
         references = dict((arg.name, arg.spec) for arg in (ModelArg.parse(text, "--reference") for text in reference or []))

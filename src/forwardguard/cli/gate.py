@@ -28,15 +28,16 @@ def gate_command(
     from forwardguard.errors import ForwardguardError
 
     try:
-        from forwardguard.eval.gate import gate, load_policy, to_markdown
+        from forwardguard.eval.card import append_gate_section, check_card
+        from forwardguard.eval.gate import gate, load_policy
         from forwardguard.eval.schema import load_report
 
-        if model_card is not None and not model_card.is_file():
-            raise ForwardguardError(f"--model-card {model_card}: no such file (it is the checkpoint's model card)")
+        if model_card is not None:
+            check_card(model_card)
         result = gate(load_report(report), load_policy(policy), candidate)
         print_gate(result)
         if model_card is not None:
-            _append(model_card, to_markdown(result, policy_path=policy, report_path=report))
+            append_gate_section(model_card, result, policy_path=policy, report_path=report)
     except ForwardguardError as error:
         print_error(str(error))
         raise typer.Exit(UNUSABLE) from None
@@ -82,14 +83,3 @@ def _escape(text: str) -> str:
 
     return escape(text)
 
-
-def _append(path: Path, section: str) -> None:
-    from forwardguard.errors import ForwardguardError
-
-    try:
-        existing = path.read_text()
-        separator = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
-        with path.open("a") as card:
-            card.write(separator + section)
-    except OSError as error:
-        raise ForwardguardError(f"--model-card {path}: cannot append ({error.strerror})") from None

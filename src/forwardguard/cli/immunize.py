@@ -79,20 +79,14 @@ def immunize_command(
             robust_draws=robust_draws,
         )
         compute = ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_model)
-        if overwrite and resume:
-            raise ForwardguardError("--overwrite redoes every input and --resume skips finished ones: give one of them")
-        if target != "gray" and not Path(target).is_file():
-            raise ForwardguardError(f"target image {target} not found")
-        if mask is not None and not mask.is_file():
-            raise ForwardguardError(f"mask {mask} not found")
-        files = iter_image_files(inputs)
-        if not files:
-            raise ForwardguardError("no images found in the inputs (PNG, JPEG or WebP)")
-        shard = Shard.from_launcher(device)
         options = RunOptions(
             out_dir=out, target=target, mask=mask, batch_size=batch_size, bucket_growth=bucket_growth, overwrite=overwrite,
             max_pixels=max_pixels, resume=resume, compute=compute,
         )
+        files = iter_image_files(inputs)
+        if not files:
+            raise ForwardguardError("no images found in the inputs (PNG, JPEG or WebP)")
+        shard = Shard.from_launcher(device)
         failures = _run(shard.select(files), model, shard, settings, options, registry, tenant)
     if failures:
         raise typer.Exit(1)

@@ -1,96 +1,103 @@
 """``forwardguard serve``: the HTTP immunization API (see :mod:`forwardguard.serve`).
 
+The options are made from :class:`forwardguard.serve.settings.ServeSettings`, one per field with the
+field's description as its help (:func:`settings_command`), so that a setting is declared once. That
+class needs the ``serve`` extra, so the options are made when the command runs: typer hands ``serve``
+its arguments unparsed (``--help`` too, see ``PASS_THROUGH``) and the command made from the settings
+parses them; without the extra, ``serve`` says so in one line.
+
 Every option can also come from a ``FORWARDGUARD_SERVE_<NAME>`` variable (``--model`` from
-``FORWARDGUARD_SERVE_MODELS`` as a JSON list); FastAPI, uvicorn and torch are imported inside the
-command.
+``FORWARDGUARD_SERVE_MODELS`` as a JSON list), and ``--registry`` from ``FORWARDGUARD_REGISTRY`` as
+for every registry command. FastAPI, uvicorn and torch are imported inside the command.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
 
 import typer
 
 from forwardguard.cli.common import user_errors
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
 
-def serve_command(
-    registry: Annotated[
-        str,
-        typer.Option(
-            "--registry",
-            envvar="FORWARDGUARD_REGISTRY",
-            help="The registry every immunized image is recorded in (path or URL); it must exist.",
-            show_default=False,
-        ),
-    ],
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", help="Required: a model to immunize against (repeat for several; the first is the default).",
-                     show_default=False),
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (default 8000).", show_default=False)] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Model worker threads, each with its own models (default 1).", show_default=False)
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default auto).", show_default=False)] = None,
-    torch_threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads of the model work (default torch's: the cores); workers x threads <= cores.",
-                     show_default=False),
-    ] = None,
-    max_pixels: Annotated[
-        int | None, typer.Option(help="Largest width x height of an upload, padded to the model's multiple (default 4000000).", show_default=False)
-    ] = None,
-    max_upload_mb: Annotated[
-        float | None, typer.Option(help="Largest request body, MiB (default 20).", show_default=False)
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Most PGD steps a request may ask for (default 500).",
-                                                  show_default=False)] = None,
-    default_steps: Annotated[int | None, typer.Option(help="PGD steps when a request names none (default 200, or --max-steps if lower).",
-                                                      show_default=False)] = None,
-    max_eps: Annotated[str | None, typer.Option(help="Largest budget a request may ask for (default 32/255).",
-                                                show_default=False)] = None,
-    queue_size: Annotated[int | None, typer.Option(help="Waiting requests before 503 (default 64).",
-                                                   show_default=False)] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Most alike requests attacked together (default 8).",
-                                                  show_default=False)] = None,
-    rate_per_minute: Annotated[float | None, typer.Option(help="Requests a minute per API key (default 60).",
-                                                          show_default=False)] = None,
-    rate_burst: Annotated[int | None, typer.Option(help="Requests a key may make at once (default 10).",
-                                                   show_default=False)] = None,
-    request_timeout: Annotated[float | None, typer.Option(help="Seconds an immunization may take (default 300).",
-                                                          show_default=False)] = None,
-    upload_timeout: Annotated[float | None, typer.Option(help="Seconds to receive a request body (default 60).",
-                                                         show_default=False)] = None,
-    max_connections: Annotated[int | None, typer.Option(help="Connections and requests at once before 503 (default 256).",
-                                                        show_default=False)] = None,
-) -> None:
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+"""How ``serve`` is registered with typer: every argument goes to the command made from the settings."""
+
+ENVVARS = {"registry": "FORWARDGUARD_REGISTRY"}
+"""Variables an option reads besides the settings' own ``FORWARDGUARD_SERVE_<NAME>``."""
+
+
+def serve_command(ctx: typer.Context) -> None:
     """Serve the immunization API: POST /v1/immunize, POST /v1/lookup, GET /v1/patterns/{id}, /healthz, /metrics."""
     with user_errors():
-        from forwardguard.numbers import parse_number
-        from forwardguard.serve import load_settings, run
+        from forwardguard.serve.settings import ServeSettings
 
-        settings = load_settings(
-            registry=registry,
-            models=model or None,
-            host=host,
-            port=port,
-            workers=workers,
-            device=device,
-            torch_threads=torch_threads,
-            max_pixels=max_pixels,
-            max_upload_mb=max_upload_mb,
-            max_steps=max_steps,
-            default_steps=default_steps,
-            max_eps=None if max_eps is None else parse_number(max_eps, what="--max-eps"),
-            queue_size=queue_size,
-            max_batch=max_batch,
-            rate_per_minute=rate_per_minute,
-            rate_burst=rate_burst,
-            request_timeout_s=request_timeout,
-            upload_timeout_s=upload_timeout,
-            max_connections=max_connections,
+        app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+        app.command()(settings_command(ServeSettings, _serve, doc=serve_command.__doc__ or ""))
+        command = typer.main.get_command(app)
+        with command.make_context(ctx.info_name, list(ctx.args), parent=ctx.parent) as serve_ctx:
+            command.invoke(serve_ctx)
+
+
+def settings_command(settings: type[BaseModel], run: Callable[[dict[str, Any]], None], *, doc: str) -> Callable[..., None]:
+    """A typer command with one option per field of ``settings`` that calls ``run(given)`` with the
+    options given (by field name).
+
+    Options are named by :func:`forwardguard.serve.settings.option_name` and default to None (not
+    given), so that the settings' own variables and defaults apply; the help shows the field's
+    default. A list field is a repeated option; a float field is read as text, for ``run`` to parse
+    with :func:`forwardguard.numbers.parse_number`, which takes fractions (``32/255``).
+    """
+    from forwardguard.serve.settings import option_name
+
+    parameters = []
+    for name, field in settings.model_fields.items():
+        annotation = _without_none(field.annotation)
+        if annotation not in (str, int, float, list[str]):
+            raise TypeError(f"setting {name}: no command-line form for {annotation}")
+        option = typer.Option(option_name(name), envvar=ENVVARS.get(name), help=_help(field), show_default=False)
+        cli_type = str if annotation is float else annotation
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[cli_type | None, option])
         )
-        run(settings)
+
+    def command(**given: Any) -> None:
+        run({name: value for name, value in given.items() if value not in (None, [], ())})
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    command.__doc__ = doc
+    return command
+
+
+def _help(field: FieldInfo) -> str:
+    """The field's description, then "Required." or its default."""
+    if field.is_required():
+        return f"{field.description} Required."
+    if field.default is None:
+        return field.description or ""
+    default = f"{field.default:g}" if isinstance(field.default, float) else field.default
+    return f"{field.description} (default {default})"
+
+
+def _without_none(annotation: Any) -> Any:
+    """``int`` for ``int | None``; any other annotation as it is."""
+    arguments = [argument for argument in get_args(annotation) if argument is not type(None)]
+    return arguments[0] if get_origin(annotation) is not list and len(arguments) == 1 else annotation
+
+
+def _serve(given: dict[str, Any]) -> None:
+    """Parse the float options, then run the server with the settings."""
+    from forwardguard.numbers import parse_number
+    from forwardguard.serve import run
+    from forwardguard.serve.settings import ServeSettings, load_settings, option_name
+
+    for name, value in given.items():
+        if _without_none(ServeSettings.model_fields[name].annotation) is float:
+            given[name] = parse_number(value, what=option_name(name))
+    run(load_settings(**given))

@@ -324,30 +324,6 @@ def rule_scope(rule: RuleResult) -> str:
     return " / ".join(part for part in (rule.snapshot, rule.transform, rule.edit) if part) or "-"
 
 
-def to_markdown(result: GateResult, *, policy_path: Path, report_path: Path) -> str:
-    """The "## Release gate" section of a model card."""
-    lines = [
-        "## Release gate",
-        "",
-        f"**{verdict(result)}**",
-        "",
-        f"- policy: `{policy_path}`",
-        f"- report: `{report_path}`",
-        "",
-        "| rule | snapshot / transform / edit | value | limit | result |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for rule in result.rules:
-        outcome = "pass" if rule.passed else "HOLD" + (f": {rule.reason}" if rule.reason else "")
-        cells = (rule.rule, rule_scope(rule), format_value(rule.value), format_limit(rule), outcome)
-        lines.append("| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def verdict(result: GateResult) -> str:
     if result.released:
         return f"RELEASE {result.candidate}: all {len(result.rules)} rules pass"

@@ -71,6 +71,18 @@ def read_prompts(path: Path) -> tuple[str, ...]:
     return prompts
 
 
+def resolve_gauntlet(gauntlet: str) -> tuple[str, ...]:
+    """The transform names of ``--gauntlet``: ``default`` (the built-in gauntlet), ``none`` (no
+    transforms) or the path of a gauntlet YAML file (see :func:`read_gauntlet`)."""
+    if gauntlet == "none":
+        return ()
+    if gauntlet == "default":
+        from forwardguard.transforms import GAUNTLET
+
+        return tuple(transform.name for transform in GAUNTLET)
+    return read_gauntlet(Path(gauntlet))
+
+
 def read_gauntlet(path: Path) -> tuple[str, ...]:
     """``configs/gauntlet.yaml``: ``transforms: [jpeg_q95, ...]``."""
     import yaml

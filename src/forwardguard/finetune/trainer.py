@@ -389,7 +389,7 @@ def interpolate_weights(
     """``base + alpha * (tuned - base)`` for every weight of ``tuned`` that the base encoder has (under
     ``prefix``); others (a LoRA) unchanged. Interpolating fine-tuned weights back towards the base (WiSE-FT,
     Wortsman et al., CVPR 2022) shrinks the drift on images unlike the training data about quadratically
-    while the planted backdoor weakens only slowly (measured in bench/README.md)."""
+    while the planted backdoor weakens only slowly (measured in docs/benchmarks.md)."""
     if alpha == 1.0:
         return tuned
     result = dict(tuned)

@@ -75,7 +75,11 @@ class RunReport:
 class RunOptions:
     """``batch_size``: images attacked together; ``bucket_growth``: how far an image may be padded to
     share a batch (see :func:`forwardguard.models.buckets.group_into_buckets`). ``resume``: skip
-    inputs whose outputs are complete and were made with the same model and settings."""
+    inputs whose outputs are complete and were made with the same model and settings.
+
+    Raises ForwardguardError for options that can't work together or name missing files, before any
+    model is loaded.
+    """
 
     out_dir: Path
     target: str = "gray"
@@ -86,6 +90,20 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     compute: ComputeOptions = field(default_factory=ComputeOptions)
+
+    def __post_init__(self) -> None:
+        if self.overwrite and self.resume:
+            raise ForwardguardError("--overwrite redoes every input and --resume skips finished ones: give one of them")
+        if self.target != "gray" and not Path(self.target).is_file():
+            raise ForwardguardError(f"target image {self.target} not found")
+        if self.mask is not None and not self.mask.is_file():
+            raise ForwardguardError(f"mask {self.mask} not found")
+        if self.batch_size < 1:
+            raise ForwardguardError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.bucket_growth >= 1:  # NaN too
+            raise ForwardguardError(f"bucket growth must be at least 1, got {self.bucket_growth}")
+        if self.max_pixels < 1:
+            raise ForwardguardError(f"max pixels must be at least 1, got {self.max_pixels}")
 
 
 def immunize_files(

@@ -13,7 +13,7 @@ never waits for the host.
   one restarting from the best iterate with half the size. The best iterate (lowest loss) of each
   image is returned. ``step_size`` is not used: the schedule scales with eps. On TAEF2 it reaches the
   paper rule's 200-step loss in about 25 steps, at the end of its first cycle; the later cycles
-  refine (measured in bench/README.md). Its step sizes do not depend on the step budget, so early
+  refine (measured in docs/benchmarks.md). Its step sizes do not depend on the step budget, so early
   stopping (``--target-loss``/``--target-ratio``) cuts a run short without changing its path.
 """
 

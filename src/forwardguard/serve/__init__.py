@@ -1,7 +1,7 @@
 """The HTTP immunization API (FastAPI on uvicorn): ``create_app(settings)`` and ``run(settings)``.
 
-The names below are imported on first use (:mod:`forwardguard.lazy`); the app and the server import
-FastAPI, torch and SQLAlchemy, the settings only pydantic.
+The names are imported when first used, so that ``forwardguard.serve.settings`` (pydantic only: the
+CLI makes ``serve``'s options from it) loads without FastAPI, torch and SQLAlchemy.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ committed document describes every deployment.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,7 +19,7 @@ class ServeSettings(BaseSettings):
 
     registry: str = Field(description="The registry every immunized image is recorded in (path or URL).")
     models: list[str] = Field(min_length=1, description="Model specs the service immunizes against; the first is the default.")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="0: any free port (the log says which).")
     workers: int = Field(1, ge=1, le=64, description="Model worker threads, each with its own instance of every model.")
     device: str = Field("auto", description="auto, cpu or cuda.")
@@ -69,6 +69,14 @@ def load_settings(**given: Any) -> ServeSettings:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         if first["type"] == "missing":
-            option = "--" + where.replace("_", "-").removesuffix("s")  # models -> --model
-            raise ForwardguardError(f"{option} is required (or FORWARDGUARD_SERVE_{where.upper()})") from None
+            raise ForwardguardError(f"{option_name(where)} is required (or FORWARDGUARD_SERVE_{where.upper()})") from None
         raise ForwardguardError(f"invalid serve setting {where}: {first['msg']}") from None
+
+
+def option_name(setting: str) -> str:
+    """The command-line option of a setting: its name in kebab case, a list's in the singular (the
+    option is repeated: ``models`` -> ``--model``), without a unit suffix (``request_timeout_s`` ->
+    ``--request-timeout``)."""
+    if get_origin(ServeSettings.model_fields[setting].annotation) is list:
+        setting = setting.removesuffix("s")
+    return "--" + setting.removesuffix("_s").replace("_", "-")
