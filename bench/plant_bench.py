@@ -40,6 +40,7 @@ from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.immunize import AttackSettings, LoadedImage, immunize
 from forwardguard.immunize.images import encode_png
+from forwardguard.immunize.recording import record_immunized
 from forwardguard.models import load_model
 from forwardguard.registry import Registry
 
@@ -81,9 +82,8 @@ def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dic
             result = immunize([LoadedImage(rgb=clean, alpha=None, path=None)], v1, attack)[0]
             pairs[name] = (result.rgb, clean)
             if name in REGISTERED:
-                registry.record_pattern(image_png=encode_png(result.rgb), delta=result.delta, method="encoder",
-                                        params=attack.as_record(), target="gray", model_fingerprint=v1.fingerprint,
-                                        model_spec=v1_spec)
+                record_immunized(registry, result, png=encode_png(result.rgb), settings=attack,
+                                 model_fingerprint=v1.fingerprint, model_spec=v1_spec)
         registry.create_snapshot("bench")
     (work / "clean").mkdir()
     for name in CLEAN_TRAINING[:clean_photos]:

@@ -143,21 +143,8 @@ def load_blobs(storage: Storage, record: PatternRecord) -> tuple[bytes, bytes]:
     )
 
 
-def load_image(storage: Storage, pattern_id: str) -> bytes:
-    """The immunized PNG's bytes, verified."""
-    record = get_pattern(storage, pattern_id)
-    return _read_blob(storage, record, "image", record.image_sha256)
-
-
-def load_delta(storage: Storage, pattern_id: str) -> np.ndarray:
-    """The delta ``immunized - clean`` as int16 (H, W, 3), verified."""
-    record = get_pattern(storage, pattern_id)
-    return decode_delta(_read_blob(storage, record, "delta", record.delta_blob_sha256))
-
-
-def load_sample(storage: Storage, pattern_id: str) -> PatternSample:
+def load_sample(storage: Storage, record: PatternRecord) -> PatternSample:
     """Everything the finetune and eval stages need of one pattern, each blob read once."""
-    record = get_pattern(storage, pattern_id)
     image_png, delta_blob = load_blobs(storage, record)
     pixels, delta = decode_png(image_png), decode_delta(delta_blob)
     clean = (pixels.rgb.astype(np.int16) - delta).astype(np.uint8)

@@ -105,21 +105,9 @@ class Registry:
         """A record's immunized PNG and delta safetensors bytes, both verified against their sha256."""
         return patterns.load_blobs(self._storage, record)
 
-    def load_image(self, pattern_id: str) -> bytes:
-        """The immunized PNG's bytes, verified."""
-        return patterns.load_image(self._storage, pattern_id)
-
-    def load_delta(self, pattern_id: str) -> np.ndarray:
-        """The delta ``immunized - clean`` as int16 (H, W, 3), verified."""
-        return patterns.load_delta(self._storage, pattern_id)
-
-    def load_clean(self, pattern_id: str) -> np.ndarray:
-        """The clean original, uint8 (H, W, 3): exactly the immunized pixels minus the delta."""
-        return self.load_sample(pattern_id).clean
-
-    def load_sample(self, pattern_id: str) -> PatternSample:
-        """Everything the finetune and eval stages need of one pattern, each blob read once."""
-        return patterns.load_sample(self._storage, pattern_id)
+    def load_sample(self, record: PatternRecord) -> PatternSample:
+        """A record's immunized pixels, clean original and delta, each blob read once and verified."""
+        return patterns.load_sample(self._storage, record)
 
     def retire(self, pattern_id: str) -> PatternRecord:
         """Mark a pattern retired: it stays in the snapshots that hold it, and new snapshots skip it."""
