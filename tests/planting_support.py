@@ -16,9 +16,8 @@ CLEAN_TRAINING = ("astronaut", "coffee", "chelsea", "brick", "grass", "gravel", 
 HELD_OUT = ("camera", "immunohistochemistry", "retina")
 """Clean photos no stage trains on: clean utility and false triggers are measured on them."""
 
-from forwardguard.immunize import AttackSettings, LoadedImage, immunize
+from forwardguard.immunize import AttackSettings, LoadedImage, immunize, recording
 from forwardguard.immunize.images import encode_png
-from forwardguard.immunize import recording
 
 
 def record_immunized(registry, model, photos: list[np.ndarray], settings: AttackSettings) -> list[str]:  # noqa: ANN001
