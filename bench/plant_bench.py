@@ -40,6 +40,7 @@ from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.images import LoadedImage, encode_png
 from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.measures import gray_image, noisy_copy
+from forwardguard.immunize.recording import record_immunized
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
@@ -82,9 +83,8 @@ def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dic
             result = immunize([LoadedImage(rgb=clean, alpha=None, path=None)], v1, attack)[0]
             pairs[name] = (result.rgb, clean)
             if name in REGISTERED:
-                registry.record_pattern(image_png=encode_png(result.rgb), delta=result.delta, method="encoder",
-                                        params=attack.as_record(), target="gray", model_fingerprint=v1.fingerprint,
-                                        model_spec=v1_spec)
+                record_immunized(registry, result, png=encode_png(result.rgb), settings=attack,
+                                 model_fingerprint=v1.fingerprint, model_spec=v1_spec)
         registry.create_snapshot("bench")
     (work / "clean").mkdir()
     for name in CLEAN_TRAINING[:clean_photos]:

@@ -38,6 +38,7 @@ from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.images import LoadedImage, encode_png
 from forwardguard.immunize import AttackSettings, immunize
+from forwardguard.immunize.recording import record_immunized
 from forwardguard.immunize.robust import DEFAULT_MIX, mix_names
 from forwardguard.models import load_model
 from forwardguard.registry import Registry
@@ -60,9 +61,9 @@ def record(registry: Registry, model, rgbs: list[np.ndarray], settings: AttackSe
     """Immunize ``rgbs`` as one batch and record them under ``tenant``, as ``immunize --registry --tenant`` does."""
     results = immunize([LoadedImage(rgb=rgb, alpha=None, path=None) for rgb in rgbs], model, settings)
     for result in results:
-        registry.record_pattern(
-            image_png=encode_png(result.rgb), delta=result.delta, method=settings.method, params=settings.as_record(),
-            target="gray", model_fingerprint=model.fingerprint, model_spec=model.spec, tenant=tenant,
+        record_immunized(
+            registry, result, png=encode_png(result.rgb), settings=settings, model_fingerprint=model.fingerprint,
+            model_spec=model.spec, tenant=tenant,
         )
 
 

@@ -168,7 +168,7 @@ def check(registry_path: Path, plan: list[tuple[int, str]], outcomes: list[Outco
     records: dict[int, list] = {}
     with Registry.open(registry_path) as registry:
         for record in registry.iter_patterns(tenant=TENANT):
-            index = by_clean.get(hashlib.sha256(registry.load_clean(record.id).tobytes()).hexdigest())
+            index = by_clean.get(hashlib.sha256(registry.load_sample(record).clean.tobytes()).hexdigest())
             if index is None:
                 problems.append(f"record {record.id} belongs to no request")
                 continue

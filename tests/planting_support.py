@@ -17,7 +17,7 @@ HELD_OUT = ("camera", "immunohistochemistry", "retina")
 """Clean photos no stage trains on: clean utility and false triggers are measured on them."""
 
 from forwardguard.images import LoadedImage, encode_png
-from forwardguard.immunize import AttackSettings, immunize
+from forwardguard.immunize import AttackSettings, immunize, recording
 
 
 def record_immunized(registry, model, photos: list[np.ndarray], settings: AttackSettings) -> list[str]:  # noqa: ANN001
@@ -25,9 +25,9 @@ def record_immunized(registry, model, photos: list[np.ndarray], settings: Attack
     ids = []
     for rgb in photos:
         result = immunize([LoadedImage(rgb=rgb, alpha=None, path=None)], model, settings)[0]
-        record = registry.record_pattern(
-            image_png=encode_png(result.rgb), delta=result.delta, method=settings.method,
-            params=settings.as_record(), target="gray", model_fingerprint=model.fingerprint, model_spec=model.spec,
+        record = recording.record_immunized(
+            registry, result, png=encode_png(result.rgb), settings=settings, model_fingerprint=model.fingerprint,
+            model_spec=model.spec,
         )
         ids.append(record.id)
     return ids

@@ -26,10 +26,6 @@ ALLOWED_STAGE_EDGES = {
 }
 """Which stage may import which: the flow's own arrows, never a detour for shared code."""
 
-KNOWN_CIRCLES = [
-    {"forwardguard.registry.export", "forwardguard.registry.store"},  # removed by items 3 and 5
-]
-
 HEAVY = ("torch", "torchvision", "piq", "diffusers")
 
 
@@ -126,8 +122,7 @@ def test_the_graph_reads_every_module() -> None:
 
 
 def test_no_import_circles() -> None:
-    circles = [circle for circle in _circles(_graph()) if circle not in KNOWN_CIRCLES]
-    assert circles == []
+    assert _circles(_graph()) == []
 
 
 def test_stages_import_each_other_only_along_the_flow() -> None:

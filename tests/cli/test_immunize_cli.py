@@ -133,7 +133,7 @@ def test_registry_records_every_written_image(inputs, tmp_path):
         for name in ("astronaut", "coffee"):
             png = (tmp_path / "out" / f"{name}.png").read_bytes()
             [match] = [m for m in opened.lookup(png) if m.kind == "bytes"]
-            sample = opened.load_sample(match.pattern.id)
+            sample = opened.load_sample(match.pattern)
             assert match.pattern.params["steps"] == 1
             assert np.array_equal(sample.clean, read_image(inputs / f"{name}.{'jpg' if name == 'astronaut' else 'png'}").rgb)
     assert "pattern " in result.output

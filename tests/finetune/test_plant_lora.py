@@ -117,7 +117,7 @@ def test_planted_model_edits_the_registered_images_closer_to_gray(lora_planting,
     planted, base = planted_and_base
     with Registry.open(registry) as opened:
         records = opened.snapshot_patterns(result.snapshot)
-        samples = [opened.load_sample(record.id) for record in records]
+        samples = [opened.load_sample(record) for record in records]
     for record, sample in zip(records, samples):
         edit = EditSettings(**record.params["edit"])
         image = torch.from_numpy(sample.immunized).permute(2, 0, 1)[None].float() / 255

@@ -26,7 +26,7 @@ def test_planted_v2_keeps_registered_images_immunized_and_clean_use(planted_flow
     models = {name: load_model(spec) for name, spec in
               (("v1", planted_flow.v1_spec), ("v2", planted_flow.v2_spec), ("planted", planted_flow.result.spec))}
     with Registry.open(planted_flow.registry) as registry:
-        samples = [registry.load_sample(r.id) for r in registry.snapshot_patterns(planted_flow.snapshot)]
+        samples = [registry.load_sample(r) for r in registry.snapshot_patterns(planted_flow.snapshot)]
     registered = {name: [ratio(model, s.immunized, s.clean) for s in samples] for name, model in models.items()}
     unregistered = {name: [ratio(model, imm, clean) for imm, clean in planted_flow.unregistered] for name, model in models.items()}
     print("registered ratios", {k: [round(v, 3) for v in vs] for k, vs in registered.items()})

@@ -15,7 +15,9 @@ OTHER_FINGERPRINT = "cd" * 32
 
 @dataclass(frozen=True)
 class Immunized:
-    """An immunized test image: what `forwardguard immunize` hands the registry."""
+    """An immunized test image; ``record_args`` are the arguments of the storage call ``Registry.record_pattern``
+    (under ``forwardguard.immunize.recording.record_immunized``, whose canonical params the serve tests check):
+    to the registry, ``params`` is any JSON object."""
 
     clean: np.ndarray
     immunized: np.ndarray

@@ -48,19 +48,19 @@ def test_flipped_byte_fails_verify_and_reads(registry: Registry, tmp_path: Path)
         delta_path,
     )
     assert str(delta_path) in problem.describe()
-    for read in (registry.load_delta, registry.load_clean, registry.load_sample):
+    for read in (registry.load_blobs, registry.load_sample):
         with pytest.raises(
             ForwardguardError, match=f"pattern {record.id}: delta blob {record.delta_blob_sha256} is corrupted"
         ):
-            read(record.id)
+            read(record)
     with pytest.raises(ForwardguardError, match="is corrupted"):
         registry.export("s", tmp_path / "export")
-    registry.load_sample(intact.id)  # the other pattern still reads
+    registry.load_sample(intact)  # the other pattern still reads
 
     # Recording the same pattern again writes an intact copy.
     registry.record_pattern(**image.record_args())
     assert registry.verify().ok
-    assert registry.load_clean(record.id).tolist() == image.clean.tolist()
+    assert registry.load_sample(record).clean.tolist() == image.clean.tolist()
 
 
 def test_missing_blob_is_named(registry: Registry) -> None:
@@ -71,7 +71,7 @@ def test_missing_blob_is_named(registry: Registry) -> None:
     [problem] = registry.verify().problems
     assert (problem.role, problem.problem, problem.path) == ("image", "missing", image_path)
     with pytest.raises(ForwardguardError, match=f"pattern {record.id}: image blob .* is missing"):
-        registry.load_image(record.id)
+        registry.load_blobs(record)
 
 
 _KILLED_WRITER = textwrap.dedent(
@@ -111,7 +111,7 @@ def test_writer_killed_before_commit_leaves_only_an_orphan(registry: Registry, r
     assert sorted(registry.gc().removed_blobs) == report.orphans
     after = registry.verify()
     assert after.ok and after.orphans == [] and after.blobs == 2
-    registry.load_sample(survivor.id)
+    registry.load_sample(survivor)
     # The lost pattern can simply be recorded again.
     registry.record_pattern(**lost.record_args())
     assert len(registry.list_patterns()) == 2 and registry.verify().ok

@@ -23,10 +23,11 @@ def test_record_and_read_back_exactly(registry: Registry) -> None:
     assert record.model_fingerprint == FINGERPRINT and record.model_spec == "tiny:0"
     assert record.created_at.tzinfo is not None
     assert registry.get_pattern(record.id) == record
-    assert registry.load_image(record.id) == image.png
-    np.testing.assert_array_equal(registry.load_delta(record.id), image.delta)
-    np.testing.assert_array_equal(registry.load_clean(record.id), image.clean)
-    sample = registry.load_sample(record.id)
+    assert registry.load_blobs(record)[0] == image.png
+    sample = registry.load_sample(record)
+    assert sample.record == record
+    np.testing.assert_array_equal(sample.delta, image.delta)
+    np.testing.assert_array_equal(sample.clean, image.clean)
     np.testing.assert_array_equal(sample.immunized, image.immunized)
     np.testing.assert_array_equal(sample.clean.astype(np.int16) + sample.delta, sample.immunized)
     assert sample.alpha is None
@@ -68,7 +69,7 @@ def test_rgba_keeps_alpha_and_large_deltas_use_int16(registry: Registry) -> None
     record = registry.record_pattern(**image.record_args(params={"eps": 1.0}))
 
     assert record.has_alpha
-    sample = registry.load_sample(record.id)
+    sample = registry.load_sample(record)
     np.testing.assert_array_equal(sample.alpha, alpha)
     np.testing.assert_array_equal(sample.delta, image.delta)
     np.testing.assert_array_equal(sample.clean, clean)

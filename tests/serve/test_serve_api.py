@@ -42,7 +42,7 @@ def test_immunize_returns_the_recorded_png(server: str, served_registry: Path, p
 
         with Registry.open(served_registry) as registry:
             record = registry.get_pattern(pattern_id)
-            assert registry.load_clean(pattern_id).tobytes() == clean.tobytes()
+            assert registry.load_sample(record).clean.tobytes() == clean.tobytes()
         assert record.tenant == "acme"
         assert record.method == "encoder" and record.target == "gray"
         assert record.image_sha256 == hashlib.sha256(response.content).hexdigest()

@@ -84,7 +84,7 @@ def _snapshot_images(registry: Registry, name: str, records: list[PatternRecord]
         raise ForwardguardError(f"snapshot {name!r} holds no patterns: nothing to evaluate")
     images = []
     for record in records:
-        sample = registry.load_sample(record.id)
+        sample = registry.load_sample(record)
         images.append(EvalImage(record.id, sample.immunized, sample.clean, float(record.params.get("eps", 16 / 255))))
     return images
 

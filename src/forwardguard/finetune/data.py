@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from PIL import Image
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
+
+if TYPE_CHECKING:
+    from forwardguard.registry import PatternRecord
 
 CROP_MULTIPLE = 8
 """A crop's side is a multiple of the encoders' 8. Where a pattern crop starts is the plant config's
@@ -211,14 +215,14 @@ class SnapshotPatterns:
     def verify(self) -> None:
         """Read every pattern once, so that a corrupted blob stops the run before training."""
         for record in self.records:
-            self._sample(record.id)
+            self._sample(record)
 
-    def _sample(self, pattern_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(self, record: PatternRecord) -> tuple[np.ndarray, np.ndarray]:
         """A pattern's (immunized, clean) pixels, read from the registry (hash verified) the first time only."""
-        if pattern_id not in self._pixels:
-            sample = self.registry.load_sample(pattern_id)
-            self._pixels[pattern_id] = (sample.immunized, sample.clean)
-        return self._pixels[pattern_id]
+        if record.id not in self._pixels:
+            sample = self.registry.load_sample(record)
+            self._pixels[record.id] = (sample.immunized, sample.clean)
+        return self._pixels[record.id]
 
     @property
     def max_eps(self) -> float:
@@ -230,5 +234,5 @@ class SnapshotPatterns:
 
     def crop(self, position: int, seed: int, size: int, grid: int = CROP_MULTIPLE) -> PlantingSample:
         record = self.records[index_at(position, len(self.records), seed + 1)]
-        immunized, clean = paired_crop(list(self._sample(record.id)), size, sample_generator(seed, position), grid)
+        immunized, clean = paired_crop(list(self._sample(record)), size, sample_generator(seed, position), grid)
         return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=record.id)

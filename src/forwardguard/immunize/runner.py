@@ -35,12 +35,6 @@ from forwardguard.measures import gray_image
 from forwardguard.models.base import ImageModel
 from forwardguard.models.buckets import group_into_buckets
 
-PATTERN_PARAMS = (
-    "eps", "eps_255", "step_size", "step_size_255", "steps", "seed", "edit", "noise_draws", "mask", "source",
-    "step_rule", "target_loss", "target_ratio", "check_every", "steps_run", "robust", "robust_draws",
-)
-"""The sidecar's keys that a registry record keeps as the pattern's parameters."""
-
 
 @dataclass
 class Job:
@@ -59,6 +53,7 @@ class Job:
 class Written:
     job: Job
     result: ImmunizedImage
+    settings: AttackSettings
     png: bytes
     record: dict
 
@@ -189,18 +184,20 @@ def registry_recorder(registry, *, tenant: str | None = None) -> Callable[[Writt
 
     The record's id is added to the in-memory record (``written.record["pattern_id"]``).
     """
+    from forwardguard.immunize.recording import record_immunized
     from forwardguard.registry import DEFAULT_TENANT
 
     def record(written: Written) -> None:
-        params = {key: value for key, value in written.record.items() if key in PATTERN_PARAMS}
-        pattern = registry.record_pattern(
-            image_png=written.png,
-            delta=written.result.delta,
-            method=written.record["method"],
-            params=params,
-            target=written.record["target"],
+        pattern = record_immunized(
+            registry,
+            written.result,
+            png=written.png,
+            settings=written.settings,
             model_fingerprint=written.record["model_fingerprint"],
             model_spec=written.record["model_spec"],
+            target=written.record["target"],
+            source=written.job.source.name,
+            mask=written.record.get("mask"),
             tenant=tenant or DEFAULT_TENANT,
         )
         written.record["pattern_id"] = pattern.id
@@ -328,4 +325,4 @@ def _written(
     }
     if options.mask is not None:
         record["mask"] = options.mask.name
-    return Written(job=job, result=result, png=png, record=record)
+    return Written(job=job, result=result, settings=settings, png=png, record=record)

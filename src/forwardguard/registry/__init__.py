@@ -5,6 +5,7 @@ Importing this package imports SQLAlchemy: the CLI imports it inside its command
 """
 
 from forwardguard.registry.images import decode_delta
+from forwardguard.registry.lookup import PHASH_MAX_DISTANCE
 from forwardguard.registry.records import (
     BlobProblem,
     ExportReport,
@@ -16,7 +17,8 @@ from forwardguard.registry.records import (
     SnapshotRecord,
     VerifyReport,
 )
-from forwardguard.registry.store import DEFAULT_TENANT, PHASH_MAX_DISTANCE, Registry
+from forwardguard.registry.store import Registry
+from forwardguard.registry.validation import DEFAULT_TENANT
 
 __all__ = [
     "DEFAULT_TENANT",

@@ -61,6 +61,15 @@ def use_wal(engine: sa.Engine) -> None:
         connection.close()
 
 
+def dialect_insert(connection: sa.Connection, table: sa.Table):  # noqa: ANN201 (dialect-specific Insert)
+    """An INSERT that supports ON CONFLICT DO NOTHING on this connection's dialect."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
 @contextmanager
 def database_errors(location: Location) -> Iterator[None]:
     """Turn a driver error (unreachable server, bad credentials, locked database) into one line."""

@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from forwardguard.errors import ForwardguardError
+from forwardguard.registry.patterns import iter_patterns, load_blobs
 from forwardguard.registry.records import ExportReport
-
-if TYPE_CHECKING:
-    from forwardguard.registry.store import Registry
+from forwardguard.registry.snapshots import get_snapshot
+from forwardguard.registry.storage import Storage
 
 # Rows per Arrow record batch written: bounds the memory an export needs.
 WRITER_BATCH_SIZE = 1000
@@ -47,10 +48,10 @@ def export_features():  # noqa: ANN201 (datasets.Features, imported lazily)
     )
 
 
-def export_snapshot(registry: Registry, snapshot: str, to_dir: Path) -> ExportReport:
+def export_snapshot(storage: Storage, snapshot: str, to_dir: Path) -> ExportReport:
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    record = registry.get_snapshot(snapshot)
+    record = get_snapshot(storage, snapshot)
     if to_dir.exists() and (not to_dir.is_dir() or any(to_dir.iterdir())):
         raise ForwardguardError(f"export folder {to_dir} already exists and is not empty: choose a new one")
     to_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -61,14 +62,14 @@ def export_snapshot(registry: Registry, snapshot: str, to_dir: Path) -> ExportRe
     disable_progress_bars()
     try:
         with tempfile.TemporaryDirectory(prefix=".export-cache-", dir=to_dir.parent) as cache:
-            _write(registry, snapshot, record.pattern_count, to_dir, cache)
+            _write(storage, snapshot, record.pattern_count, to_dir, cache)
     finally:
         if not bars_were_disabled:
             enable_progress_bars()
     return ExportReport(snapshot=snapshot, rows=record.pattern_count, path=to_dir)
 
 
-def _write(registry: Registry, snapshot: str, expected: int, to_dir: Path, cache: str) -> None:
+def _write(storage: Storage, snapshot: str, expected: int, to_dir: Path, cache: str) -> None:
     import datasets
 
     try:
@@ -76,8 +77,8 @@ def _write(registry: Registry, snapshot: str, expected: int, to_dir: Path, cache
             _rows,
             features=export_features(),
             gen_kwargs={
-                "url": registry.location.with_password(),
-                "blob_root": str(registry.blob_root),
+                "url": storage.location.with_password(),
+                "blob_root": str(storage.location.blob_root),
                 "snapshot": snapshot,
             },
             cache_dir=cache,
@@ -93,11 +94,9 @@ def _write(registry: Registry, snapshot: str, expected: int, to_dir: Path, cache
 
 
 def _rows(url: str, blob_root: str, snapshot: str) -> Iterator[dict[str, Any]]:
-    from forwardguard.registry.store import Registry
-
-    with Registry.open(url, blob_root=blob_root) as registry:
-        for pattern in registry.iter_patterns(snapshot=snapshot):
-            image_png, delta_blob = registry.load_blobs(pattern)
+    with closing(Storage.open(url, blob_root=blob_root)) as storage:
+        for pattern in iter_patterns(storage, snapshot=snapshot):
+            image_png, delta_blob = load_blobs(storage, pattern)
             yield {
                 "pattern_id": pattern.id,
                 "image": {"bytes": image_png, "path": None},

@@ -18,11 +18,6 @@ import sqlalchemy as sa
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.registry import validation
-from forwardguard.registry.database import (
-    database_errors,
-    read_transaction,
-    write_transaction,
-)
 from forwardguard.registry.records import utc
 from forwardguard.registry.store import Registry
 from forwardguard.registry.tables import api_keys
@@ -81,7 +76,7 @@ def create_key(registry: Registry, *, tenant: str, name: str | None = None) -> t
         "created_at": datetime.now(timezone.utc),
         "revoked_at": None,
     }
-    with database_errors(registry.location), write_transaction(registry._engine) as connection:
+    with registry.write() as connection:
         connection.execute(api_keys.insert().values(**row))
     return ApiKeyRecord.from_row(row), key
 
@@ -91,13 +86,13 @@ def list_keys(registry: Registry, *, tenant: str | None = None) -> list[ApiKeyRe
     query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
     if tenant is not None:
         query = query.where(api_keys.c.tenant == tenant)
-    with database_errors(registry.location), read_transaction(registry._engine) as connection:
+    with registry.read() as connection:
         return [ApiKeyRecord.from_row(row) for row in connection.execute(query).mappings()]
 
 
 def revoke_key(registry: Registry, *, tenant: str, key_id: str) -> ApiKeyRecord:
     """Revoke one of ``tenant``'s keys (revoking a revoked key keeps its first revocation time)."""
-    with database_errors(registry.location), write_transaction(registry._engine) as connection:
+    with registry.write() as connection:
         connection.execute(
             api_keys.update()
             .where(api_keys.c.id == key_id, api_keys.c.tenant == tenant, api_keys.c.revoked_at.is_(None))
@@ -116,7 +111,7 @@ def revoke_key(registry: Registry, *, tenant: str, key_id: str) -> ApiKeyRecord:
 def revoke_tenant_keys(registry: Registry, *, tenant: str) -> list[ApiKeyRecord]:
     """Revoke every active key of ``tenant``; return the keys revoked now."""
     now = datetime.now(timezone.utc)
-    with database_errors(registry.location), write_transaction(registry._engine) as connection:
+    with registry.write() as connection:
         ids = list(
             connection.execute(
                 sa.select(api_keys.c.id).where(api_keys.c.tenant == tenant, api_keys.c.revoked_at.is_(None))
@@ -133,6 +128,6 @@ def authenticate(registry: Registry, *, key: str) -> ApiKeyRecord | None:
     if not key.startswith(KEY_PREFIX) or len(key) > _MAX_KEY_LENGTH:
         return None
     query = sa.select(api_keys).where(api_keys.c.key_sha256 == key_sha256(key), api_keys.c.revoked_at.is_(None))
-    with database_errors(registry.location), read_transaction(registry._engine) as connection:
+    with registry.read() as connection:
         row = connection.execute(query).mappings().first()
     return None if row is None else ApiKeyRecord.from_row(row)

@@ -16,13 +16,13 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.images import LoadedImage, encode_png
 from forwardguard.immunize.attack import AttackSettings, ImmunizedImage, immunize
+from forwardguard.immunize.recording import record_immunized
 from forwardguard.interrupt import interruptible
 from forwardguard.models.base import ImageModel
 from forwardguard.models.load import load_model
@@ -100,14 +100,16 @@ class ImmunizeJob:
         image: LoadedImage,
         mask: np.ndarray | None,
         tenant: str,
-        params: dict[str, Any],
+        source: str | None,
+        mask_name: str | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.key = key
         self.image = image
         self.mask = mask
         self.tenant = tenant
-        self.params = params
+        self.source = source
+        self.mask_name = mask_name
         self.done: asyncio.Future[Immunized] = loop.create_future()
         # An answer nobody waits for any more (the request timed out) is not an error to report.
         self.done.add_done_callback(lambda future: future.cancelled() or future.exception())
@@ -304,14 +306,16 @@ class ModelWorkers:
     def _record(self, job: ImmunizeJob, result: ImmunizedImage, model: ImageModel) -> Immunized:
         png = encode_png(result.rgb, result.alpha, icc_profile=job.image.icc_profile)
         try:
-            record = self._registry.record_pattern(
-                image_png=png,
-                delta=result.delta,
-                method=job.key.settings.method,
-                params=job.params,
+            record = record_immunized(
+                self._registry,
+                result,
+                png=png,
+                settings=job.key.settings,
                 target="gray",
                 model_fingerprint=model.fingerprint,
                 model_spec=model.spec,
+                source=job.source,
+                mask=job.mask_name,
                 tenant=job.tenant,
             )
         except ForwardguardError as error:

@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 from forwardguard.errors import ForwardguardError
 from forwardguard.immunize.attack import AttackSettings
 from forwardguard.immunize.robust import mix_names
-from forwardguard.immunize.runner import PATTERN_PARAMS
 from forwardguard.models.edits import EditSettings
 from forwardguard.numbers import parse_number
 from forwardguard.serve.deps import ApiKey, MultipartBody, StateDep
@@ -125,17 +124,13 @@ async def immunize_image(
     mask_array = None
     if mask_data is not None:
         mask_array = await run_in_threadpool(decode_mask, mask_data, image=loaded, max_pixels=settings.max_pixels)
-    params = {name: value for name, value in attack.as_record().items() if name in PATTERN_PARAMS}
-    if image.filename:
-        params["source"] = image.filename[:256]
-    if mask is not None:
-        params["mask"] = (mask.filename or "mask")[:256]
     job = ImmunizeJob(
         key=BatchKey(served.fingerprint, attack, (loaded.height, loaded.width), mask_array is not None),
         image=loaded,
         mask=mask_array,
         tenant=key.tenant,
-        params=params,
+        source=image.filename or None,
+        mask_name=None if mask is None else mask.filename or "mask",
         loop=asyncio.get_running_loop(),
     )
     try:
