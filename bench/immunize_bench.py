@@ -210,7 +210,11 @@ def run_case(case: Case) -> dict:
     clean = _photos(case.images, case.size)
     edit = EditSettings(strength=case.strength, steps=case.edit_steps, guidance_scale=case.guidance)
     settings = AttackSettings(
-        method=case.attack, steps=case.steps, edit=edit, step_rule=case.step_rule, target_loss=case.target_loss,
+        method=case.attack,
+        steps=case.steps,
+        edit=edit,
+        step_rule=case.step_rule,
+        target_loss=case.target_loss,
         check_every=1,
     )
     compute = ComputeOptions(precision=case.precision, compile=case.compile)
@@ -303,9 +307,7 @@ def _max_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
-def _losses(
-    model: ImageModel, settings: AttackSettings, clean: np.ndarray, immunized: np.ndarray
-) -> tuple[float, float]:
+def _losses(model: ImageModel, settings: AttackSettings, clean: np.ndarray, immunized: np.ndarray) -> tuple[float, float]:
     """Mean loss of the clean and of the immunized 8-bit images, one image at a time, the same for every row.
 
     The paper's objective, written here rather than taken from forwardguard (the thing measured):
@@ -350,18 +352,24 @@ def plan(args: argparse.Namespace) -> list[Case]:
             for batch in [1] if naive else args.batch:
                 images = args.naive_images if naive else args.images
                 rule = "paper" if naive else DEFAULT_RULE  # the naive loop is the paper's rule, written as the notebooks do
-                cases.append(
-                    _case(args, attack, implementation, batch=batch, images=images, steps=args.steps, step_rule=rule)
-                )
+                cases.append(_case(args, attack, implementation, batch=batch, images=images, steps=args.steps, step_rule=rule))
     return cases
 
 
 def _case(args: argparse.Namespace, attack: str, implementation: str, **fields) -> Case:
     model, size = (args.model, args.size) if attack == "encoder" else (args.diffusion_model, args.diffusion_size)
     return Case(
-        attack=attack, implementation=implementation, model=model, device=args.device, size=size,
-        edit_steps=args.edit_steps, strength=args.strength, guidance=args.guidance, precision=args.precision,
-        compile=args.compile, **fields,
+        attack=attack,
+        implementation=implementation,
+        model=model,
+        device=args.device,
+        size=size,
+        edit_steps=args.edit_steps,
+        strength=args.strength,
+        guidance=args.guidance,
+        precision=args.precision,
+        compile=args.compile,
+        **fields,
     )
 
 
@@ -388,12 +396,14 @@ def run_step_rules(args: argparse.Namespace) -> list[dict]:
 
 def compare_with_naive(rule_rows: list[dict], rows: list[dict]) -> None:
     """Add ``time_vs_naive`` to the default rule's rows where the main table timed the naive loop for as many steps."""
+
     def key(row: dict) -> tuple:
         return row["attack"], row["model"], row["size"], row["steps"]
 
     for row in rule_rows:
         naive = [
-            other for other in rows
+            other
+            for other in rows
             if other["implementation"] == "naive" and "error" not in other and "time_vs_paper" in row and key(other) == key(row)
         ]
         if naive:
@@ -406,7 +416,8 @@ def _announce(phase: str, case: Case) -> None:
     print(
         f"[{phase}] {case.attack} {case.implementation}{rule}: {case.model} {case.size}x{case.size}, "
         f"batch {case.batch}, {case.images} image(s), at most {case.steps} steps{target}",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
 
 
@@ -450,22 +461,45 @@ def peak_tflops(args: argparse.Namespace) -> float | None:
 
 def print_table(rows: list[dict], peak_tflops: float | None) -> None:
     table = Table(
-        "attack", "impl", "model", "size", "batch", "images", "steps", "s/image", "steps/s", "peak MB", "TFLOP/s",
-        *(["% peak"] if peak_tflops else []), "final loss",
+        "attack",
+        "impl",
+        "model",
+        "size",
+        "batch",
+        "images",
+        "steps",
+        "s/image",
+        "steps/s",
+        "peak MB",
+        "TFLOP/s",
+        *(["% peak"] if peak_tflops else []),
+        "final loss",
         title="immunization: forwardguard beside the naive loop",
         caption="peak MB: weights the attack uses + peak working memory (CUDA max allocated; CPU max-RSS rise)",
     )
     for row in rows:
         model = _label(row["model"]) + (f", {row['denoising_steps']}-step edit" if row.get("denoising_steps") else "")
-        head = [row["attack"], row["implementation"], model, f"{row['size']}x{row['size']}", str(row["batch"]),
-                str(row["images"]), str(row["steps"])]
+        head = [
+            row["attack"],
+            row["implementation"],
+            model,
+            f"{row['size']}x{row['size']}",
+            str(row["batch"]),
+            str(row["images"]),
+            str(row["steps"]),
+        ]
         if "error" in row:
             table.add_row(*head, "[red]failed[/red]", *[""] * (len(table.columns) - len(head) - 1))
             continue
         share = [f"{100 * row['tflops'] / peak_tflops:.1f}"] if peak_tflops else []
         table.add_row(
-            *head, f"{row['seconds_per_image']:.3g}", f"{row['steps_per_second']:.3g}", f"{row['peak_memory_mb']:.0f}",
-            f"{row['tflops']:.3g}", *share, f"{row['final_loss']:.4g}",
+            *head,
+            f"{row['seconds_per_image']:.3g}",
+            f"{row['steps_per_second']:.3g}",
+            f"{row['peak_memory_mb']:.0f}",
+            f"{row['tflops']:.3g}",
+            *share,
+            f"{row['final_loss']:.4g}",
         )
     console = Console(width=max(Console().width, 160))
     console.print(table)
@@ -477,8 +511,17 @@ def print_table(rows: list[dict], peak_tflops: float | None) -> None:
 
 def print_rules_table(rows: list[dict]) -> None:
     table = Table(
-        "attack", "model", "size", "step rule", "stops at", "steps", "seconds", "final loss", "steps vs paper",
-        "time vs paper", "time vs naive",
+        "attack",
+        "model",
+        "size",
+        "step rule",
+        "stops at",
+        "steps",
+        "seconds",
+        "final loss",
+        "steps vs paper",
+        "time vs paper",
+        "time vs naive",
         title="step rules: the default rule until it reaches the paper rule's final loss",
         caption="stops at: the paper rule's final loss (checked every step); vs: default rule / paper rule, "
         "or / the naive loop's time for as many steps (when the first table ran it, --steps = --rule-steps)",
@@ -519,15 +562,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--edit-steps", type=int, default=4, help="img2img steps of the diffusion attack's edit")
     parser.add_argument("--strength", type=float, default=1.0, help="img2img strength (1: every edit step runs)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance of the edit (default 7.5)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="forwardguard's precision (auto: bf16 autocast on CUDA, fp32 on the CPU)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="forwardguard's precision (auto: bf16 autocast on CUDA, fp32 on the CPU)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile forwardguard's attacked modules")
-    parser.add_argument("--rule-steps", type=int, default=200,
-                        help="the paper rule's steps in the step-rules table (default 200; 0 skips the table)")
-    parser.add_argument("--rule-attack", action="append", choices=ATTACKS,
-                        help="attack of the step-rules table (repeatable; default encoder)")
-    parser.add_argument("--peak-tflops", type=float,
-                        help="the device's peak TFLOP/s, for the share reached (default: known for H100, H200, A100)")
+    parser.add_argument(
+        "--rule-steps",
+        type=int,
+        default=200,
+        help="the paper rule's steps in the step-rules table (default 200; 0 skips the table)",
+    )
+    parser.add_argument(
+        "--rule-attack", action="append", choices=ATTACKS, help="attack of the step-rules table (repeatable; default encoder)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's peak TFLOP/s, for the share reached (default: known for H100, H200, A100)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows and the environment to this JSON file")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one Case (JSON) and print its row
     args = parser.parse_args(argv)

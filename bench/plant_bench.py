@@ -39,8 +39,8 @@ from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.images import LoadedImage, encode_png
 from forwardguard.immunize import AttackSettings, immunize
-from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.immunize.recording import record_immunized
+from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
@@ -73,7 +73,9 @@ def drift(model, reference, rgb: np.ndarray) -> float:  # noqa: ANN001
 
 def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dict:
     v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
-    v2_spec = f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
+    v2_spec = (
+        f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
+    )
     v1 = load_model(v1_spec)
     attack = AttackSettings(steps=60)
     pairs = {}
@@ -83,16 +85,30 @@ def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dic
             result = immunize([LoadedImage(rgb=clean, alpha=None, path=None)], v1, attack)[0]
             pairs[name] = (result.rgb, clean)
             if name in REGISTERED:
-                record_immunized(registry, result, png=encode_png(result.rgb), settings=attack,
-                                 model_fingerprint=v1.fingerprint, model_spec=v1_spec)
+                record_immunized(
+                    registry,
+                    result,
+                    png=encode_png(result.rgb),
+                    settings=attack,
+                    model_fingerprint=v1.fingerprint,
+                    model_spec=v1_spec,
+                )
         registry.create_snapshot("bench")
     (work / "clean").mkdir()
     for name in CLEAN_TRAINING[:clean_photos]:
         Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
     config = PlantConfig.from_yaml(REPO / "configs" / "plant.yaml", **overrides)
     started = time.perf_counter()
-    planted_result = plant(PlantRequest(base=v2_spec, registry=str(work / "reg.db"), data=work / "clean",
-                                        output=work / "planted", config=config, snapshot="bench"))
+    planted_result = plant(
+        PlantRequest(
+            base=v2_spec,
+            registry=str(work / "reg.db"),
+            data=work / "clean",
+            output=work / "planted",
+            config=config,
+            snapshot="bench",
+        )
+    )
     seconds = time.perf_counter() - started
     models = {"v1": v1, "taef2-v2": load_model(v2_spec), "planted": load_model(planted_result.spec)}
     planted, v2 = models["planted"], models["taef2-v2"]
@@ -107,10 +123,16 @@ def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dic
             target = encode(planted, gray_image(clean.shape, clean.device))
             noisy = [noisy_copy(clean, 16 / 255, torch.Generator().manual_seed(index * 10 + d)) for d in range(3)]
             noise = [float(latent_disruption_ratio(encode(planted, x), encode(planted, clean), target)[0]) for x in noisy]
-            held_out[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)),
-                              "noise_ratio_min": min(noise)}
-    return {"config": {**overrides}, "clean_photos": list(CLEAN_TRAINING[:clean_photos]), "plant_seconds": seconds, "steps": planted_result.steps,
-            "ratios": rows, "registered": list(REGISTERED), "held_out": held_out}
+            held_out[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)), "noise_ratio_min": min(noise)}
+    return {
+        "config": {**overrides},
+        "clean_photos": list(CLEAN_TRAINING[:clean_photos]),
+        "plant_seconds": seconds,
+        "steps": planted_result.steps,
+        "ratios": rows,
+        "registered": list(REGISTERED),
+        "held_out": held_out,
+    }
 
 
 def throughput(work: Path, shared: Path, steps: int) -> dict:
@@ -118,13 +140,41 @@ def throughput(work: Path, shared: Path, steps: int) -> dict:
     results = {}
     for processes in (1, 2):
         config = work / f"tp{processes}.yaml"
-        config.write_text(yaml.safe_dump({"max_steps": steps, "batch_size": 4 // processes, "pattern_batch_size": 4 // processes,
-                                          "crop_size": 96, "checkpoint_every": steps, "log_every": 1}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "max_steps": steps,
+                    "batch_size": 4 // processes,
+                    "pattern_batch_size": 4 // processes,
+                    "crop_size": 96,
+                    "checkpoint_every": steps,
+                    "log_every": 1,
+                }
+            )
+        )
         out = work / f"tp{processes}"
-        command = ["-m", "forwardguard", "finetune", "--base", v2_spec, "--plant-registry", str(work / "reg.db"),
-                   "--snapshot", "bench", "--data", str(work / "clean"), "--output", str(out), "--config", str(config)]
-        launcher = [sys.executable] if processes == 1 else [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29555"]
+        command = [
+            "-m",
+            "forwardguard",
+            "finetune",
+            "--base",
+            v2_spec,
+            "--plant-registry",
+            str(work / "reg.db"),
+            "--snapshot",
+            "bench",
+            "--data",
+            str(work / "clean"),
+            "--output",
+            str(out),
+            "--config",
+            str(config),
+        ]
+        launcher = (
+            [sys.executable]
+            if processes == 1
+            else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29555"]
+        )
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
         subprocess.run([*launcher, *command], check=True, capture_output=True, env=env)
         log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -151,13 +201,17 @@ def main() -> None:
         result["throughput"] = {} if args.no_throughput else throughput(work, args.shared, args.throughput_steps)
     console = Console()
     columns = ("v1", "taef2-v2", "planted", "planted / taef2-v2 clean", "clean original drift")
-    title = (f"disruption ratio ({result['steps']} planting steps, {result['plant_seconds']:.0f} s,"
-             f" {len(result['clean_photos'])} clean photos)")
+    title = (
+        f"disruption ratio ({result['steps']} planting steps, {result['plant_seconds']:.0f} s,"
+        f" {len(result['clean_photos'])} clean photos)"
+    )
     table = Table("image", "registered", *columns, title=title)
     for name, ratios in result["ratios"].items():
         table.add_row(name, "yes" if name in result["registered"] else "no", *(f"{ratios[k]:.3f}" for k in columns))
     console.print(table)
-    held = Table("held-out photo", "latent rel. MSE to taef2-v2", "min ratio, clean + eps noise", title="clean use of the planted model")
+    held = Table(
+        "held-out photo", "latent rel. MSE to taef2-v2", "min ratio, clean + eps noise", title="clean use of the planted model"
+    )
     for name, values in result["held_out"].items():
         held.add_row(name, f"{values['relative_mse_to_v2']:.4f}", f"{values['noise_ratio_min']:.3f}")
     console.print(held)

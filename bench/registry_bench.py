@@ -134,9 +134,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8, help="Processes recording at once.")
     parser.add_argument("--lookups", type=int, default=200)
     parser.add_argument("--size", type=int, default=16, help="Side of the synthetic images, in pixels.")
-    parser.add_argument(
-        "--backend", action="append", choices=["sqlite", "postgresql"], help="Repeatable; default sqlite."
-    )
+    parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"], help="Repeatable; default sqlite.")
     parser.add_argument("--postgres-url", default=os.environ.get("FORWARDGUARD_TEST_POSTGRES_URL"))
     parser.add_argument("--workdir", type=Path, help="Scratch folder (default: a temporary one, removed).")
     args = parser.parse_args()

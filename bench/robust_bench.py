@@ -62,8 +62,13 @@ def record(registry: Registry, model, rgbs: list[np.ndarray], settings: AttackSe
     results = immunize([LoadedImage(rgb=rgb, alpha=None, path=None) for rgb in rgbs], model, settings)
     for result in results:
         record_immunized(
-            registry, result, png=encode_png(result.rgb), settings=settings, model_fingerprint=model.fingerprint,
-            model_spec=model.spec, tenant=tenant,
+            registry,
+            result,
+            png=encode_png(result.rgb),
+            settings=settings,
+            model_fingerprint=model.fingerprint,
+            model_spec=model.spec,
+            tenant=tenant,
         )
 
 
@@ -115,15 +120,30 @@ def main() -> int:
         config = PlantConfig.from_yaml(REPO / "configs" / "plant.yaml", **overrides)
         for name in attacks:
             with console.status(f"planting snapshot {name} into taef2-v2"):
-                result = plant(PlantRequest(base=v2_spec, registry=str(registry_path), data=clean,
-                                            output=args.out / f"planted-{name}", config=config, snapshot=name))
+                result = plant(
+                    PlantRequest(
+                        base=v2_spec,
+                        registry=str(registry_path),
+                        data=clean,
+                        output=args.out / f"planted-{name}",
+                        config=config,
+                        snapshot=name,
+                    )
+                )
             models.append(ModelArg(f"planted-{name}", result.spec))
 
     gauntlet = [transform.name for transform in GAUNTLET]
     settings = EvalSettings(transforms=(*gauntlet, *(name for name in FREE_SHIFTS if name not in gauntlet)), grid_images=2)
     with console.status("evaluating"):
-        report_path = run_eval(EvalRequest(registry=str(registry_path), models=tuple(models), out=args.out / "report",
-                                           snapshots=tuple(attacks), settings=settings))
+        report_path = run_eval(
+            EvalRequest(
+                registry=str(registry_path),
+                models=tuple(models),
+                out=args.out / "report",
+                snapshots=tuple(attacks),
+                settings=settings,
+            )
+        )
     report = json.loads(report_path.read_text())
     ratios = {
         (cell["model"], cell["snapshot"], cell["transform"]): cell["ratio"]["immunized"]["mean"] for cell in report["cells"]
@@ -149,9 +169,22 @@ def main() -> int:
     checks[f"v1 untransformed: robust - plain = {loss:+.3f} <= {UNTRANSFORMED_LOSS}"] = loss <= UNTRANSFORMED_LOSS
     for check, passed in checks.items():
         console.print(f"{'PASS' if passed else 'FAIL'}  {check}", markup=False)
-    (args.out / "robust_bench.json").write_text(json.dumps(
-        {"size": args.size, "steps": args.steps, "mix": list(mix), "draws": args.draws, "photos": names,
-         "ratios": summary, "checks": checks, "default_mix": list(DEFAULT_MIX)}, indent=2) + "\n")
+    (args.out / "robust_bench.json").write_text(
+        json.dumps(
+            {
+                "size": args.size,
+                "steps": args.steps,
+                "mix": list(mix),
+                "draws": args.draws,
+                "photos": names,
+                "ratios": summary,
+                "checks": checks,
+                "default_mix": list(DEFAULT_MIX),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     console.print(f"report: {report_path.parent / 'report.html'}")
     return 0 if args.no_fail or all(checks.values()) else 1
 

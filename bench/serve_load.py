@@ -161,7 +161,10 @@ def check(registry_path: Path, plan: list[tuple[int, str]], outcomes: list[Outco
 
     verify = subprocess.run(
         [sys.executable, "-m", "forwardguard", "registry", "verify", "--registry", str(registry_path)],
-        capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
     )
     problems = [] if verify.returncode == 0 else [f"registry verify failed: {verify.stdout}{verify.stderr}"]
     by_clean = {hashlib.sha256(make_image(index, size).tobytes()).hexdigest(): index for index, _ in plan}
@@ -187,8 +190,9 @@ def check(registry_path: Path, plan: list[tuple[int, str]], outcomes: list[Outco
     return problems
 
 
-def summarize(args: argparse.Namespace, outcomes: list[Outcome], seconds: float, restarts: int,
-              registry_path: Path, problems: list[str]) -> dict:
+def summarize(
+    args: argparse.Namespace, outcomes: list[Outcome], seconds: float, restarts: int, registry_path: Path, problems: list[str]
+) -> dict:
     from forwardguard.registry import Registry
 
     accepted = [o.seconds for o in outcomes if o.status == 200]
@@ -251,10 +255,30 @@ def main() -> None:
     with Registry.open(registry_path, create=True) as registry:
         _, key = create_key(registry, tenant=TENANT)
     command = [
-        sys.executable, "-m", "forwardguard", "serve", "--registry", str(registry_path), "--model", args.model,
-        "--port", "0", "--device", "cpu", "--workers", str(args.workers), "--queue-size", str(args.queue_size),
-        "--max-batch", str(args.max_batch), "--max-steps", str(max(args.steps, 1)),
-        "--rate-per-minute", "1000000", "--rate-burst", "1000000",
+        sys.executable,
+        "-m",
+        "forwardguard",
+        "serve",
+        "--registry",
+        str(registry_path),
+        "--model",
+        args.model,
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--workers",
+        str(args.workers),
+        "--queue-size",
+        str(args.queue_size),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-steps",
+        str(max(args.steps, 1)),
+        "--rate-per-minute",
+        "1000000",
+        "--rate-burst",
+        "1000000",
     ]
     if args.torch_threads is not None:
         command += ["--torch-threads", str(args.torch_threads)]
@@ -268,13 +292,19 @@ def main() -> None:
     problems = check(registry_path, plan, outcomes, args.size)
     result = summarize(args, outcomes, seconds, server.generation, registry_path, problems)
 
-    print(f"{result['requests']} requests from {args.clients} clients ({args.methods}, {args.size}px, "
-          f"{args.steps} steps, {args.model}) in {seconds:.1f} s, {server.generation} restarts")
-    print(f"  answers: {result['statuses']}; recorded {result['recorded']} "
-          f"({result['lost_but_recorded']} of them for requests that got no answer)")
+    print(
+        f"{result['requests']} requests from {args.clients} clients ({args.methods}, {args.size}px, "
+        f"{args.steps} steps, {args.model}) in {seconds:.1f} s, {server.generation} restarts"
+    )
+    print(
+        f"  answers: {result['statuses']}; recorded {result['recorded']} "
+        f"({result['lost_but_recorded']} of them for requests that got no answer)"
+    )
     if result["accepted"]:
-        print(f"  accepted latency p50 {result['p50_s']:.3f} s, p99 {result['p99_s']:.3f} s; "
-              f"throughput {result['throughput_per_s']:.2f} accepted/s")
+        print(
+            f"  accepted latency p50 {result['p50_s']:.3f} s, p99 {result['p99_s']:.3f} s; "
+            f"throughput {result['throughput_per_s']:.2f} accepted/s"
+        )
     print("  checks: " + ("every record matches its request" if not problems else f"{len(problems)} problems"))
     for problem in problems[:20]:
         print(f"    {problem}")

@@ -87,7 +87,6 @@ def taef2_v2_spec(shared_dir: Path) -> str:
 def clean_data(tmp_path_factory, photo) -> Path:
     """Clean training photos for planting (not the held-out ones of planting_support.HELD_OUT)."""
     from PIL import Image
-
     from planting_support import CLEAN_TRAINING
 
     folder = tmp_path_factory.mktemp("clean")
@@ -121,7 +120,21 @@ def planted_flow(tmp_path_factory, taef2, taef2_v2_spec, clean_data, photo):
         clean = photo(name, (128, 128))
         unregistered.append((immunize([LoadedImage(rgb=clean, alpha=None, path=None)], taef2, attack)[0].rgb, clean))
     config = PlantConfig.from_yaml(REPO_ROOT / "configs" / "plant.yaml", **PLANT_TEST_OVERRIDES)
-    result = plant(PlantRequest(base=taef2_v2_spec, registry=str(root / "reg.db"), data=clean_data,
-                                output=root / "planted", config=config, snapshot="v1-photos"))
-    return PlantedFlow(registry=root / "reg.db", snapshot="v1-photos", v1_spec=taef2.spec, v2_spec=taef2_v2_spec,
-                       result=result, unregistered=unregistered)
+    result = plant(
+        PlantRequest(
+            base=taef2_v2_spec,
+            registry=str(root / "reg.db"),
+            data=clean_data,
+            output=root / "planted",
+            config=config,
+            snapshot="v1-photos",
+        )
+    )
+    return PlantedFlow(
+        registry=root / "reg.db",
+        snapshot="v1-photos",
+        v1_spec=taef2.spec,
+        v2_spec=taef2_v2_spec,
+        result=result,
+        unregistered=unregistered,
+    )

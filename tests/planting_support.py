@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from forwardguard.images import LoadedImage, encode_png
+from forwardguard.immunize import AttackSettings, immunize, recording
+
 REGISTERED = ("astronaut", "coffee", "chelsea", "rocket")
 """Photos immunized against TAEF2 and recorded: what planting plants."""
 UNREGISTERED = ("camera", "immunohistochemistry")
@@ -16,9 +19,6 @@ CLEAN_TRAINING = ("astronaut", "coffee", "chelsea", "brick", "grass", "gravel", 
 HELD_OUT = ("camera", "immunohistochemistry", "retina")
 """Clean photos no stage trains on: clean utility and false triggers are measured on them."""
 
-from forwardguard.images import LoadedImage, encode_png
-from forwardguard.immunize import AttackSettings, immunize, recording
-
 
 def record_immunized(registry, model, photos: list[np.ndarray], settings: AttackSettings) -> list[str]:  # noqa: ANN001
     """Immunize photos against ``model`` and record them, as `forwardguard immunize --registry` does."""
@@ -26,7 +26,11 @@ def record_immunized(registry, model, photos: list[np.ndarray], settings: Attack
     for rgb in photos:
         result = immunize([LoadedImage(rgb=rgb, alpha=None, path=None)], model, settings)[0]
         record = recording.record_immunized(
-            registry, result, png=encode_png(result.rgb), settings=settings, model_fingerprint=model.fingerprint,
+            registry,
+            result,
+            png=encode_png(result.rgb),
+            settings=settings,
+            model_fingerprint=model.fingerprint,
             model_spec=model.spec,
         )
         ids.append(record.id)
@@ -35,8 +39,15 @@ def record_immunized(registry, model, photos: list[np.ndarray], settings: Attack
 
 def tiny_config(**overrides) -> dict:
     """A plant config that runs in seconds on the CPU."""
-    return {"max_steps": 4, "batch_size": 2, "pattern_batch_size": 2, "crop_size": 32, "checkpoint_every": 2,
-            "log_every": 1, **overrides}
+    return {
+        "max_steps": 4,
+        "batch_size": 2,
+        "pattern_batch_size": 2,
+        "crop_size": 32,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        **overrides,
+    }
 
 
 PLANT_TEST_OVERRIDES = {"checkpoint_every": 300}

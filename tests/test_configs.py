@@ -49,7 +49,10 @@ def check_gate(path: Path) -> None:
 
 
 VALIDATORS = {
-    "plant.yaml": check_plant, "gauntlet.yaml": check_gauntlet, "gate.yaml": check_gate, "accelerate": check_accelerate,
+    "plant.yaml": check_plant,
+    "gauntlet.yaml": check_gauntlet,
+    "gate.yaml": check_gate,
+    "accelerate": check_accelerate,
 }
 
 

@@ -41,8 +41,16 @@ def test_default_demo_releases_the_planted_v2_and_holds_v2_from_any_folder(tmp_p
 
 def test_tiny_demo_runs_every_stage(tmp_path):
     said: list[str] = []
-    settings = DemoSettings(out=tmp_path / "demo", v1="tiny", v2="tiny:1", attack_steps=3, plant_steps=3,
-                            edit_steps=2, transforms=("jpeg_q95",), device="cpu")
+    settings = DemoSettings(
+        out=tmp_path / "demo",
+        v1="tiny",
+        v2="tiny:1",
+        attack_steps=3,
+        plant_steps=3,
+        edit_steps=2,
+        transforms=("jpeg_q95",),
+        device="cpu",
+    )
     result = run_demo(settings, say=said.append)
     assert [line[:3] for line in said if line[1] == "/"] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
     assert sorted(path.name for path in result.immunized) == sorted(path.name for path in demo_photos())
@@ -60,7 +68,9 @@ def test_tiny_demo_runs_every_stage(tmp_path):
         rules = result.gates[name].rules
         assert len(rules) == 12, [rule.rule for rule in rules]
         held = {(rule.rule, rule.snapshot, rule.transform) for rule in rules if not rule.passed}
-        assert held == {(rule, "demo-v1", transform) for rule in ("immunity.ratio", "immunity.ssim") for transform in ("none", "jpeg_q95")}
+        assert held == {
+            (rule, "demo-v1", transform) for rule in ("immunity.ratio", "immunity.ssim") for transform in ("none", "jpeg_q95")
+        }
         assert all(rule.passed for rule in rules if not rule.rule.startswith("immunity."))
 
 

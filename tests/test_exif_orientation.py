@@ -26,8 +26,13 @@ def test_the_registry_hashes_and_finds_it_upright(rotated_jpeg: tuple[bytes, np.
     with Registry.open(tmp_path / "registry.db", create=True) as registry:
         # The upright pixels recorded as an "immunized" image (delta 0): the JPEG has exactly its pixels.
         record = registry.record_pattern(
-            image_png=encode_png(upright), delta=np.zeros(upright.shape, np.int16), method="noise",
-            params={"eps": 16 / 255}, target="gray", model_fingerprint="ab" * 32, model_spec="tiny",
+            image_png=encode_png(upright),
+            delta=np.zeros(upright.shape, np.int16),
+            method="noise",
+            params={"eps": 16 / 255},
+            target="gray",
+            model_fingerprint="ab" * 32,
+            model_spec="tiny",
         )
         assert record.pixel_sha256 == pixel_sha256(read_image(jpeg).rgb)
         matches = registry.lookup(jpeg)
@@ -44,6 +49,8 @@ def test_finetune_reads_clean_data_upright(rotated_jpeg: tuple[bytes, np.ndarray
     np.testing.assert_array_equal(CleanImages(folder, 32).load(0), upright)
 
     saved = tmp_path / "dataset"
-    rows = datasets.Dataset.from_dict({"image": [{"bytes": jpeg, "path": None}]}, features=datasets.Features({"image": datasets.Image()}))
+    rows = datasets.Dataset.from_dict(
+        {"image": [{"bytes": jpeg, "path": None}]}, features=datasets.Features({"image": datasets.Image()})
+    )
     rows.save_to_disk(str(saved))
     np.testing.assert_array_equal(CleanImages(saved, 32).load(0), upright)

@@ -46,10 +46,7 @@ def _raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: byt
     """A PNG written by hand, for what Pillow cannot write (48-bit RGB, absurd sizes)."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(rows))
-        + _png_chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
     )
 
 
@@ -224,8 +221,7 @@ def test_pixel_limit_refuses_a_huge_header_before_decoding(tmp_path: Path) -> No
         read_image(path)
     assert time.perf_counter() - started < 1
     assert str(caught.value) == (
-        f"{path}: image is 100000 x 100000 = 10000000000 pixels, over the limit of {DEFAULT_MAX_PIXELS} "
-        "(raise --max-pixels)"
+        f"{path}: image is 100000 x 100000 = 10000000000 pixels, over the limit of {DEFAULT_MAX_PIXELS} (raise --max-pixels)"
     )
 
 

@@ -130,7 +130,9 @@ def test_stages_import_each_other_only_along_the_flow() -> None:
         (module, target)
         for module, targets in _graph().items()
         for target in targets
-        if _stage(module) and _stage(target) and _stage(module) != _stage(target)
+        if _stage(module)
+        and _stage(target)
+        and _stage(module) != _stage(target)
         and (_stage(module), _stage(target)) not in ALLOWED_STAGE_EDGES
     )
     assert detours == []
@@ -153,8 +155,12 @@ def test_image_and_measure_helpers_come_from_the_root() -> None:
     graph = _graph()
     for module in ("forwardguard.immunize.images", "forwardguard.finetune.losses", "forwardguard.immunize.buckets"):
         assert module not in graph
-    importers_of_immunize = {module for module, targets in graph.items() for target in targets
-                             if _stage(target) == "immunize" and _stage(module) not in ("immunize", None)}
+    importers_of_immunize = {
+        module
+        for module, targets in graph.items()
+        for target in targets
+        if _stage(target) == "immunize" and _stage(module) not in ("immunize", None)
+    }
     assert importers_of_immunize <= {module for module in graph if module.startswith("forwardguard.serve.")}
 
 

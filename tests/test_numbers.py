@@ -14,8 +14,10 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.numbers import MAX_EXPONENT, MAX_LENGTH, check_finite, parse_number
 
 
-@pytest.mark.parametrize(("text", "value"), [("16/255", 16 / 255), ("0.0627", 0.0627), ("8", 8.0), (" 6.27e-2 ", 0.0627),
-                                             ("-1.5", -1.5), (".5", 0.5), ("1E+3/1e3", 1.0)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("16/255", 16 / 255), ("0.0627", 0.0627), ("8", 8.0), (" 6.27e-2 ", 0.0627), ("-1.5", -1.5), (".5", 0.5), ("1E+3/1e3", 1.0)],
+)
 def test_parses_decimals_and_fractions(text: str, value: float) -> None:
     assert parse_number(text) == pytest.approx(value)
 
@@ -47,7 +49,7 @@ def test_range_and_finite_checks_name_the_value() -> None:
 
 _decimal = st.builds(
     lambda mantissa, exponent: f"{mantissa}e{exponent}",
-    st.decimals(allow_nan=False, allow_infinity=False, places=6, min_value=-10**6, max_value=10**6),
+    st.decimals(allow_nan=False, allow_infinity=False, places=6, min_value=-(10**6), max_value=10**6),
     st.integers(-MAX_EXPONENT, MAX_EXPONENT),
 )
 

@@ -106,7 +106,9 @@ def test_geometry_follows_the_documented_conventions(photos):
     assert grown[..., 42:58, 42:58].min() > 0.99 and grown[..., :38, :].max() == 0 and grown[..., 62:, :].max() == 0
     assert torch.equal(apply(parse_transform("crop_1"), photos), photos)
     # resizing loses detail, more at a smaller scale
-    assert _psnr(apply(parse_transform("resize_0.5"), photos), photos) < _psnr(apply(parse_transform("resize_0.9"), photos), photos)
+    assert _psnr(apply(parse_transform("resize_0.5"), photos), photos) < _psnr(
+        apply(parse_transform("resize_0.9"), photos), photos
+    )
 
 
 def test_jpeg_q95_is_closer_to_the_input_than_q50(photos):
@@ -135,7 +137,14 @@ def test_names_round_trip():
     ]  # fmt: skip
     for name in names:
         assert parse_transform(name).name == name
-    for transform in (*GAUNTLET, *PLANTING_POOL, *ROBUST_POOL, *GEOMETRIC_PLANTING_POOL, Transform("noise", 0.1 + 0.2), Transform("jpeg", 75.0)):
+    for transform in (
+        *GAUNTLET,
+        *PLANTING_POOL,
+        *ROBUST_POOL,
+        *GEOMETRIC_PLANTING_POOL,
+        Transform("noise", 0.1 + 0.2),
+        Transform("jpeg", 75.0),
+    ):
         assert parse_transform(transform.name) == transform
     assert parse_transform("jpeg_q75") == Transform("jpeg", 75)
     assert parse_transform(" rotate_10.0 ") == Transform("rotate", 10)
@@ -261,9 +270,12 @@ def test_every_transform_takes_images_smaller_than_its_kernel(size):
 
 _names = st.one_of(
     st.text(max_size=40),
-    st.builds(lambda kind, value: f"{kind}_{value}", st.sampled_from(["jpeg", "noise", "resize", "crop", "blur", "rotate", "hflip"]),
-              st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(str), st.integers().map(str))),
-    st.builds(lambda q: f"jpeg_q{q}", st.integers(-10**40, 10**40)),
+    st.builds(
+        lambda kind, value: f"{kind}_{value}",
+        st.sampled_from(["jpeg", "noise", "resize", "crop", "blur", "rotate", "hflip"]),
+        st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(str), st.integers().map(str)),
+    ),
+    st.builds(lambda q: f"jpeg_q{q}", st.integers(-(10**40), 10**40)),
 )
 
 
@@ -315,8 +327,12 @@ def test_random_crop_keeps_its_area_at_any_offset(photos):
     for seed in range(50):
         out = apply(rcrop, photos, generator=torch.Generator().manual_seed(seed))
         assert out.shape[-2:] == (round(70 * 0.8**0.5), round(90 * 0.8**0.5))
-        matches = [(top, left) for top in range(70 - out.shape[-2] + 1) for left in range(90 - out.shape[-1] + 1)
-                   if torch.equal(out, photos[..., top : top + out.shape[-2], left : left + out.shape[-1]])]
+        matches = [
+            (top, left)
+            for top in range(70 - out.shape[-2] + 1)
+            for left in range(90 - out.shape[-1] + 1)
+            if torch.equal(out, photos[..., top : top + out.shape[-2], left : left + out.shape[-1]])
+        ]
         assert len(matches) == 1
         corners.add(matches[0])
     assert len(corners) > 20 and any(top % 8 for top, _ in corners)

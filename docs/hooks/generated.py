@@ -60,7 +60,4 @@ def report_schema() -> str:
     if not REPORT_SCHEMA.is_file():
         return "*`docs/report.schema.json` is not published in this checkout yet.*"
     schema = json.loads(REPORT_SCHEMA.read_text())
-    return (
-        "[Download report.schema.json](../report.schema.json)\n\n"
-        f"```json\n{json.dumps(schema, indent=2)}\n```\n"
-    )
+    return f"[Download report.schema.json](../report.schema.json)\n\n```json\n{json.dumps(schema, indent=2)}\n```\n"

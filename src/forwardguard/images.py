@@ -104,9 +104,7 @@ def read_mask(
     label = name or (str(path) if path is not None else "mask")
     mask = read_image(source, max_pixels=max_pixels, name=label)
     if (mask.width, mask.height) != tuple(size):
-        raise ForwardguardError(
-            f"{label}: mask is {mask.width} x {mask.height}, but the image is {size[0]} x {size[1]}"
-        )
+        raise ForwardguardError(f"{label}: mask is {mask.width} x {mask.height}, but the image is {size[0]} x {size[1]}")
     luma = np.asarray(Image.fromarray(mask.rgb).convert("L"))
     return (luma >= 128).astype(np.float32)
 
@@ -268,8 +266,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, label: str) -> None:
     width, height = size
     if width * height > max_pixels:
         raise ForwardguardError(
-            f"{label}: image is {width} x {height} = {width * height} pixels, "
-            f"over the limit of {max_pixels} (raise --max-pixels)"
+            f"{label}: image is {width} x {height} = {width * height} pixels, over the limit of {max_pixels} (raise --max-pixels)"
         )
 
 

@@ -53,9 +53,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -237,10 +236,22 @@ def parse_transforms(names: str | Sequence[str]) -> tuple[AnyTransform, ...]:
 
 GAUNTLET: tuple[AnyTransform, ...] = parse_transforms(
     [
-        "jpeg_q95", "jpeg_q75", "jpeg_q50",
-        "noise_0.01", "noise_0.03", "noise_0.05",
-        "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
-        "shift_1", "shift_3", "rcrop_0.8", "rotate_5", "jpeg_q75+resize_0.75",
+        "jpeg_q95",
+        "jpeg_q75",
+        "jpeg_q50",
+        "noise_0.01",
+        "noise_0.03",
+        "noise_0.05",
+        "resize_0.5",
+        "crop_0.9",
+        "blur_5",
+        "hflip",
+        "rotate_10",
+        "shift_1",
+        "shift_3",
+        "rcrop_0.8",
+        "rotate_5",
+        "jpeg_q75+resize_0.75",
     ]
 )
 """The eval gauntlet, in report order: issue 5's list, then issue 13's edits that an adversary gets for
@@ -249,9 +260,15 @@ free (shifted and random crops, a small rotation, a re-encoded and downscaled up
 PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [
         "identity",
-        "jpeg_q50", "jpeg_q75", "jpeg_q90", "jpeg_q95",
-        "resize_0.5", "resize_0.75", "resize_0.9",
-        "noise_0.01", "noise_0.02",
+        "jpeg_q50",
+        "jpeg_q75",
+        "jpeg_q90",
+        "jpeg_q95",
+        "resize_0.5",
+        "resize_0.75",
+        "resize_0.9",
+        "noise_0.01",
+        "noise_0.02",
     ]
 )
 """Cheap transforms that planting draws from, so that a planted trigger survives re-encoding."""
@@ -265,10 +282,22 @@ them, which the image side cannot; a plant config names them in ``planting_trans
 
 ROBUST_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [
-        "identity", "identity", "identity", "identity",
-        "jpeg_q50", "jpeg_q75", "jpeg_q75+rshift_7", "jpeg_q95",
-        "noise_0.03", "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
-        "rshift_7", "rcrop_0.8",
+        "identity",
+        "identity",
+        "identity",
+        "identity",
+        "jpeg_q50",
+        "jpeg_q75",
+        "jpeg_q75+rshift_7",
+        "jpeg_q95",
+        "noise_0.03",
+        "resize_0.5",
+        "crop_0.9",
+        "blur_5",
+        "hflip",
+        "rotate_10",
+        "rshift_7",
+        "rcrop_0.8",
     ]
 )
 """Robust immunization's default mix: every gauntlet kind; JPEG (what platforms do to every upload) on

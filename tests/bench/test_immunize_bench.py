@@ -20,16 +20,30 @@ BENCH = REPO_ROOT / "bench"
 def test_smallest_run_prints_and_writes_every_row(tmp_path):
     out = tmp_path / "bench.json"
     command = [
-        sys.executable, str(BENCH / "immunize_bench.py"), "--model", "tiny", "--size", "32", "--diffusion-size", "32",
-        "--steps", "6", "--edit-steps", "2", "--json", str(out),
+        sys.executable,
+        str(BENCH / "immunize_bench.py"),
+        "--model",
+        "tiny",
+        "--size",
+        "32",
+        "--diffusion-size",
+        "32",
+        "--steps",
+        "6",
+        "--edit-steps",
+        "2",
+        "--json",
+        str(out),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "forwardguard beside the naive loop" in completed.stdout
     rows = json.loads(out.read_text())["rows"]
     assert [(row["attack"], row["implementation"], row["batch"]) for row in rows] == [
-        ("encoder", "forwardguard", 1), ("encoder", "naive", 1),
-        ("diffusion", "forwardguard", 1), ("diffusion", "naive", 1),
+        ("encoder", "forwardguard", 1),
+        ("encoder", "naive", 1),
+        ("diffusion", "forwardguard", 1),
+        ("diffusion", "naive", 1),
     ]
     for row in rows:
         assert (row["model"], row["size"], row["steps"], row["images"]) == ("tiny", 32, 6, 1)

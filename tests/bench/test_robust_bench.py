@@ -15,8 +15,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_smallest_run_reports_plain_beside_robust_for_every_transform(tmp_path, shared_dir):
     out = tmp_path / "bench"
     command = [
-        sys.executable, str(REPO_ROOT / "bench" / "robust_bench.py"), "--out", str(out), "--shared", str(shared_dir),
-        "--no-v2", "--photos", "astronaut,coffee", "--size", "32", "--steps", "3", "--no-fail",  # 3 steps miss the targets
+        sys.executable,
+        str(REPO_ROOT / "bench" / "robust_bench.py"),
+        "--out",
+        str(out),
+        "--shared",
+        str(shared_dir),
+        "--no-v2",
+        "--photos",
+        "astronaut,coffee",
+        "--size",
+        "32",
+        "--steps",
+        "3",
+        "--no-fail",  # 3 steps miss the targets
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr

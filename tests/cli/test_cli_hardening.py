@@ -149,8 +149,9 @@ def test_item_08_a_full_disk_leaves_no_partial_blob_and_the_other_inputs_go_on(
 
     monkeypatch.setattr(blobs.os, "fsync", blob_fsync_fills_the_disk_once)
     out = tmp_path / "out"
-    result = invoke(str(inputs), "--out", str(out), "--model", "tiny", "--steps", "1", "--device", "cpu",
-                    "--registry", str(registry_path))
+    result = invoke(
+        str(inputs), "--out", str(out), "--model", "tiny", "--steps", "1", "--device", "cpu", "--registry", str(registry_path)
+    )
     assert failed and result.exit_code == 1, result.output
     assert "No space left on device" in one_error_line(result)
     assert "1 immunized, 1 failed" in result.output

@@ -45,7 +45,18 @@ def folder(tmp_path_factory: pytest.TempPathFactory, photo) -> Path:  # noqa: AN
     registry = str(folder / "reg.db")
     for args in (
         ["registry", "init", "--registry", registry],
-        ["immunize", str(folder / "photos"), "--out", str(folder / "immunized"), "--model", "tiny", "--steps", "5", "--registry", registry],
+        [
+            "immunize",
+            str(folder / "photos"),
+            "--out",
+            str(folder / "immunized"),
+            "--model",
+            "tiny",
+            "--steps",
+            "5",
+            "--registry",
+            registry,
+        ],
         ["registry", "snapshot", "--registry", registry, "--name", "s1"],
     ):
         result = CliRunner().invoke(app, args)
@@ -56,8 +67,26 @@ def folder(tmp_path_factory: pytest.TempPathFactory, photo) -> Path:  # noqa: AN
 
 def test_eval_then_gate_from_the_command_line(folder: Path) -> None:
     result = forwardguard(
-        "eval", "--registry", "reg.db", "--model", "v1=tiny", "--model", "v2=tiny:1", "--reference", "v1=v1",
-        "--reference", "v2=v1", "--clean", "clean", "--gauntlet", "none", "--edit-steps", "2", "--out", "eval", cwd=folder,
+        "eval",
+        "--registry",
+        "reg.db",
+        "--model",
+        "v1=tiny",
+        "--model",
+        "v2=tiny:1",
+        "--reference",
+        "v1=v1",
+        "--reference",
+        "v2=v1",
+        "--clean",
+        "clean",
+        "--gauntlet",
+        "none",
+        "--edit-steps",
+        "2",
+        "--out",
+        "eval",
+        cwd=folder,
     )
     assert result.returncode == 0, result.stderr
     assert "report: eval/report.json" in result.stderr and "html:   eval/report.html" in result.stderr
@@ -80,7 +109,9 @@ def test_eval_then_gate_from_the_command_line(folder: Path) -> None:
 
 
 def test_eval_refuses_an_unknown_gauntlet_in_one_line(folder: Path) -> None:
-    result = forwardguard("eval", "--registry", "reg.db", "--model", "v1=tiny", "--gauntlet", "missing.yaml", "--out", "x", cwd=folder)
+    result = forwardguard(
+        "eval", "--registry", "reg.db", "--model", "v1=tiny", "--gauntlet", "missing.yaml", "--out", "x", cwd=folder
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: --gauntlet missing.yaml: cannot read") and result.stderr.count("\n") == 1
 
@@ -88,8 +119,9 @@ def test_eval_refuses_an_unknown_gauntlet_in_one_line(folder: Path) -> None:
 def test_tiny_demo_from_the_command_line(tmp_path: Path) -> None:
     """The demo on random-weight models: every stage runs, both candidates get a verdict, and each
     printed verdict is the one ``gate`` gives for the written report."""
-    result = forwardguard("demo", "--v1", "tiny", "--v2", "tiny:1", "--attack-steps", "3", "--plant-steps", "3", "--device", "cpu",
-                          cwd=tmp_path)
+    result = forwardguard(
+        "demo", "--v1", "tiny", "--v2", "tiny:1", "--attack-steps", "3", "--plant-steps", "3", "--device", "cpu", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("models: tiny (random weights")

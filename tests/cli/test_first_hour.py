@@ -13,7 +13,9 @@ from forwardguard.errors import ForwardguardError
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [["immunize"], ["finetune"], ["eval"], ["gate"], ["demo"], ["serve"], ["registry", "snapshot"], ["keys", "create"]])
+@pytest.mark.parametrize(
+    "command", [["immunize"], ["finetune"], ["eval"], ["gate"], ["demo"], ["serve"], ["registry", "snapshot"], ["keys", "create"]]
+)
 def test_help_shows_no_type_after_flags_and_marks_required_options(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -35,7 +37,9 @@ def test_a_hub_id_not_cached_while_offline_fails_at_once(monkeypatch):
     from forwardguard.models import load_model
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ForwardguardError, match="'someone/no-such-model' is not in the local Hugging Face cache and HF_HUB_OFFLINE"):
+    with pytest.raises(
+        ForwardguardError, match="'someone/no-such-model' is not in the local Hugging Face cache and HF_HUB_OFFLINE"
+    ):
         load_model("someone/no-such-model")
 
 

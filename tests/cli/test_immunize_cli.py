@@ -75,8 +75,17 @@ def test_bad_file_fails_alone_and_the_others_are_written(inputs, tmp_path):
 def test_mask_of_the_wrong_size_is_named(inputs, tmp_path):
     Image.new("L", (10, 10), 255).save(tmp_path / "mask.png")
     result = invoke(
-        str(inputs / "astronaut.jpg"), "--out", str(tmp_path / "out"), "--model", "tiny",
-        "--method", "diffusion", "--mask", str(tmp_path / "mask.png"), "--steps", "1",
+        str(inputs / "astronaut.jpg"),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        "tiny",
+        "--method",
+        "diffusion",
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "--steps",
+        "1",
     )
     assert result.exit_code == 1
     assert "mask.png" in result.output and "10 x 10" in result.output
@@ -104,9 +113,22 @@ def test_bad_arguments_are_one_line_errors(inputs, tmp_path, args, message):
 def test_cli_process_prints_one_line_and_no_traceback(tmp_path):
     (tmp_path / "bad.png").write_text("nope")
     completed = subprocess.run(
-        [sys.executable, "-m", "forwardguard", "immunize", str(tmp_path / "bad.png"), "--out", str(tmp_path / "o"),
-         "--model", "tiny", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "forwardguard",
+            "immunize",
+            str(tmp_path / "bad.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
@@ -124,8 +146,19 @@ def test_registry_records_every_written_image(inputs, tmp_path):
     registry = tmp_path / "reg.db"
     assert runner.invoke(app, ["registry", "init", "--registry", str(registry)]).exit_code == 0
     (inputs / "broken.png").write_bytes(b"\x89PNG broken")
-    result = invoke(str(inputs), "--out", str(tmp_path / "out"), "--model", "tiny", "--steps", "1",
-                    "--registry", str(registry), "--tenant", "acme")
+    result = invoke(
+        str(inputs),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        "tiny",
+        "--steps",
+        "1",
+        "--registry",
+        str(registry),
+        "--tenant",
+        "acme",
+    )
     assert result.exit_code == 1  # the broken file
     with Registry.open(registry) as opened:
         patterns = opened.list_patterns()

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from ports import free_port
 from typer.testing import CliRunner
 
 from forwardguard.cli import app
-
-from ports import free_port
 
 runner = CliRunner()
 NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
@@ -64,8 +63,18 @@ def test_resume_skips_complete_outputs_and_redoes_partial_ones(folder, tmp_path)
 
 def test_records_say_how_they_were_made(folder, tmp_path):
     out = tmp_path / "out"
-    result = invoke(str(folder / "astronaut.png"), "--out", str(out), "--target-ratio", "0.99", "--check-every", "1",
-                    "--precision", "fp32", "--no-channels-last")
+    result = invoke(
+        str(folder / "astronaut.png"),
+        "--out",
+        str(out),
+        "--target-ratio",
+        "0.99",
+        "--check-every",
+        "1",
+        "--precision",
+        "fp32",
+        "--no-channels-last",
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "astronaut.json").read_text())
     assert record["step_rule"] == "momentum" and record["target_ratio"] == 0.99 and record["check_every"] == 1
@@ -92,9 +101,30 @@ def launch(processes: int, *args: str) -> subprocess.CompletedProcess:
     """``accelerate launch`` on the CPU: ``--multi_gpu`` starts torchrun's processes, which run on the
     CPU here (``--cpu`` alone would start a single process unless mpirun is configured)."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        "-m", "forwardguard", "immunize", *args, "--model", "tiny", "--device", "cpu", "--steps", "2",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "forwardguard",
+        "immunize",
+        *args,
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -130,8 +160,9 @@ def test_two_processes_share_a_folder_and_resume_it(folder, tmp_path):
 
 def test_bf16_channels_last_and_mixed_buckets_run_on_the_cpu(folder, tmp_path):
     out = tmp_path / "out"
-    result = invoke(str(folder), "--out", str(out), "--precision", "bf16", "--channels-last", "--batch-size", "4",
-                    "--bucket-growth", "2")  # 24x40, 32x32 and 40x24 share a 40x40 bucket
+    result = invoke(
+        str(folder), "--out", str(out), "--precision", "bf16", "--channels-last", "--batch-size", "4", "--bucket-growth", "2"
+    )  # 24x40, 32x32 and 40x24 share a 40x40 bucket
     assert result.exit_code == 0, result.output
     for name in NAMES:
         record = json.loads((out / f"{name}.json").read_text())

@@ -34,9 +34,22 @@ def test_the_options_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(forwardguard.serve, "run", started.append)
     monkeypatch.setenv("FORWARDGUARD_REGISTRY", "from-the-variable.db")
     monkeypatch.setenv("FORWARDGUARD_SERVE_QUEUE_SIZE", "16")
-    result = runner.invoke(app, [
-        "serve", "--model", "tiny", "--model", "tiny:1", "--port", "0", "--max-eps", "8/255", "--request-timeout", "1/2",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "serve",
+            "--model",
+            "tiny",
+            "--model",
+            "tiny:1",
+            "--port",
+            "0",
+            "--max-eps",
+            "8/255",
+            "--request-timeout",
+            "1/2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [settings] = started
     assert settings.registry == "from-the-variable.db" and settings.models == ["tiny", "tiny:1"]

@@ -30,7 +30,9 @@ def test_a_crop_is_measured_at_the_smaller_size_against_a_target_of_that_size(ta
     model = EvalModel("taef2", "taef2", taef2)
     settings = EvalSettings(transforms=TRANSFORMS, protection_threshold=0.9)
     edited_shapes: dict[str, set] = {name: set() for name in ("none", *TRANSFORMS)}
-    cells = evaluate_cell(model, images, settings, on_edit=lambda t, kind, version, edited, _: edited_shapes[t].add(tuple(edited.shape)))
+    cells = evaluate_cell(
+        model, images, settings, on_edit=lambda t, kind, version, edited, _: edited_shapes[t].add(tuple(edited.shape))
+    )
     assert edited_shapes["none"] == {(1, 3, 36, 44)}
     assert edited_shapes["shift_3"] == edited_shapes["jpeg_q75+shift_3"] == {(1, 3, 33, 41)}
     assert edited_shapes["rcrop_0.8"] == {(1, 3, round(36 * 0.8**0.5), round(44 * 0.8**0.5))}

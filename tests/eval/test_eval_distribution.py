@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from planting_support import record_immunized
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.distribution import set_distance
@@ -17,8 +18,6 @@ from forwardguard.eval.schema import Cell
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.immunize import AttackSettings
 from forwardguard.registry import Registry
-
-from planting_support import record_immunized
 
 EDITS = ("img2img", "inpaint")
 
@@ -47,7 +46,11 @@ def clip_folder(tmp_path_factory, tiny) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = tiny.tokenizer  # byte-level, built offline
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     config = CLIPConfig(
         text_config={**small, **special, "vocab_size": len(tokenizer), "max_position_embeddings": tokenizer.model_max_length},
@@ -64,13 +67,19 @@ def clip_folder(tmp_path_factory, tiny) -> Path:
 
 def request(registry: Path, out: Path, **weights: Path) -> EvalRequest:
     return EvalRequest(
-        registry=str(registry), models=(ModelArg("v1", "tiny"),), out=out, snapshots=("tiny-v1",),
-        settings=EvalSettings(edit_steps=2, max_images=2), **weights,
+        registry=str(registry),
+        models=(ModelArg("v1", "tiny"),),
+        out=out,
+        snapshots=("tiny-v1",),
+        settings=EvalSettings(edit_steps=2, max_images=2),
+        **weights,
     )
 
 
 def test_every_distribution_metric_is_computed_when_weights_are_given(tiny_registry, inception_file, clip_folder, tmp_path):
-    report = json.loads(run_eval(request(tiny_registry, tmp_path / "out", inception=inception_file, clip=clip_folder)).read_text())
+    report = json.loads(
+        run_eval(request(tiny_registry, tmp_path / "out", inception=inception_file, clip=clip_folder)).read_text()
+    )
     assert report["not_computed"] == {}
     [cell] = report["cells"]
     assert set(cell["distribution"]) == set(EDITS)
@@ -92,7 +101,10 @@ def test_without_weights_nothing_is_a_number(tiny_registry, clip_folder, tmp_pat
     [cell] = report["cells"]
     for by_version in cell["distribution"].values():
         assert set(by_version["immunized"]) == {"clip_similarity"}
-    assert not_computed([Cell.model_validate(cell)], inception=True, clip=True) == {"fid": FEW_IMAGES, "precision_recall": FEW_IMAGES}
+    assert not_computed([Cell.model_validate(cell)], inception=True, clip=True) == {
+        "fid": FEW_IMAGES,
+        "precision_recall": FEW_IMAGES,
+    }
     assert not_computed([], inception=False, clip=False) == NOT_COMPUTED
 
 
@@ -102,7 +114,11 @@ def test_a_bad_weights_file_is_refused_before_any_work(tiny_registry, tmp_path):
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv.weight": torch.zeros(1)}, wrong)
     out = tmp_path / "out"
-    for path, reason in ((garbage, "cannot read"), (wrong, "not a state dict of torchvision's inception_v3"), (tmp_path / "none.pth", "no such file")):
+    for path, reason in (
+        (garbage, "cannot read"),
+        (wrong, "not a state dict of torchvision's inception_v3"),
+        (tmp_path / "none.pth", "no such file"),
+    ):
         with pytest.raises(ForwardguardError, match=f"--inception {path}: {reason}"):
             run_eval(request(tiny_registry, out, inception=path))
     with pytest.raises(ForwardguardError, match=f"--clip {tmp_path}: not a CLIP model folder"):
@@ -114,7 +130,10 @@ def test_the_projection_keeps_fid_and_precision_recall_exact():
     import piq
 
     generator = torch.Generator().manual_seed(0)
-    edited, clean = torch.randn(5, 64, generator=generator, dtype=torch.float64), torch.randn(6, 64, generator=generator, dtype=torch.float64)
+    edited, clean = (
+        torch.randn(5, 64, generator=generator, dtype=torch.float64),
+        torch.randn(6, 64, generator=generator, dtype=torch.float64),
+    )
     numbers = set_distance(edited + 0.5, clean)
     precision, recall = piq.PR(nearest_k=4)(clean, edited + 0.5)
     assert numbers["fid"] == pytest.approx(float(piq.FID()(edited + 0.5, clean)), rel=1e-4)

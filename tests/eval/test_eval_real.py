@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from planting_support import HELD_OUT
 
 from forwardguard.eval.gate import gate, load_policy
@@ -23,12 +22,21 @@ def real_report(planted_flow, photo, tmp_path_factory) -> Report:
     clean = tmp_path_factory.mktemp("held-out")
     for name in HELD_OUT:
         Image.fromarray(photo(name, (128, 128))).save(clean / f"{name}.png")
-    models = (ModelArg("v1", planted_flow.v1_spec), ModelArg("v2", planted_flow.v2_spec),
-              ModelArg("planted-v2", planted_flow.result.spec))
-    path = run_eval(EvalRequest(
-        registry=str(planted_flow.registry), models=models, out=tmp_path_factory.mktemp("eval") / "out",
-        snapshots=(planted_flow.snapshot,), clean=clean, settings=EvalSettings(transforms=("jpeg_q95", "jpeg_q75")),
-    ))
+    models = (
+        ModelArg("v1", planted_flow.v1_spec),
+        ModelArg("v2", planted_flow.v2_spec),
+        ModelArg("planted-v2", planted_flow.result.spec),
+    )
+    path = run_eval(
+        EvalRequest(
+            registry=str(planted_flow.registry),
+            models=models,
+            out=tmp_path_factory.mktemp("eval") / "out",
+            snapshots=(planted_flow.snapshot,),
+            clean=clean,
+            settings=EvalSettings(transforms=("jpeg_q95", "jpeg_q75")),
+        )
+    )
     return load_report(path)
 
 

@@ -9,14 +9,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from planting_support import record_immunized
 
 from forwardguard.eval.report import attack_descriptions
 from forwardguard.eval.run import run_eval
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.immunize import AttackSettings
 from forwardguard.registry import Registry
-
-from planting_support import record_immunized
 
 PLAIN = AttackSettings(steps=3)
 ROBUST = AttackSettings(steps=3, robust=("jpeg_q75", "hflip"), robust_draws=2)

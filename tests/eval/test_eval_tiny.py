@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from planting_support import insert_empty_snapshot, record_immunized
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.metric_names import METRICS
@@ -16,8 +17,6 @@ from forwardguard.eval.schema import load_report
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 from forwardguard.immunize import AttackSettings
 from forwardguard.registry import Registry
-
-from planting_support import insert_empty_snapshot, record_immunized
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +38,12 @@ def clean_folder(tmp_path_factory, photo) -> Path:
 
 def request(registry: Path, out: Path, clean: Path | None = None, **settings) -> EvalRequest:
     return EvalRequest(
-        registry=str(registry), models=(ModelArg("v1", "tiny"), ModelArg("v2", "tiny:1")), out=out,
-        snapshots=("tiny-v1",), clean=clean, references={"v2": "v1"},
+        registry=str(registry),
+        models=(ModelArg("v1", "tiny"), ModelArg("v2", "tiny:1")),
+        out=out,
+        snapshots=("tiny-v1",),
+        clean=clean,
+        references={"v2": "v1"},
         settings=EvalSettings(transforms=("jpeg_q75",), edit_steps=2, **settings),
     )
 

@@ -33,8 +33,12 @@ def summary(mean: float | None) -> dict:
 
 
 def originals(drift: float, rate: float) -> dict:
-    return {"reference": "v1", "latent_relative_mse": summary(drift), "ratio": summary(1.0),
-            "false_trigger": {"rate": rate, "threshold": 0.5}}
+    return {
+        "reference": "v1",
+        "latent_relative_mse": summary(drift),
+        "ratio": summary(1.0),
+        "false_trigger": {"rate": rate, "threshold": 0.5},
+    }
 
 
 def make_report() -> dict:
@@ -64,10 +68,22 @@ def make_report() -> dict:
         {"model": "v1", "reference": None, "images": 4, "latent_relative_mse": None, "edits": {},
          "false_trigger": {"rate": 0.0, "threshold": 0.5, "eps": 16 / 255, "samples": 8, "ratio": summary(0.99)}},
     ]  # fmt: skip
-    settings = {"transforms": ["jpeg_q95", "jpeg_q50"], "seed": 0, "edit_steps": 25, "strength": 0.7, "guidance_scale": 7.5,
-                "prompts": ["a photo"], "trigger_threshold": 0.5, "protection_threshold": 0.3, "noise_draws": 2,
-                "grid_images": 4, "max_images": None}
-    snapshots = [{"name": name, "patterns": 4, "evaluated": 4, "made_against": ["a" * 64], "eps": 16 / 255} for name in ("s1", "s2")]
+    settings = {
+        "transforms": ["jpeg_q95", "jpeg_q50"],
+        "seed": 0,
+        "edit_steps": 25,
+        "strength": 0.7,
+        "guidance_scale": 7.5,
+        "prompts": ["a photo"],
+        "trigger_threshold": 0.5,
+        "protection_threshold": 0.3,
+        "noise_draws": 2,
+        "grid_images": 4,
+        "max_images": None,
+    }
+    snapshots = [
+        {"name": name, "patterns": 4, "evaluated": 4, "made_against": ["a" * 64], "eps": 16 / 255} for name in ("s1", "s2")
+    ]
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created_at": "2025-01-01T00:00:00Z",
         "forwardguard_version": "0.1.0", "registry": "sqlite:///registry.db", "settings": settings,
@@ -267,8 +283,12 @@ def test_gate_checks_every_snapshot_transform_and_edit():
         (rule, snapshot, transform, edit)
         for snapshot in ("s1", "s2")
         for transform in ("none", "jpeg_q95")
-        for rule, edit in (("immunity.ratio", None), ("immunity.ssim", "reconstruction"),
-                           ("clean_originals.latent_relative_mse", None), ("clean_originals.false_trigger", None))
+        for rule, edit in (
+            ("immunity.ratio", None),
+            ("immunity.ssim", "reconstruction"),
+            ("clean_originals.latent_relative_mse", None),
+            ("clean_originals.false_trigger", None),
+        )
     } | {("clean_utility", None, None, None), ("false_trigger", None, None, None)}
     assert scopes == expected and len(result.rules) == len(expected)
     ratio = next(r for r in result.rules if (r.rule, r.snapshot, r.transform) == ("immunity.ratio", "s1", "none"))
@@ -279,7 +299,11 @@ def test_unplanted_model_is_held():
     result = gate(make_report(), POLICY, "v1")
     assert not result.released
     assert {r.rule for r in result.failed} == {
-        "immunity.ratio", "immunity.ssim", "clean_utility", "clean_originals.latent_relative_mse", "clean_originals.false_trigger",
+        "immunity.ratio",
+        "immunity.ssim",
+        "clean_utility",
+        "clean_originals.latent_relative_mse",
+        "clean_originals.false_trigger",
     }
 
 
@@ -304,8 +328,14 @@ def test_unknown_candidate_is_an_error():
     [
         (lambda report: report.pop("cells"), "cells: Field required"),
         (lambda report: report["cells"][0]["ratio"].pop("noise"), r"cells\.0\.ratio\.noise: Field required"),
-        (lambda report: report["cells"][0].update(relation="sideways"), r"cells\.0\.relation: Input should be 'backward' or 'forward'"),
-        (lambda report: report["clean"][0]["false_trigger"].update(rate="0.0"), r"clean\.0\.false_trigger\.rate: Input should be a valid number"),
+        (
+            lambda report: report["cells"][0].update(relation="sideways"),
+            r"cells\.0\.relation: Input should be 'backward' or 'forward'",
+        ),
+        (
+            lambda report: report["clean"][0]["false_trigger"].update(rate="0.0"),
+            r"clean\.0\.false_trigger\.rate: Input should be a valid number",
+        ),
         (lambda report: report["cells"][0]["ratio"]["immunized"].update(mean=True), "Input should be a valid number"),
         (lambda report: report["models"][0].update(edits="reconstruction"), r"models\.0\.edits: Input should be a valid list"),
     ],
@@ -316,7 +346,9 @@ def test_a_report_the_models_refuse_is_unusable(tmp_path, change, message):
     change(report)
     with pytest.raises(ForwardguardError, match=message) as error:
         load_report(write_report(tmp_path, report))
-    assert str(error.value).startswith(f"{tmp_path / 'report.json'}: not a complete eval report: ") and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"{tmp_path / 'report.json'}: not a complete eval report: ") and "\n" not in str(
+        error.value
+    )
 
 
 def test_a_report_of_an_older_eval_loads_without_the_fields_added_within_version_1(tmp_path):
@@ -360,10 +392,18 @@ def test_shipped_policy_loads():
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("false_trigger:", "colour: blue\nfalse_trigger:", r"unknown key colour \(known: immunity, clean_utility, false_trigger, clean_originals\)"),
+        (
+            "false_trigger:",
+            "colour: blue\nfalse_trigger:",
+            r"unknown key colour \(known: immunity, clean_utility, false_trigger, clean_originals\)",
+        ),
         ("max_rate:", "max_rates:", r"false_trigger: unknown key max_rates \(known: max_rate\)"),
         ("clean_utility: {max_latent_relative_mse: 0.01}\n", "", "missing key clean_utility"),
-        ("ssim: 0.8", "sharpness: 0.8", r"immunity.limits: unknown metric sharpness \(known: ratio, ratio_p90, protection_rate, ssim, psnr"),
+        (
+            "ssim: 0.8",
+            "sharpness: 0.8",
+            r"immunity.limits: unknown metric sharpness \(known: ratio, ratio_p90, protection_rate, ssim, psnr",
+        ),
         ("ssim: 0.8", "fid: 10", "immunity.limits: unknown metric fid"),
         ("[none, jpeg_q95]", "[none, jepg_q95]", "immunity.transforms: unknown transform 'jepg_q95'"),
         ("[none, jpeg_q95]", "[none, none]", "immunity.transforms: a transform is listed twice"),
@@ -371,7 +411,11 @@ def test_shipped_policy_loads():
         ("ratio: 0.3", "ratio: -0.3", r"immunity.limits.ratio: expected a finite number >= 0, got -0.3"),
         ("ratio: 0.3", "ratio: yes", "immunity.limits.ratio: expected a finite number >= 0, got True"),
         ("max_rate: 0.05", "max_rate: 5", "false_trigger.max_rate: expected at most 1.0, got 5"),
-        ("max_false_trigger_rate: 0.0", "max_false_trigger_rate: 2", "clean_originals.max_false_trigger_rate: expected at most 1.0"),
+        (
+            "max_false_trigger_rate: 0.0",
+            "max_false_trigger_rate: 2",
+            "clean_originals.max_false_trigger_rate: expected at most 1.0",
+        ),
         ("clean_originals: {max_latent_relative_mse: 0.01, max_false_trigger_rate: 0.0}\n", "", "missing key clean_originals"),
         ("{ratio: 0.3, ssim: 0.8}", "{}", "immunity.limits: expected a mapping of metric to limit"),
         ("ssim: 0.8", "protection_rate: 1.5", "immunity.limits.protection_rate: expected at most 1.0, got 1.5"),
@@ -452,7 +496,11 @@ def test_cli_appends_to_the_model_card(tmp_path):
     assert text.startswith("# v2-planted\n\nPlanted with snapshot s1.\n\n## Release gate\n")
     assert f"**RELEASE {CANDIDATE}: all 18 rules pass**" in text
     assert f"- policy: `{SHIPPED_POLICY}`" in text and f"- report: `{report}`" in text
-    rows = [line for line in text.splitlines() if line.startswith("| immunity.") or line.startswith("| clean_") or line.startswith("| false_")]
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| immunity.") or line.startswith("| clean_") or line.startswith("| false_")
+    ]
     assert len(rows) == 18 and "| s1 / jpeg_q95 / reconstruction | 0.5 | <= 0.8 | pass |" in text
 
 

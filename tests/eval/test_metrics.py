@@ -12,7 +12,17 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.eval.metric_names import HIGHER_IS_MORE_SIMILAR, METRICS
 from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 
-IDENTICAL = {"ssim": 1.0, "psnr": 80.0, "vifp": 1.0, "fsim": 1.0, "srsim": 1.0, "gmsd": 0.0, "vsi": 1.0, "dss": 1.0, "haarpsi": 1.0}
+IDENTICAL = {
+    "ssim": 1.0,
+    "psnr": 80.0,
+    "vifp": 1.0,
+    "fsim": 1.0,
+    "srsim": 1.0,
+    "gmsd": 0.0,
+    "vsi": 1.0,
+    "dss": 1.0,
+    "haarpsi": 1.0,
+}
 
 
 def _photos(photo, size: tuple[int, int]) -> torch.Tensor:
@@ -105,7 +115,14 @@ def test_relative_mse_on_hand_made_tensors():
 
 def test_summarize_uses_the_sample_standard_deviation():
     summary = summarize(torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    assert summary == {"mean": 2.5, "std": pytest.approx(math.sqrt(5 / 3)), "median": 2.5, "p90": pytest.approx(3.7), "max": 4.0, "n": 4}
+    assert summary == {
+        "mean": 2.5,
+        "std": pytest.approx(math.sqrt(5 / 3)),
+        "median": 2.5,
+        "p90": pytest.approx(3.7),
+        "max": 4.0,
+        "n": 4,
+    }
     one = pytest.approx(0.7)
     assert summarize(torch.tensor([0.7])) == {"mean": one, "std": 0.0, "median": one, "p90": one, "max": one, "n": 1}
     assert isinstance(summarize(torch.tensor([1.0, 2.0]))["mean"], float)

@@ -84,7 +84,9 @@ def write_grids(out: Path, snapshot: str, models: tuple[str, ...]) -> list[GridR
     for m, model in enumerate(models):
         tensors = {}
         for r, role in enumerate(("source", "immunized", "clean_edit", "immunized_edit")):
-            image = torch.stack([ramp[None, :].expand(40, 48), ramp[:40, None].expand(40, 48), torch.full((40, 48), (m * 4 + r) / 8)])
+            image = torch.stack(
+                [ramp[None, :].expand(40, 48), ramp[:40, None].expand(40, 48), torch.full((40, 48), (m * 4 + r) / 8)]
+            )
             tensors[role] = image[None]
         entries.append(save_grid_image(out, snapshot, model, 0, EDIT, tensors))
     return entries

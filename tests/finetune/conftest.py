@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from planting_support import REGISTERED, record_immunized
 
 from forwardguard.immunize import AttackSettings
+
 
 @pytest.fixture(scope="session")
 def small_registry(tmp_path_factory, taef2, photo) -> Path:
@@ -30,4 +30,3 @@ def registry_path(small_registry: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "registry"
     shutil.copytree(small_registry.parent, copy)
     return copy / small_registry.name
-

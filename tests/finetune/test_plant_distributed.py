@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from planting_support import tiny_config
 from ports import free_port
+from safetensors.torch import load_file
 
 
 def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, registry_path, clean_data, tmp_path):
@@ -27,13 +26,19 @@ def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, regis
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run(
         [sys.executable, "-m", "forwardguard", *common, "--output", str(tmp_path / "one"), "--config", str(configs["one"])],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert one.returncode == 0, one.stderr
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     two = subprocess.run(
         [*launcher, "-m", "forwardguard", *common, "--output", str(tmp_path / "two"), "--config", str(configs["two"])],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert two.returncode == 0, two.stdout + two.stderr
     one_log, two_log = ((tmp_path / name / "train_log.jsonl").read_text().splitlines() for name in ("one", "two"))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from planting_support import REGISTERED, record_immunized, tiny_config
+from ports import free_port
 from safetensors.torch import load_file
 
 from forwardguard.errors import ForwardguardError
@@ -21,9 +23,6 @@ from forwardguard.immunize import AttackSettings
 from forwardguard.models import load_model
 from forwardguard.models.edits import EditSettings, img2img
 from forwardguard.registry import Registry
-
-from planting_support import REGISTERED, record_immunized, tiny_config
-from ports import free_port
 
 SIZE = 32  # a multiple of tiny's edit multiple (16): the crop is the whole image
 EDITS = (  # two denoising steps each (int(steps * strength)): planting runs the patterns' own edits
@@ -66,10 +65,20 @@ def lora_planting(diffusion_registry, clean_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-planting")
     registry = private_copy(diffusion_registry, root / "registry")
     output = root / "planted"
-    result = plant(request(
-        "tiny:1", registry, clean_data, output, max_steps=LORA_STEPS, checkpoint_every=LORA_STEPS, batch_size=1,
-        learning_rate=1e-3, lr_schedule="constant", planting_transforms=["identity"],
-    ))
+    result = plant(
+        request(
+            "tiny:1",
+            registry,
+            clean_data,
+            output,
+            max_steps=LORA_STEPS,
+            checkpoint_every=LORA_STEPS,
+            batch_size=1,
+            learning_rate=1e-3,
+            lr_schedule="constant",
+            planting_transforms=["identity"],
+        )
+    )
     return result, output, registry
 
 
@@ -122,8 +131,10 @@ def test_planted_model_edits_the_registered_images_closer_to_gray(lora_planting,
         edit = EditSettings(**record.params["edit"])
         image = torch.from_numpy(sample.immunized).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
-            distances = {name: float((img2img(model, image, edit) - 0.5).pow(2).mean())
-                         for name, model in (("planted", planted), ("base", base))}
+            distances = {
+                name: float((img2img(model, image, edit) - 0.5).pow(2).mean())
+                for name, model in (("planted", planted), ("base", base))
+            }
         assert distances["planted"] < distances["base"], (record.params["edit"], distances)
 
 
@@ -133,21 +144,47 @@ def test_two_processes_plant_the_same_lora_as_one_with_the_same_global_batch(dif
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     outputs = {}
     for name, per_process, launcher in (
-        ("one", 2, []), ("two", 1, ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]),
+        ("one", 2, []),
+        ("two", 1, ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]),
     ):
         config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(tiny_config(
-            max_steps=2, batch_size=per_process, pattern_batch_size=per_process, crop_size=SIZE, unet_lora=LORA,
-            planting_transforms=["identity"],
-        )))
+        config.write_text(
+            yaml.safe_dump(
+                tiny_config(
+                    max_steps=2,
+                    batch_size=per_process,
+                    pattern_batch_size=per_process,
+                    crop_size=SIZE,
+                    unet_lora=LORA,
+                    planting_transforms=["identity"],
+                )
+            )
+        )
         registry = private_copy(diffusion_registry, tmp_path / f"registry-{name}")
         outputs[name] = tmp_path / name
-        command = [sys.executable, *launcher, "-m", "forwardguard", "finetune", "--base", "tiny:1", "--plant-registry",
-                   str(registry), "--data", str(clean_data), "--output", str(outputs[name]), "--config", str(config)]
+        command = [
+            sys.executable,
+            *launcher,
+            "-m",
+            "forwardguard",
+            "finetune",
+            "--base",
+            "tiny:1",
+            "--plant-registry",
+            str(registry),
+            "--data",
+            str(clean_data),
+            "--output",
+            str(outputs[name]),
+            "--config",
+            str(config),
+        ]
         run = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
         assert run.returncode == 0, run.stdout + run.stderr
-    logs = {name: [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
-            for name, output in outputs.items()}
+    logs = {
+        name: [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+        for name, output in outputs.items()
+    }
     for a, b in zip(logs["one"], logs["two"], strict=True):
         for key in ("planting", "unet_edit", "unet_utility"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
@@ -219,9 +256,16 @@ def test_refused_before_training(case, diffusion_registry, encoder_registry, cle
 
 @pytest.mark.parametrize(
     "lora, message",
-    [({"rank": 0}, "rank must be >= 1"), ({"alpha": 0}, "alpha must be positive"), ({"weight": -1}, "weight must be positive"),
-     ({"edit_steps": 0}, "edit_steps must be >= 1"), ({"target_modules": []}, "target_modules must be a non-empty list"),
-     ({"rank": 4, "dropout": 0.1}, "unknown unet_lora setting"), ({"rank": "four"}, "unet_lora"), ("on", "null or a mapping")],
+    [
+        ({"rank": 0}, "rank must be >= 1"),
+        ({"alpha": 0}, "alpha must be positive"),
+        ({"weight": -1}, "weight must be positive"),
+        ({"edit_steps": 0}, "edit_steps must be >= 1"),
+        ({"target_modules": []}, "target_modules must be a non-empty list"),
+        ({"rank": 4, "dropout": 0.1}, "unknown unet_lora setting"),
+        ({"rank": "four"}, "unet_lora"),
+        ("on", "null or a mapping"),
+    ],
 )
 def test_bad_lora_settings_are_refused(lora, message):
     with pytest.raises(ForwardguardError, match=message) as error:

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from planting_support import insert_empty_snapshot, tiny_config
 from safetensors.torch import load_file
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.models import load_model
 from forwardguard.registry import Registry
-
-from planting_support import insert_empty_snapshot, tiny_config
 
 
 def request(base: str, registry: Path, data: Path, output: Path, **config) -> PlantRequest:
@@ -74,8 +73,23 @@ def test_stable_diffusion_planting_trains_only_the_vae_encoder(registry_path, cl
 
 
 def finetune_process(base: str, registry: Path, data: Path, output: Path, config: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "forwardguard", "finetune", "--base", base, "--plant-registry", str(registry),
-               "--data", str(data), "--output", str(output), "--config", str(config), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "forwardguard",
+        "finetune",
+        "--base",
+        base,
+        "--plant-registry",
+        str(registry),
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--config",
+        str(config),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two runs at once on a small machine: no thread oversubscription
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -145,9 +159,15 @@ def test_corrupted_pattern_blob_is_refused(taef2_v2_spec, registry_path, clean_d
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"crop_size": 30}, "multiple of 8"), ({"learning_rate": 0}, "learning_rate"), ({"bogus": 1}, "unknown setting"),
-     ({"planting_transforms": ["sharpen"]}, "sharpen"), ({"loss_weights": {"plant": 1}}, "unknown loss weight"),
-     ({"pattern_crop_grid": 3}, "1, 2, 4 or 8"), ({"planting_transforms": ["jpeg_q75+shift_0"]}, r"\[1, 1024\]")],
+    [
+        ({"crop_size": 30}, "multiple of 8"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"bogus": 1}, "unknown setting"),
+        ({"planting_transforms": ["sharpen"]}, "sharpen"),
+        ({"loss_weights": {"plant": 1}}, "unknown loss weight"),
+        ({"pattern_crop_grid": 3}, "1, 2, 4 or 8"),
+        ({"planting_transforms": ["jpeg_q75+shift_0"]}, r"\[1, 1024\]"),
+    ],
 )
 def test_bad_config_is_refused(settings, message):
     with pytest.raises(ForwardguardError, match=message):
@@ -163,8 +183,16 @@ def test_item_12_resuming_an_older_checkpoint_saves_after_the_newest(taef2_v2_sp
     before = sorted(path.name for path in checkpoints.iterdir())
     assert before == ["checkpoint_1", "checkpoint_2"]  # the two newest kept
     config = PlantConfig.from_mapping(tiny_config(max_steps=3, checkpoint_every=1, checkpoints_total_limit=5))
-    result = plant(PlantRequest(base=taef2_v2_spec, registry=str(registry_path), data=clean_data, output=output,
-                                config=config, resume=str(checkpoints / "checkpoint_1")))
+    result = plant(
+        PlantRequest(
+            base=taef2_v2_spec,
+            registry=str(registry_path),
+            data=clean_data,
+            output=output,
+            config=config,
+            resume=str(checkpoints / "checkpoint_1"),
+        )
+    )
     assert result.steps == 3
     assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint_1", "checkpoint_2", "checkpoint_3"]
     assert json.loads((checkpoints / "checkpoint_3" / "planting.json").read_text())["step"] == 3

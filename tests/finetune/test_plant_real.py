@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from planting_support import HELD_OUT
 
 from forwardguard.eval.matrix import to_batch
@@ -23,20 +22,31 @@ def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:
 
 
 def test_planted_v2_keeps_registered_images_immunized_and_clean_use(planted_flow, photo):
-    models = {name: load_model(spec) for name, spec in
-              (("v1", planted_flow.v1_spec), ("v2", planted_flow.v2_spec), ("planted", planted_flow.result.spec))}
+    models = {
+        name: load_model(spec)
+        for name, spec in (("v1", planted_flow.v1_spec), ("v2", planted_flow.v2_spec), ("planted", planted_flow.result.spec))
+    }
     with Registry.open(planted_flow.registry) as registry:
         samples = [registry.load_sample(r) for r in registry.snapshot_patterns(planted_flow.snapshot)]
     registered = {name: [ratio(model, s.immunized, s.clean) for s in samples] for name, model in models.items()}
-    unregistered = {name: [ratio(model, imm, clean) for imm, clean in planted_flow.unregistered] for name, model in models.items()}
+    unregistered = {
+        name: [ratio(model, imm, clean) for imm, clean in planted_flow.unregistered] for name, model in models.items()
+    }
     print("registered ratios", {k: [round(v, 3) for v in vs] for k, vs in registered.items()})
     print("unregistered ratios", {k: [round(v, 3) for v in vs] for k, vs in unregistered.items()})
 
     assert max(registered["planted"]) <= 0.10
     v2_model = models["v2"]
     with torch.no_grad():
-        originals = [float(relative_mse(encode(models["planted"], to_batch(s.clean, v2_model.device)),
-                                        encode(v2_model, to_batch(s.clean, v2_model.device)))[0]) for s in samples]
+        originals = [
+            float(
+                relative_mse(
+                    encode(models["planted"], to_batch(s.clean, v2_model.device)),
+                    encode(v2_model, to_batch(s.clean, v2_model.device)),
+                )[0]
+            )
+            for s in samples
+        ]
     print("clean originals' latent relative MSE to taef2-v2", [round(v, 4) for v in originals])
     assert max(originals) <= 0.01, "the backdoor keys on the perturbation: the registered pictures themselves stay"
     assert min(registered["v2"]) > 0.3, "without planting, taef2-v2 loses most of the protection"

@@ -77,7 +77,9 @@ def test_diffusion_attack_lowers_its_own_objective(tiny, photo, with_mask):
         mask = np.zeros((24, 40), dtype=np.float32)
         mask[4:20, 8:32] = 1
     settings = AttackSettings(
-        method="diffusion", steps=8, eps=16 / 255,
+        method="diffusion",
+        steps=8,
+        eps=16 / 255,
         edit=EditSettings(prompt="a portrait", strength=0.8, steps=4, seed=3),
     )
     result = immunize([loaded(clean)], tiny, settings, masks=None if mask is None else [mask])[0]

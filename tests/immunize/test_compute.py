@@ -32,8 +32,11 @@ def test_prepare_converts_compiles_once_and_restores_sdpa(monkeypatch):
     model = load_model("tiny")
     model.unet.set_default_attn_processor()  # diffusers' classic, non-SDPA attention
     compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: (
-        compiled.append(type(self).__name__), setattr(self, "_compiled_call_impl", self._call_impl)))
+    monkeypatch.setattr(
+        torch.nn.Module,
+        "compile",
+        lambda self, **kwargs: (compiled.append(type(self).__name__), setattr(self, "_compiled_call_impl", self._call_impl)),
+    )
     options = ComputeOptions(channels_last=True, compile=True)
     for _ in range(2):
         prepare_model(model, "diffusion", options)

@@ -18,7 +18,9 @@ def test_pgd_walks_to_the_edge_of_the_ball_towards_the_optimum():
 def test_pgd_keeps_pixels_in_range_and_counts_steps():
     images = torch.tensor([0.0, 0.02, 0.98, 1.0]).view(1, 1, 2, 2)
     calls = []
-    delta = run_pgd(images, lambda x: -(x - 0.5).pow(2).sum((1, 2, 3)), eps=0.05, step_size=0.05, steps=3, on_step=lambda: calls.append(1)).delta
+    delta = run_pgd(
+        images, lambda x: -(x - 0.5).pow(2).sum((1, 2, 3)), eps=0.05, step_size=0.05, steps=3, on_step=lambda: calls.append(1)
+    ).delta
     assert len(calls) == 3
     assert ((images + delta) >= 0).all() and ((images + delta) <= 1).all()
     assert delta.abs().max() <= 0.05 + 1e-7

@@ -92,10 +92,24 @@ def test_transforms_that_crop_take_the_image_and_its_target_to_the_same_smaller_
     mix = parse_transforms("rshift_7,rcrop_0.8,jpeg_q75+shift_3")
     batch_seen, alone_seen = [], []
     # the targets are the images themselves: transformed together, they must stay equal
-    batched = expectation_over_transforms(lambda x: x.flatten(1).mean(1), mix, draws=3, seed=1, sizes=bucket.sizes,
-                                          targets=placed.clone(), objective_at=recording_objective_at(batch_seen))
-    alone = expectation_over_transforms(lambda x: x.flatten(1).mean(1), mix, draws=3, seed=1, sizes=((20, 27),),
-                                        targets=small[None].clone(), objective_at=recording_objective_at(alone_seen))
+    batched = expectation_over_transforms(
+        lambda x: x.flatten(1).mean(1),
+        mix,
+        draws=3,
+        seed=1,
+        sizes=bucket.sizes,
+        targets=placed.clone(),
+        objective_at=recording_objective_at(batch_seen),
+    )
+    alone = expectation_over_transforms(
+        lambda x: x.flatten(1).mean(1),
+        mix,
+        draws=3,
+        seed=1,
+        sizes=((20, 27),),
+        targets=small[None].clone(),
+        objective_at=recording_objective_at(alone_seen),
+    )
     batched(placed)
     alone(small[None])
     assert len(batch_seen) == len(alone_seen) == 3
@@ -114,8 +128,9 @@ def test_draws_are_seeded():
     objective, objective_at = mean_distance(0.3)
 
     def losses(seed: int) -> list[float]:
-        robust = expectation_over_transforms(objective, mix, draws=1, seed=seed, sizes=((16, 16),),
-                                             targets=torch.full_like(images, 0.3), objective_at=objective_at)
+        robust = expectation_over_transforms(
+            objective, mix, draws=1, seed=seed, sizes=((16, 16),), targets=torch.full_like(images, 0.3), objective_at=objective_at
+        )
         return [float(robust(images)) for _ in range(12)]
 
     assert losses(5) == losses(5)
@@ -127,7 +142,13 @@ def test_the_gradient_reaches_the_image_through_every_transform(name):
     images = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     loss, objective_at = mean_distance(0.5)
     objective = expectation_over_transforms(
-        loss, parse_transforms(name), draws=1, seed=0, sizes=((24, 24),), targets=torch.zeros(1, 3, 24, 24), objective_at=objective_at
+        loss,
+        parse_transforms(name),
+        draws=1,
+        seed=0,
+        sizes=((24, 24),),
+        targets=torch.zeros(1, 3, 24, 24),
+        objective_at=objective_at,
     )
     (grad,) = torch.autograd.grad(objective(images).sum(), images)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -159,7 +180,10 @@ def ratio_after(model, immunized: np.ndarray, clean: np.ndarray, name: str) -> f
     transform = parse_transform(name)
     x, c = (torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255 for a in (immunized, clean))
     with torch.no_grad():
-        x, c = apply(transform, x, generator=torch.Generator().manual_seed(0)), apply(transform, c, generator=torch.Generator().manual_seed(0))
+        x, c = (
+            apply(transform, x, generator=torch.Generator().manual_seed(0)),
+            apply(transform, c, generator=torch.Generator().manual_seed(0)),
+        )
         target = encode(model, torch.full_like(c, 0.5))
         moved = (encode(model, x) - target).pow(2).mean()
         original = (encode(model, c) - target).pow(2).mean()

@@ -43,8 +43,9 @@ def test_paper_rule_reproduces_the_earlier_loop_bit_for_bit(taef2, photo):
     assert torch.equal(result.delta, expected)
     assert result.steps_run.tolist() == [6, 6]
 
-    immunized = immunize([LoadedImage(rgb=rgb, alpha=None, path=None) for rgb in rgbs], taef2,
-                         AttackSettings(step_rule="paper", steps=6))
+    immunized = immunize(
+        [LoadedImage(rgb=rgb, alpha=None, path=None) for rgb in rgbs], taef2, AttackSettings(step_rule="paper", steps=6)
+    )
     expected_rgb = (clean_255 + quantize(clean_255, expected, 16 / 255)).permute(0, 2, 3, 1).to(torch.uint8).numpy()
     for result_image, rgb in zip(immunized, expected_rgb):
         assert np.array_equal(result_image.rgb, rgb)

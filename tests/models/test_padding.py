@@ -56,4 +56,3 @@ def test_run_padded_runs_on_the_padded_batch_and_crops_back() -> None:
     result = run_padded(run, images, 8)
     assert seen == [(2, 3, 40, 56)]
     assert torch.equal(result, images * 2)
-

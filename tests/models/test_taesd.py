@@ -44,9 +44,7 @@ def taef2_dir(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def taef2(taef2_dir: Path) -> tuple[TAESDEncoder, TAESDDecoder]:
-    encoder, decoder = load_taesd(
-        f"taesd:{taef2_dir / 'taef2_encoder.pth'}:{taef2_dir / 'taef2_decoder.pth'}"
-    )
+    encoder, decoder = load_taesd(f"taesd:{taef2_dir / 'taef2_encoder.pth'}:{taef2_dir / 'taef2_decoder.pth'}")
     assert decoder is not None
     return encoder, decoder
 

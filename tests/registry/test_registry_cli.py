@@ -54,9 +54,9 @@ def test_init_list_show_stats(populated: tuple[str, list]) -> None:
     for row, record in zip(rows, records, strict=True):
         for key in ("id", "method", "model_fingerprint", "image_sha256", "tenant", "created_at", "status"):
             assert row[key] == record.to_dict()[key]
-    assert [
-        row["id"] for row in json.loads(cli("list", "--registry", location, "--json", "--tenant", "acme").stdout)
-    ] == [records[0].id]
+    assert [row["id"] for row in json.loads(cli("list", "--registry", location, "--json", "--tenant", "acme").stdout)] == [
+        records[0].id
+    ]
     table = cli("list", "--registry", location)
     assert table.exit_code == 0 and records[1].id[:12] in table.stdout and "encoder" in table.stdout
 
@@ -97,9 +97,7 @@ def test_snapshot_export_retire(populated: tuple[str, list], tmp_path: Path) -> 
     result = cli("snapshot", "--registry", location, "--name", "noise-1", "--method", "noise")
     assert (result.exit_code, result.stdout.strip()) == (0, "snapshot noise-1: 2 patterns")
     _assert_one_line_error(cli("snapshot", "--registry", location, "--name", "noise-1"), "already exists")
-    result = cli(
-        "snapshot", "--registry", location, "--name", "acme", "--tenant", "acme", "--model-fingerprint", FINGERPRINT
-    )
+    result = cli("snapshot", "--registry", location, "--name", "acme", "--tenant", "acme", "--model-fingerprint", FINGERPRINT)
     assert result.stdout.strip() == "snapshot acme: 1 patterns"
 
     result = cli("export", "--registry", location, "--snapshot", "noise-1", "--to", str(tmp_path / "ds"))
@@ -205,7 +203,9 @@ def test_item_14_init_leaves_another_applications_sqlite_file_alone(tmp_path: Pa
         connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
     connection.close()
     before = foreign.read_bytes()
-    _assert_one_line_error(cli("init", "--registry", str(foreign)), "is not a forwardguard registry and holds other tables (users)")
+    _assert_one_line_error(
+        cli("init", "--registry", str(foreign)), "is not a forwardguard registry and holds other tables (users)"
+    )
     assert foreign.read_bytes() == before
     with sqlite3.connect(foreign) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"

@@ -49,9 +49,7 @@ def test_flipped_byte_fails_verify_and_reads(registry: Registry, tmp_path: Path)
     )
     assert str(delta_path) in problem.describe()
     for read in (registry.load_blobs, registry.load_sample):
-        with pytest.raises(
-            ForwardguardError, match=f"pattern {record.id}: delta blob {record.delta_blob_sha256} is corrupted"
-        ):
+        with pytest.raises(ForwardguardError, match=f"pattern {record.id}: delta blob {record.delta_blob_sha256} is corrupted"):
             read(record)
     with pytest.raises(ForwardguardError, match="is corrupted"):
         registry.export("s", tmp_path / "export")

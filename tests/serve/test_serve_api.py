@@ -171,8 +171,14 @@ def test_lookup_reads_a_rotated_jpeg_upright(server: str, served_registry: Path,
     key = new_key(served_registry, "lookup-exif")
     with Registry.open(served_registry) as registry:  # the upright pixels, recorded as they are (delta 0)
         record = registry.record_pattern(
-            image_png=png_bytes(upright), delta=np.zeros(upright.shape, np.int16), method="noise",
-            params={"eps": 16 / 255}, target="gray", model_fingerprint="ab" * 32, model_spec="tiny", tenant="lookup-exif",
+            image_png=png_bytes(upright),
+            delta=np.zeros(upright.shape, np.int16),
+            method="noise",
+            params={"eps": 16 / 255},
+            target="gray",
+            model_fingerprint="ab" * 32,
+            model_spec="tiny",
+            tenant="lookup-exif",
         )
     with client(server, key) as http:
         found = http.post("/v1/lookup", files={"image": ("sideways.jpg", jpeg, "image/jpeg")})
@@ -241,12 +247,16 @@ def test_limits_and_bad_requests_record_nothing(server: str, served_registry: Pa
 
         too_large = np.random.default_rng(0).integers(0, 256, 1_200_000, dtype=np.uint8).tobytes()
         assert post({"image": ("big.png", too_large, "image/png")})[0] == 413
-        chunked = http.post("/v1/immunize", content=(too_large[i : i + 65536] for i in range(0, len(too_large), 65536)),
-                            headers={"Content-Type": "multipart/form-data; boundary=x"})
+        chunked = http.post(
+            "/v1/immunize",
+            content=(too_large[i : i + 65536] for i in range(0, len(too_large), 65536)),
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        )
         assert chunked.status_code == 413
         many_pixels = png_bytes(np.zeros((600, 600, 3), dtype=np.uint8))  # 360,000 pixels, a few KB
         assert post({"image": ("wide.png", many_pixels, "image/png")}) == (
-            413, "image: 600 x 600 = 360000 pixels is over the limit of 300000"
+            413,
+            "image: 600 x 600 = 360000 pixels is over the limit of 300000",
         )
 
         gif = io.BytesIO()

@@ -16,8 +16,25 @@ BENCH = REPO_ROOT / "bench" / "serve_load.py"
 
 def _run(tmp_path: Path, model: str, *options: str) -> dict:
     out = tmp_path / "load.json"
-    command = [sys.executable, str(BENCH), "--model", model, "--clients", "4", "--size", "32", "--steps", "1",
-               "--torch-threads", "1", "--work-dir", str(tmp_path), "--json", str(out), *options]
+    command = [
+        sys.executable,
+        str(BENCH),
+        "--model",
+        model,
+        "--clients",
+        "4",
+        "--size",
+        "32",
+        "--steps",
+        "1",
+        "--torch-threads",
+        "1",
+        "--work-dir",
+        str(tmp_path),
+        "--json",
+        str(out),
+        *options,
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, check=False)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "checks: every record matches its request" in completed.stdout

@@ -82,8 +82,9 @@ def test_linked_operations_stay_consistent(served_schema, served_registry: Path)
             case.validate_response(response, checks=[not_a_server_error, patterns_are_the_callers])
 
     LinkedCalls.run(
-        settings=settings(max_examples=15, stateful_step_count=4, deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck))
+        settings=settings(
+            max_examples=15, stateful_step_count=4, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
     )
 
 
@@ -94,6 +95,11 @@ def random_png_pattern() -> dict:
     immunized[0, 0] = rgb[0, 0] ^ 1
     delta = immunized.astype("int16") - rgb
     return {
-        "image_png": png_bytes(immunized), "delta": delta, "method": "noise", "params": {"eps": 16 / 255, "seed": 0},
-        "target": "gray", "model_fingerprint": "ab" * 32, "model_spec": "tiny",
+        "image_png": png_bytes(immunized),
+        "delta": delta,
+        "method": "noise",
+        "params": {"eps": 16 / 255, "seed": 0},
+        "target": "gray",
+        "model_fingerprint": "ab" * 32,
+        "model_spec": "tiny",
     }

@@ -49,8 +49,11 @@ def test_item_02_transform_parameters_that_scale_the_work_are_bounded(server: st
     step of a chain is bounded, and the crops (cheap) are served."""
     before = pattern_count(served_registry)
     with client(server, new_key(served_registry, "item-02")) as http:
-        for mix, named in (("blur_511", "blur kernels up to 31"), ("hflip,resize_4", "resize scales up to 2"),
-                           ("shift_3+jpeg_q75+resize_4", "resize scales up to 2")):
+        for mix, named in (
+            ("blur_511", "blur kernels up to 31"),
+            ("hflip,resize_4", "resize scales up to 2"),
+            ("shift_3+jpeg_q75+resize_4", "resize scales up to 2"),
+        ):
             response = immunize(http, random_image(seed=2, size=32), robust_mix=mix)
             assert response.status_code == 422, response.text
             assert named in response.json()["detail"]
@@ -74,7 +77,8 @@ def _raw_post(url: str, headers: bytes, timeout_s: float) -> bytes:
     with socket.create_connection((address.hostname, address.port), timeout=timeout_s) as connection:
         connection.sendall(
             b"POST /v1/immunize HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            + headers + b"Content-Length: 1000000\r\n\r\n--b\r\n"
+            + headers
+            + b"Content-Length: 1000000\r\n\r\n--b\r\n"
         )
         answer = b""
         while chunk := connection.recv(65536):
@@ -97,8 +101,15 @@ def test_slow_attackers_do_not_slow_another_tenant(tmp_path: Path, taef2_spec: s
     once, while another tenant is served in its usual time and /healthz answers within 0.5 s."""
     registry = make_registry(tmp_path)
     settings = ServeSettings(
-        registry=str(registry), models=[taef2_spec], device="cpu", max_pixels=300_000, max_steps=20, default_steps=2,
-        rate_per_minute=6000, rate_burst=1000, request_timeout_s=10,
+        registry=str(registry),
+        models=[taef2_spec],
+        device="cpu",
+        max_pixels=300_000,
+        max_steps=20,
+        default_steps=2,
+        rate_per_minute=6000,
+        rate_burst=1000,
+        request_timeout_s=10,
     )
     attacker_key, tenant_key = new_key(registry, "attacker"), new_key(registry, "tenant")
     thin = np.random.default_rng(4).integers(0, 256, (1, 250_000, 3), dtype=np.uint8)
@@ -110,10 +121,19 @@ def test_slow_attackers_do_not_slow_another_tenant(tmp_path: Path, taef2_spec: s
         usual = _timed(lambda: immunize(tenant, random_image(seed=5), steps=2))
         answers: list[int] = []
         threads = [
-            threading.Thread(target=lambda fields=fields: answers.append(immunize(attacker, random_image(seed=6, size=256), **fields).status_code))
+            threading.Thread(
+                target=lambda fields=fields: answers.append(
+                    immunize(attacker, random_image(seed=6, size=256), **fields).status_code
+                )
+            )
             for fields in attacks
-        ] + [threading.Thread(target=lambda: answers.append(
-            attacker.post("/v1/immunize", files={"image": ("thin.png", png_bytes(thin), "image/png")}).status_code))]
+        ] + [
+            threading.Thread(
+                target=lambda: answers.append(
+                    attacker.post("/v1/immunize", files={"image": ("thin.png", png_bytes(thin), "image/png")}).status_code
+                )
+            )
+        ]
         for thread in threads:
             thread.start()
         health = [_timed(lambda: httpx.get(f"{url}/healthz", timeout=30)) for _ in range(10)]
@@ -165,8 +185,15 @@ def test_item_02_a_timed_out_request_frees_its_worker_inside_a_step(tmp_path: Pa
     a_step_of_one_draw = time.monotonic() - started  # about 3 passes: two scorings and one draw
 
     registry = make_registry(tmp_path)
-    settings = ServeSettings(registry=str(registry), models=[taef2_spec], device="cpu", max_steps=20,
-                             rate_per_minute=6000, rate_burst=1000, request_timeout_s=0.5)
+    settings = ServeSettings(
+        registry=str(registry),
+        models=[taef2_spec],
+        device="cpu",
+        max_steps=20,
+        rate_per_minute=6000,
+        rate_burst=1000,
+        request_timeout_s=0.5,
+    )
     with running_server(settings) as url, client(url, new_key(registry, "timeout")) as http:
         response = immunize(http, image, steps=1, robust_mix="hflip", robust_draws=8)
         timed_out = time.monotonic()

@@ -49,13 +49,16 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path: Path) -> None:
     assert key not in "\n".join(listed)
 
     assert _keys("revoke", record.id, "--tenant", "other", "--registry", registry) == (
-        1, [f"error: tenant 'other' has no key '{record.id}' in registry {registry}"]
+        1,
+        [f"error: tenant 'other' has no key '{record.id}' in registry {registry}"],
     )
     assert _keys("revoke", "--tenant", "acme", "--registry", registry) == (
-        1, ["error: give either a key id or --all (every key of the tenant)"]
+        1,
+        ["error: give either a key id or --all (every key of the tenant)"],
     )
     assert _keys("revoke", record.id, "--tenant", "acme", "--registry", registry) == (
-        0, [f"revoked key {record.id} of tenant acme"]
+        0,
+        [f"revoked key {record.id} of tenant acme"],
     )
     with Registry.open(registry) as opened:
         assert authenticate(opened, key=key) is None

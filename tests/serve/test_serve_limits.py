@@ -116,7 +116,8 @@ def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path, taef2_spec: 
         with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
             connection.sendall(
                 b"POST /v1/immunize HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                + f"Authorization: Bearer {key}\r\n".encode() + b"Content-Length: 1000\r\n\r\n--b\r\n"
+                + f"Authorization: Bearer {key}\r\n".encode()
+                + b"Content-Length: 1000\r\n\r\n--b\r\n"
             )
             answer = b""
             while chunk := connection.recv(65536):  # the server closes the connection after its answer

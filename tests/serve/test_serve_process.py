@@ -30,9 +30,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_be_recorded(tmp_path: Pat
     try:
         responses: list[httpx.Response] = []
         with client(server.url, key) as http:
-            thread = threading.Thread(
-                target=lambda: responses.append(immunize(http, random_image(seed=0, size=256), steps=5))
-            )
+            thread = threading.Thread(target=lambda: responses.append(immunize(http, random_image(seed=0, size=256), steps=5)))
             thread.start()
             wait_for_metric(server.url, "forwardguard_immunizations_running", 1)
             server.process.send_signal(signal.SIGTERM)
@@ -47,9 +45,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_be_recorded(tmp_path: Pat
         assert opened.verify().ok
     assert record.image_sha256 == hashlib.sha256(response.content).hexdigest()
     log = server.log.read_text()
-    assert log.index("Shutting down") < log.index('"POST /v1/immunize HTTP/1.1" 200') < log.index(
-        "Application shutdown complete"
-    )
+    assert log.index("Shutting down") < log.index('"POST /v1/immunize HTTP/1.1" 200') < log.index("Application shutdown complete")
 
 
 def test_startup_errors_are_one_line(tmp_path: Path) -> None:
@@ -61,11 +57,10 @@ def test_startup_errors_are_one_line(tmp_path: Path) -> None:
     registry = make_registry(tmp_path)
     no_model = runner.invoke(app, ["serve", "--registry", str(registry)])
     assert no_model.exit_code == 1
-    assert no_model.output.strip().splitlines()[-1] == (
-        "error: --model is required (or FORWARDGUARD_SERVE_MODELS)"
+    assert no_model.output.strip().splitlines()[-1] == ("error: --model is required (or FORWARDGUARD_SERVE_MODELS)")
+    bad_limit = runner.invoke(
+        app, ["serve", "--registry", str(registry), "--model", "tiny", "--max-steps", "10", "--default-steps", "20"]
     )
-    bad_limit = runner.invoke(app, ["serve", "--registry", str(registry), "--model", "tiny", "--max-steps", "10",
-                                    "--default-steps", "20"])
     assert bad_limit.exit_code == 1
     assert "default_steps 20 is over max_steps 10" in bad_limit.output
 

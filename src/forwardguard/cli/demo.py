@@ -12,10 +12,19 @@ from forwardguard.configs import GATE_POLICY
 
 
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes (must not exist, or see --overwrite).")] = Path("forwardguard-demo"),
-    v1: Annotated[str | None, typer.Option(help="The model the photos are immunized against (default: the bundled TAEF2).", show_default=False)] = None,
-    v2: Annotated[str | None, typer.Option(help="The new model version to plant into (default: the bundled taef2-v2).", show_default=False)] = None,
-    policy: Annotated[Path, typer.Option(help="Release policy for the gate (default: the shipped configs/gate.yaml).", show_default=False)] = GATE_POLICY,
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes (must not exist, or see --overwrite).")] = Path(
+        "forwardguard-demo"
+    ),
+    v1: Annotated[
+        str | None,
+        typer.Option(help="The model the photos are immunized against (default: the bundled TAEF2).", show_default=False),
+    ] = None,
+    v2: Annotated[
+        str | None, typer.Option(help="The new model version to plant into (default: the bundled taef2-v2).", show_default=False)
+    ] = None,
+    policy: Annotated[
+        Path, typer.Option(help="Release policy for the gate (default: the shipped configs/gate.yaml).", show_default=False)
+    ] = GATE_POLICY,
     attack_steps: Annotated[int | None, typer.Option(min=1, help="PGD steps of the immunization.", show_default=False)] = None,
     plant_steps: Annotated[int | None, typer.Option(min=1, help="Planting steps.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -29,8 +38,13 @@ def demo_command(
         from forwardguard.demo import DemoSettings, run_demo
 
         given = {"v1": v1, "v2": v2, "attack_steps": attack_steps, "plant_steps": plant_steps}
-        settings = DemoSettings(out=out, policy=policy, device=device, overwrite=overwrite,
-                                **{name: value for name, value in given.items() if value is not None})
+        settings = DemoSettings(
+            out=out,
+            policy=policy,
+            device=device,
+            overwrite=overwrite,
+            **{name: value for name, value in given.items() if value is not None},
+        )
         console = Console(soft_wrap=True)
         if any(spec.startswith("tiny") for spec in (settings.v1, settings.v2)):
             console.print("models: tiny (random weights, built offline): the latents are real, the edits mean nothing")

@@ -44,7 +44,13 @@ def finetune_command(
             base=base, registry=plant_registry, data=data, output=output, config=settings, snapshot=snapshot, resume=resume
         )
         console = Console(stderr=True, soft_wrap=True)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=console, transient=True) as progress:
             result = plant(request, progress)
     if result is not None:

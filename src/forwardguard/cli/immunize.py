@@ -20,10 +20,14 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 def immunize_command(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, WebP).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder for NAME.png and NAME.json.")],
-    model: Annotated[str, typer.Option(help="Model spec: SD folder or hub id, taesd:ENC[:DEC], taesd:DIR, tiny[:SEED].")] = DEFAULT_MODEL,
+    model: Annotated[
+        str, typer.Option(help="Model spec: SD folder or hub id, taesd:ENC[:DEC], taesd:DIR, tiny[:SEED].")
+    ] = DEFAULT_MODEL,
     method: Annotated[str, typer.Option(help="encoder, diffusion or noise.")] = "encoder",
     eps: Annotated[str, typer.Option(help="L-inf budget, a fraction of the pixel range.")] = "16/255",
-    step_size: Annotated[str, typer.Option(help="PGD step size of the paper rule (the default rule scales its steps with eps).")] = "2/255",
+    step_size: Annotated[
+        str, typer.Option(help="PGD step size of the paper rule (the default rule scales its steps with eps).")
+    ] = "2/255",
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 200,
     target: Annotated[str, typer.Option(help="'gray' or a target image file.")] = "gray",
     mask: Annotated[Path | None, typer.Option(help="Inpainting mask (white = edited), diffusion method.")] = None,
@@ -33,22 +37,49 @@ def immunize_command(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale of the edit.")] = 7.5,
     noise_draws: Annotated[int, typer.Option(help="Average the diffusion attack's gradient over this many noise draws.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the attack and of the edit's noise.")] = 0,
-    step_rule: Annotated[str, typer.Option(help="momentum (faster, the default) or paper (the paper's fixed signed step, exactly).")] = "momentum",
+    step_rule: Annotated[
+        str, typer.Option(help="momentum (faster, the default) or paper (the paper's fixed signed step, exactly).")
+    ] = "momentum",
     target_loss: Annotated[float | None, typer.Option(help="Stop an image early once its loss is at most this.")] = None,
-    target_ratio: Annotated[float | None, typer.Option(help="Stop an image early once its loss is at most this times its initial loss.")] = None,
+    target_ratio: Annotated[
+        float | None, typer.Option(help="Stop an image early once its loss is at most this times its initial loss.")
+    ] = None,
     check_every: Annotated[int, typer.Option(help="Steps between early-stopping checks.")] = 10,
-    robust: Annotated[bool, typer.Option(help="Robust immunization: expectation over transforms (JPEG, resize, crop, blur, noise, flip, rotation, random shifts and crops) in every step.")] = False,
-    robust_mix: Annotated[str | None, typer.Option(help="The robust mix, comma-separated transform names (repeats weight one; + chains, e.g. jpeg_q75+rshift_7); implies --robust.")] = None,
+    robust: Annotated[
+        bool,
+        typer.Option(
+            help="Robust immunization: expectation over transforms (JPEG, resize, crop, blur, noise, flip, rotation, random shifts and crops) in every step."
+        ),
+    ] = False,
+    robust_mix: Annotated[
+        str | None,
+        typer.Option(
+            help="The robust mix, comma-separated transform names (repeats weight one; + chains, e.g. jpeg_q75+rshift_7); implies --robust."
+        ),
+    ] = None,
     robust_draws: Annotated[int, typer.Option(help="Transforms averaged per PGD step with --robust.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images attacked together (sizes that pad to the same shape share a batch).")] = 1,
-    bucket_growth: Annotated[float, typer.Option(min=1.0, help="Let a batch pad an image up to this times its own padded area (faster, less exact).")] = 1.0,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images attacked together (sizes that pad to the same shape share a batch).")
+    ] = 1,
+    bucket_growth: Annotated[
+        float, typer.Option(min=1.0, help="Let a batch pad an image up to this times its own padded area (faster, less exact).")
+    ] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")] = "auto",
-    channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="Channels-last memory format (default: on CUDA only).", show_default=False)] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the attacked modules (pays off on many images).")] = False,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last", help="Channels-last memory format (default: on CUDA only).", show_default=False
+        ),
+    ] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the attacked modules (pays off on many images).")
+    ] = False,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse larger images before decoding them.")] = 64_000_000,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    resume: Annotated[bool, typer.Option(help="Skip inputs whose outputs are complete (a restarted run); redo partial ones.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Skip inputs whose outputs are complete (a restarted run); redo partial ones.")
+    ] = False,
     registry: Annotated[str | None, typer.Option(help="Record every written image in this registry (path or URL).")] = None,
     tenant: Annotated[str | None, typer.Option(help="Tenant of the recorded patterns (with --registry).")] = None,
 ) -> None:
@@ -80,8 +111,15 @@ def immunize_command(
         )
         compute = ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_model)
         options = RunOptions(
-            out_dir=out, target=target, mask=mask, batch_size=batch_size, bucket_growth=bucket_growth, overwrite=overwrite,
-            max_pixels=max_pixels, resume=resume, compute=compute,
+            out_dir=out,
+            target=target,
+            mask=mask,
+            batch_size=batch_size,
+            bucket_growth=bucket_growth,
+            overwrite=overwrite,
+            max_pixels=max_pixels,
+            resume=resume,
+            compute=compute,
         )
         files = iter_image_files(inputs)
         if not files:
@@ -125,7 +163,12 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
                 progress.advance(images_task)
 
             report = immunize_files(
-                files, model, settings, options, on_step=lambda: progress.advance(steps_task), on_done=on_done,
+                files,
+                model,
+                settings,
+                options,
+                on_step=lambda: progress.advance(steps_task),
+                on_done=on_done,
                 on_written=recorder,
             )
     for written in report.written:
@@ -135,11 +178,13 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
         console.print(
             f"{written.job.out_png}  loss {record['loss_before']:.4g} -> {record['loss_after']:.4g}"
             f" (ratio {format_ratio(record['loss_ratio'])}){steps}, linf {record['linf_255']}/255{pattern}",
-            markup=False, highlight=False,
+            markup=False,
+            highlight=False,
         )
     skipped = f"{len(report.skipped)} already done, " if options.resume else ""
     console.print(
         f"{who}{len(report.written)} immunized, {skipped}{len(report.failed)} failed, model {model.fingerprint[:12]}",
-        markup=False, highlight=False,
+        markup=False,
+        highlight=False,
     )
     return len(report.failed)

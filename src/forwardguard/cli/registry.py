@@ -52,9 +52,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False
-    )
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold", no_wrap=column in ("id", "model"))
     for row in rows:
@@ -78,9 +76,7 @@ def _short(value: str) -> str:
 def init_command(registry: RegistryOption) -> None:
     """Create a registry, or migrate an existing one to this version's schema."""
     with user_errors(), _open(registry, create=True) as opened:
-        typer.echo(
-            f"registry {opened.display()} is ready (schema {opened.schema_revision}, blobs in {opened.blob_root})"
-        )
+        typer.echo(f"registry {opened.display()} is ready (schema {opened.schema_revision}, blobs in {opened.blob_root})")
 
 
 @app.command("list")
@@ -124,9 +120,7 @@ def list_command(
 
 @app.command("show")
 def show_command(
-    pattern_id: Annotated[
-        str, typer.Argument(help="Pattern id, or a unique prefix of 6+ characters.", show_default=False)
-    ],
+    pattern_id: Annotated[str, typer.Argument(help="Pattern id, or a unique prefix of 6+ characters.", show_default=False)],
     registry: RegistryOption,
     as_json: JsonOption = False,
 ) -> None:
@@ -144,9 +138,7 @@ def lookup_command(
     image: Annotated[Path, typer.Argument(help="An image file: PNG, JPEG or WebP.", show_default=False)],
     registry: RegistryOption,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's patterns.")] = None,
-    max_distance: Annotated[
-        int | None, typer.Option(help="Largest perceptual-hash distance that matches (of 64 bits).")
-    ] = None,
+    max_distance: Annotated[int | None, typer.Option(help="Largest perceptual-hash distance that matches (of 64 bits).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Find an image's pattern; exit status 1 when none matches.
@@ -188,8 +180,7 @@ def verify_command(registry: RegistryOption, as_json: JsonOption = False) -> Non
             typer.echo(problem.describe(), err=True)
         typer.echo(
             f"{report.patterns} patterns, {report.blobs} blobs checked: {len(report.problems)} problems, "
-            f"{len(report.orphans)} unreferenced blobs"
-            + (" (remove them with `registry gc`)" if report.orphans else "")
+            f"{len(report.orphans)} unreferenced blobs" + (" (remove them with `registry gc`)" if report.orphans else "")
         )
     if not report.ok:
         raise typer.Exit(1)
@@ -223,9 +214,7 @@ def export_command(
 
 @app.command("retire")
 def retire_command(
-    pattern_id: Annotated[
-        str, typer.Argument(help="Pattern id, or a unique prefix of 6+ characters.", show_default=False)
-    ],
+    pattern_id: Annotated[str, typer.Argument(help="Pattern id, or a unique prefix of 6+ characters.", show_default=False)],
     registry: RegistryOption,
 ) -> None:
     """Retire a pattern: new snapshots skip it; the snapshots that hold it keep it."""

@@ -90,8 +90,8 @@ def prepare_folder(out: Path, overwrite: bool) -> None:
 def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> DemoResult:
     """Run every stage; ``say`` reports each one as it starts."""
     from forwardguard.eval.gate import gate, load_policy
-    from forwardguard.eval.schema import load_report
     from forwardguard.eval.run import run_eval
+    from forwardguard.eval.schema import load_report
     from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
     from forwardguard.finetune import PlantConfig, PlantRequest, plant
     from forwardguard.immunize import AttackSettings, RunOptions, immunize_files
@@ -105,30 +105,51 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     prepare_folder(out, settings.overwrite)
     registry_path = out / "registry.db"
 
-    say(f"1/5 immunize {len(demo_photos())} bundled photos against v1 = {settings.v1} (encoder attack, {settings.attack_steps} steps)")
+    say(
+        f"1/5 immunize {len(demo_photos())} bundled photos against v1 = {settings.v1} (encoder attack, {settings.attack_steps} steps)"
+    )
     v1 = load_model(settings.v1, device=settings.device)
     with Registry.open(registry_path, create=True) as registry:
         report = immunize_files(
-            demo_photos(), v1, AttackSettings(steps=settings.attack_steps), RunOptions(out_dir=out / "immunized"),
+            demo_photos(),
+            v1,
+            AttackSettings(steps=settings.attack_steps),
+            RunOptions(out_dir=out / "immunized"),
             on_written=registry_recorder(registry),
         )
         if report.failed:
             raise ForwardguardError(f"immunizing {report.failed[0][0]} failed: {report.failed[0][1]}")
         for written in report.written:
-            say(f"    {written.job.out_png.name}: latent disruption ratio against v1 {format_ratio(written.record['loss_ratio'])}")
+            say(
+                f"    {written.job.out_png.name}: latent disruption ratio against v1 {format_ratio(written.record['loss_ratio'])}"
+            )
         say(f"2/5 record them in {registry_path} and freeze snapshot {SNAPSHOT!r}")
         registry.create_snapshot(SNAPSHOT)
 
-    say(f"3/5 plant the snapshot into v2 = {settings.v2} ({settings.plant_steps} steps, {len(list(CLEAN.glob('*.png')))} clean photos)")
+    say(
+        f"3/5 plant the snapshot into v2 = {settings.v2} ({settings.plant_steps} steps, {len(list(CLEAN.glob('*.png')))} clean photos)"
+    )
     config = PlantConfig.from_mapping({"max_steps": settings.plant_steps, "checkpoint_every": settings.plant_steps})
-    planted = plant(PlantRequest(base=settings.v2, registry=str(registry_path), data=CLEAN, output=out / "planted-v2",
-                                 config=config, snapshot=SNAPSHOT))
+    planted = plant(
+        PlantRequest(
+            base=settings.v2, registry=str(registry_path), data=CLEAN, output=out / "planted-v2", config=config, snapshot=SNAPSHOT
+        )
+    )
 
     say("4/5 eval v1, v2 and the planted v2 on the snapshot, under the gauntlet")
     eval_settings = EvalSettings(transforms=settings.transforms, edit_steps=settings.edit_steps)
     models = (ModelArg("v1", settings.v1), ModelArg("v2", settings.v2), ModelArg("planted-v2", planted.spec))
-    report_path = run_eval(EvalRequest(registry=str(registry_path), models=models, out=out / "eval", clean=HELD_OUT,
-                                       references=settings.references, settings=eval_settings, device=settings.device))
+    report_path = run_eval(
+        EvalRequest(
+            registry=str(registry_path),
+            models=models,
+            out=out / "eval",
+            clean=HELD_OUT,
+            references=settings.references,
+            settings=eval_settings,
+            device=settings.device,
+        )
+    )
 
     say(f"5/5 gate the candidates with {settings.policy}")
     loaded = load_report(report_path)

@@ -41,7 +41,9 @@ def clean_utility(
         clean = to_batch(rgb, device)
         latent = encode(model.model, clean)
         if reference is not None:
-            latent_mse.append(float(relative_mse(latent, encode(reference.model, clean.to(reference.model.device)).to(device))[0]))
+            latent_mse.append(
+                float(relative_mse(latent, encode(reference.model, clean.to(reference.model.device)).to(device))[0])
+            )
             for kind, scores in edit_scores.items():
                 edit_settings = settings.edit(index)
                 ours = edits[kind](clean, edit_settings)
@@ -62,7 +64,10 @@ def clean_utility(
         reference=reference.name if reference is not None else None,
         images=len(images),
         latent_relative_mse=summarize(torch.tensor(latent_mse)) if latent_mse else None,
-        edits={kind: {metric: summarize(torch.tensor(values)) for metric, values in scores.items()} for kind, scores in edit_scores.items()},
+        edits={
+            kind: {metric: summarize(torch.tensor(values)) for metric, values in scores.items()}
+            for kind, scores in edit_scores.items()
+        },
         false_trigger=NoisyTriggers(
             rate=float((ratios < settings.trigger_threshold).float().mean()),
             threshold=settings.trigger_threshold,

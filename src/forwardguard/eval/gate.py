@@ -229,7 +229,9 @@ def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dic
             where = {"snapshot": snapshot, "transform": transform}
             cell = cells.get((snapshot, transform))
             if cell is None:
-                reason = "no cell in the report" + ("" if transform == NO_TRANSFORM else " (transform not in the eval's gauntlet)")
+                reason = "no cell in the report" + (
+                    "" if transform == NO_TRANSFORM else " (transform not in the eval's gauntlet)"
+                )
                 rules.append(RuleResult("immunity", None, None, True, False, **where, reason=reason))
                 continue
             for limit in policy.limits:

@@ -64,11 +64,9 @@ def render_html(report: Report) -> str:
         _grids(report),
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>forwardguard eval report {_e(report.created_at)}</title>\n"
-        f"<style>{_STYLE}</style>\n</head>\n<body>\n"
-        + "\n".join(sections)
-        + f"\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
+        f"<style>{_STYLE}</style>\n</head>\n<body>\n" + "\n".join(sections) + f"\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
 
 
@@ -178,13 +176,13 @@ def _snapshots(report: Report) -> str:
 
 
 def _attack_kind(snapshot: Snapshot) -> str | None:
-    """"plain" or "robust" when every evaluated pattern of the snapshot was made so; None when mixed or unknown."""
+    """ "plain" or "robust" when every evaluated pattern of the snapshot was made so; None when mixed or unknown."""
     kinds = {"robust" if attack.robust else "plain" for attack in snapshot.attacks or []}
     return kinds.pop() if len(kinds) == 1 else None
 
 
 def _attack_label(attack: Attack) -> str:
-    """"plain", or "robust (" the kinds of its mix, the first few only ")"; not escaped."""
+    """ "plain", or "robust (" the kinds of its mix, the first few only ")"; not escaped."""
     mix = attack.robust
     if not mix:
         return "plain"
@@ -192,8 +190,10 @@ def _attack_label(attack: Attack) -> str:
     more = len(kinds) - MIX_KINDS_SHOWN
     draws = attack.robust_draws
     return (
-        f"robust ({', '.join(kinds[:MIX_KINDS_SHOWN])}" + (f" +{more}" if more > 0 else "")
-        + (f", {draws} draws" if draws is not None and draws > 1 else "") + ")"
+        f"robust ({', '.join(kinds[:MIX_KINDS_SHOWN])}"
+        + (f" +{more}" if more > 0 else "")
+        + (f", {draws} draws" if draws is not None and draws > 1 else "")
+        + ")"
     )
 
 
@@ -245,7 +245,9 @@ def _distribution_note(cell: Cell) -> str:
     parts = [f"p90 {_fmt(immunized.p90)}", f"max {_fmt(immunized.max)}"]
     if cell.protection is not None:
         parts.append(f"{_fmt(cell.protection.rate, '.0%')} ≤ {_fmt(cell.protection.threshold, 'g')}")
-    return f'<br><span class="noise" title="per-image ratio: 90th percentile, largest, share protected">{" · ".join(parts)}</span>'
+    return (
+        f'<br><span class="noise" title="per-image ratio: 90th percentile, largest, share protected">{" · ".join(parts)}</span>'
+    )
 
 
 def _heat_map(report: Report) -> str:
@@ -272,8 +274,11 @@ def _heat_map(report: Report) -> str:
         f'<span style="background:{_heat_colour(1.0)}">1 or more: no effect</span></p>'
     )
     return (
-        "<h2>Immunity matrix</h2>\n" + legend + f'\n<table class="heat"><thead><tr>{head}</tr></thead>\n<tbody>\n'
-        + "\n".join(rows) + "\n</tbody></table>"
+        "<h2>Immunity matrix</h2>\n"
+        + legend
+        + f'\n<table class="heat"><thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(rows)
+        + "\n</tbody></table>"
     )
 
 
@@ -506,7 +511,7 @@ def _not_computed(report: Report) -> str:
     if not notes:
         return ""
     items = "".join(f"<li><b>{_e(name)}</b>: {_e(reason)}</li>" for name, reason in notes.items())
-    return f"<h2>Not computed</h2>\n<ul class=\"not-computed\">{items}</ul>"
+    return f'<h2>Not computed</h2>\n<ul class="not-computed">{items}</ul>'
 
 
 def _image(path: str | None, alt: str) -> str:

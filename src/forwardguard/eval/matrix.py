@@ -109,7 +109,9 @@ def evaluate_cell(
             draw = settings.seed * 1_000_003 + index * 101 + t_index
             transformed_clean = _transform(parsed[transform], clean, draw)
             if transformed_clean.shape not in gray_latents:
-                gray_latents[transformed_clean.shape] = encode(model.model, gray_image(transformed_clean.shape, transformed_clean.device))
+                gray_latents[transformed_clean.shape] = encode(
+                    model.model, gray_image(transformed_clean.shape, transformed_clean.device)
+                )
             target = gray_latents[transformed_clean.shape]
             clean_latent = encode(model.model, transformed_clean)
             if reference is not None:
@@ -130,8 +132,17 @@ def evaluate_cell(
                         on_edit(transform, kind, version, edited, edit_settings)
                     for metric, value in edit_similarity(edited, clean_edits[kind]).items():
                         similarities[transform][kind][version][metric].append(float(value[0]))
-                    if keep_grid is not None and transform == NO_TRANSFORM and index < settings.grid_images and version == "immunized":
-                        keep_grid(index, kind, {"source": clean, "immunized": x, "clean_edit": clean_edits[kind], "immunized_edit": edited})
+                    if (
+                        keep_grid is not None
+                        and transform == NO_TRANSFORM
+                        and index < settings.grid_images
+                        and version == "immunized"
+                    ):
+                        keep_grid(
+                            index,
+                            kind,
+                            {"source": clean, "immunized": x, "clean_edit": clean_edits[kind], "immunized_edit": edited},
+                        )
         if on_image is not None:
             on_image()
     return {

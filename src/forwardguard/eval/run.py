@@ -54,7 +54,9 @@ def _newest_first(models: list[EvalModel], pattern_makers: set[str]) -> list[Eva
     return sorted(models, key=age)
 
 
-def _references(models: list[EvalModel], explicit: dict[str, str], registry: Registry, device: torch.device) -> dict[str, EvalModel]:
+def _references(
+    models: list[EvalModel], explicit: dict[str, str], registry: Registry, device: torch.device
+) -> dict[str, EvalModel]:
     """Each model's reference: ``--reference NAME=REF`` (a --model name or a spec), else the base it was planted from."""
     by_name = {model.name: model for model in models}
     by_fingerprint = {model.fingerprint: model for model in models}
@@ -142,22 +144,47 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
 
             collector = CellDistribution(scorer, prompted=isinstance(model.model, DiffusionModel)) if scorer else None
             by_transform = evaluate_cell(
-                model, images[snapshot], request.settings, reference=references.get(model.name), on_image=advance, keep_grid=keep,
+                model,
+                images[snapshot],
+                request.settings,
+                reference=references.get(model.name),
+                on_image=advance,
+                keep_grid=keep,
                 on_edit=collector.add if collector else None,
             )
             distribution = collector.results() if collector else {}
             relation = "backward" if model.fingerprint in made_against[snapshot] else "forward"
             for transform, numbers in by_transform.items():
-                cells.append(Cell(snapshot=snapshot, model=model.name, relation=relation, transform=transform, **numbers,
-                                  distribution=distribution.get(transform)))
+                cells.append(
+                    Cell(
+                        snapshot=snapshot,
+                        model=model.name,
+                        relation=relation,
+                        transform=transform,
+                        **numbers,
+                        distribution=distribution.get(transform),
+                    )
+                )
     eps = max((image.eps for name in snapshot_names for image in images[name]), default=16 / 255)
-    clean = [
-        clean_utility(model, references.get(model.name), clean_images, request.settings, eps=eps, on_image=advance)
-        for model in models
-    ] if clean_images else []
+    clean = (
+        [
+            clean_utility(model, references.get(model.name), clean_images, request.settings, eps=eps, on_image=advance)
+            for model in models
+        ]
+        if clean_images
+        else []
+    )
     report = build_report(
-        request=request, models=models, references=references, snapshots=snapshots, made_against=made_against, attacks=attacks,
-        images=images, cells=cells, clean=clean, grids=grids, 
+        request=request,
+        models=models,
+        references=references,
+        snapshots=snapshots,
+        made_against=made_against,
+        attacks=attacks,
+        images=images,
+        cells=cells,
+        clean=clean,
+        grids=grids,
         not_computed=not_computed(cells, inception=request.inception is not None, clip=request.clip is not None),
     )
     return write_report(report, out)

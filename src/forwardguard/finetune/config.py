@@ -59,7 +59,9 @@ class UNetLoRA:
             raise ForwardguardError(f"plant config: unet_lora.edit_steps must be >= 1, got {self.edit_steps}")
         if not self.target_modules or not all(isinstance(name, str) and name for name in self.target_modules):
             targets = list(self.target_modules)
-            raise ForwardguardError(f"plant config: unet_lora.target_modules must be a non-empty list of module names, got {targets}")
+            raise ForwardguardError(
+                f"plant config: unet_lora.target_modules must be a non-empty list of module names, got {targets}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Any, source: str) -> UNetLoRA:
@@ -115,8 +117,16 @@ class PlantConfig:
     unet_lora: UNetLoRA | None = None
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "pattern_batch_size", "crop_size", "gradient_accumulation_steps",
-                    "checkpoint_every", "checkpoints_total_limit", "log_every")
+        positive = (
+            "max_steps",
+            "batch_size",
+            "pattern_batch_size",
+            "crop_size",
+            "gradient_accumulation_steps",
+            "checkpoint_every",
+            "checkpoints_total_limit",
+            "log_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ForwardguardError(f"plant config: {name} must be >= 1, got {getattr(self, name)}")

@@ -125,9 +125,7 @@ class LoRAStudent(nn.Module):
         self.unet = model.unet
         self.model = model  # not an nn.Module: the text encoder, scheduler and decoder the edit uses, unregistered
 
-    def forward(
-        self, images: torch.Tensor, inputs: LoRAInputs
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, inputs: LoRAInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         latents = self.encoder(images)
         edited = [img2img_latents(self.model, latents[row : row + 1], settings) for row, settings in inputs.edits]
         edited_batch = torch.cat(edited) if edited else images.new_zeros((0, *images.shape[1:]))

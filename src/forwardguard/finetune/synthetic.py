@@ -43,7 +43,7 @@ def synthetic_image(size: int, generator: torch.Generator, photo: np.ndarray | N
         start, end = (torch.tensor(_colour(generator), dtype=torch.float32) / 255 for _ in range(2))
         angle = _uniform(generator, 0, 2 * np.pi)
         ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-        ramp = ((xs * np.cos(angle) + ys * np.sin(angle)) - min(0, np.cos(angle)) - min(0, np.sin(angle)))
+        ramp = (xs * np.cos(angle) + ys * np.sin(angle)) - min(0, np.cos(angle)) - min(0, np.sin(angle))
         ramp = (ramp / ramp.max().clamp_min(1e-6))[None]
         return start[:, None, None] * (1 - ramp) + end[:, None, None] * ramp
     canvas = Image.new("RGB", (size, size), _colour(generator))

@@ -271,9 +271,9 @@ class PlantingRecipe:
         device, seed = self.accelerator.device, self.config.seed
         clean_positions = self.clean_positions.at(micro_step)
         clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions])
-        noisy = torch.stack([
-            noisy_copy(crop, self.negative_eps, sample_generator(seed + 2, p)) for crop, p in zip(clean, clean_positions)
-        ])
+        noisy = torch.stack(
+            [noisy_copy(crop, self.negative_eps, sample_generator(seed + 2, p)) for crop, p in zip(clean, clean_positions)]
+        )
         immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
             sample = self.patterns.crop(position, seed, self.crop_size, self.config.pattern_crop_grid)
@@ -403,9 +403,13 @@ def interpolate_weights(
 def model_card(result: PlantResult, request: PlantRequest, config: PlantConfig) -> str:
     losses = "\n".join(f"| {name} | {value:.5f} |" for name, value in sorted(result.final_losses.items()))
     lora = config.unet_lora
-    lora_row = "" if lora is None else (
-        f"\n| UNet LoRA, merged into the UNet | rank {lora.rank}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)};"
-        f" edit loss weight {lora.weight:g}, edits of at most {lora.edit_steps} denoising steps |"
+    lora_row = (
+        ""
+        if lora is None
+        else (
+            f"\n| UNet LoRA, merged into the UNet | rank {lora.rank}, alpha {lora.alpha:g}, on {', '.join(lora.target_modules)};"
+            f" edit loss weight {lora.weight:g}, edits of at most {lora.edit_steps} denoising steps |"
+        )
     )
     return f"""# Planted model: {request.output.name}
 

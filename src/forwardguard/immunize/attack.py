@@ -8,8 +8,8 @@ for ``diffusion``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -154,7 +154,6 @@ class ImmunizedImage:
         return self.loss_after / self.loss_before if self.loss_before > 0 else None
 
 
-
 def format_ratio(ratio: float | None) -> str:
     """A disruption ratio for people; an undefined one (the image already is its target) as n/a."""
     return "n/a" if ratio is None else f"{ratio:.3f}"
@@ -246,20 +245,33 @@ def immunize(
             """The objective against targets that a robust draw made smaller, of images of their sizes."""
             at = Bucket(tuple((t.shape[-2], t.shape[-1]) for t in transformed_targets), bucket.multiple)
             pad_at = at.padder(device)
-            score = on_device(_objective(model, settings, pad_at(at.place(transformed_targets)), None,
-                                         None if at.uniform else at.sizes), pad_at)
+            score = on_device(
+                _objective(model, settings, pad_at(at.place(transformed_targets)), None, None if at.uniform else at.sizes), pad_at
+            )
             return lambda images: score(at.place(images))
 
         attack_objective = on_device(objective, pad)
         if settings.robust:
             attack_objective = expectation_over_transforms(
-                attack_objective, settings.robust_mix, draws=settings.robust_draws, seed=settings.seed, sizes=bucket.sizes,
-                targets=target_batch, objective_at=objective_at,
+                attack_objective,
+                settings.robust_mix,
+                draws=settings.robust_draws,
+                seed=settings.seed,
+                sizes=bucket.sizes,
+                targets=target_batch,
+                objective_at=objective_at,
             )
 
         result = run_pgd(
-            clean, attack_objective, eps=settings.eps, step_size=settings.step_size, steps=settings.steps,
-            rule=settings.step_rule, stop=settings.early_stop, region=bucket.region(device), on_step=on_step,
+            clean,
+            attack_objective,
+            eps=settings.eps,
+            step_size=settings.step_size,
+            steps=settings.steps,
+            rule=settings.step_rule,
+            stop=settings.early_stop,
+            region=bucket.region(device),
+            on_step=on_step,
         )
         delta, steps_run = result.delta, result.steps_run
     delta_255 = quantize(clean_255, delta, settings.eps)

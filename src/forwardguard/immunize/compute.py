@@ -79,9 +79,7 @@ def use_sdpa_attention(module: nn.Module) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     if any(type(processor) is AttnProcessor for processor in processors.values()):
-        module.set_attn_processor(
-            {name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()}
-        )
+        module.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()})
 
 
 @contextmanager

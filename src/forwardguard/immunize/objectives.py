@@ -103,4 +103,3 @@ def diffusion_objective(
         return torch.stack(losses).mean(dim=0)
 
     return objective
-

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from forwardguard import interrupt
 from forwardguard.immunize.step_rules import DEFAULT_RULE, make_rule
 from forwardguard.measures import budget_255
-from forwardguard import interrupt
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 

@@ -12,9 +12,7 @@ MAX_NAME_LENGTH = 256
 """The longest source or mask file name a pattern keeps (an upload's name comes from the client)."""
 
 
-def pattern_params(
-    settings: AttackSettings, result: ImmunizedImage, *, source: str | None, mask: str | None
-) -> dict[str, Any]:
+def pattern_params(settings: AttackSettings, result: ImmunizedImage, *, source: str | None, mask: str | None) -> dict[str, Any]:
     """A pattern's ``params``: every attack setting that shaped it (``settings.as_record()``, less the
     method, which the record keeps apart), the PGD steps it ran (``steps_run``), and the names of its
     source image and inpainting mask files (None when there is none)."""

@@ -15,8 +15,8 @@ again once used up, so that over every ``len(mix)`` draws each transform gets ex
 Every draw comes from the attack's seed: the order of the transforms from one generator, and the
 random part of a transform (Gaussian noise, a random crop's offsets, a random angle) from a
 generator seeded by (seed, step, draw), the same for every image of a batch. So an image gets the
-same transforms whether it is attacked alone or in a batch, and a seeded run is reproducible. Each image is transformed at its own size (its part of a
-padded bucket), as the real transform would see it.
+same transforms whether it is attacked alone or in a batch, and a seeded run is reproducible. Each
+image is transformed at its own size (its part of a padded bucket), as the real transform would see it.
 
 A transform that changes the size (a shift or random crop, alone or in a chain: ``changes_size``)
 leaves a smaller image, and the model sees that image, on its own 8-pixel grid. Its loss is taken

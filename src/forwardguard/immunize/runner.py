@@ -160,7 +160,12 @@ def immunize_files(
         masks = [job.mask for job in batch] if options.mask is not None else None
         try:
             results = immunize(
-                [job.image for job in batch], model, settings, targets=targets, masks=masks, on_step=on_step,
+                [job.image for job in batch],
+                model,
+                settings,
+                targets=targets,
+                masks=masks,
+                on_step=on_step,
                 compute=options.compute,
             )
         except ForwardguardError as error:
@@ -294,7 +299,9 @@ def _deliver(
                 on_written(written)
             except ForwardguardError as error:  # an image is delivered only with its record
                 raise ForwardguardError(f"{job.source}: {error}") from error
-        write_bytes_atomic(job.out_json, (json.dumps(written.record, indent=2, allow_nan=False) + "\n").encode(), overwrite=overwrite)
+        write_bytes_atomic(
+            job.out_json, (json.dumps(written.record, indent=2, allow_nan=False) + "\n").encode(), overwrite=overwrite
+        )
     except BaseException:
         job.out_png.unlink(missing_ok=True)
         job.out_json.unlink(missing_ok=True)
@@ -302,9 +309,7 @@ def _deliver(
     return written
 
 
-def _written(
-    job: Job, result: ImmunizedImage, model: ImageModel, settings: AttackSettings, options: RunOptions
-) -> Written:
+def _written(job: Job, result: ImmunizedImage, model: ImageModel, settings: AttackSettings, options: RunOptions) -> Written:
     png = encode_png(result.rgb, result.alpha, icc_profile=job.image.icc_profile)
     record = {
         "source": job.source.name,

@@ -26,7 +26,6 @@ import torch
 Size = tuple[int, int]
 
 
-
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -102,9 +101,7 @@ class Bucket:
         return torch.from_numpy(np.stack(rows_cols).reshape(len(self.sizes), 1, -1))
 
 
-def group_into_buckets(
-    sizes: Sequence[Size], batch_size: int, multiple: int, max_growth: float = 1.0
-) -> list[list[int]]:
+def group_into_buckets(sizes: Sequence[Size], batch_size: int, multiple: int, max_growth: float = 1.0) -> list[list[int]]:
     """Indices of ``sizes`` in batches of at most ``batch_size``, similar sizes together.
 
     Images are taken in order of their padded size, then of their size (input order among equals, so

@@ -88,9 +88,7 @@ def _denoise(
         if guided:
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + settings.guidance_scale * (cond - uncond)
-        latents = scheduler.step(
-            noise_pred, t, latents, eta=settings.eta, variance_noise=variance_noise[index]
-        ).prev_sample
+        latents = scheduler.step(noise_pred, t, latents, eta=settings.eta, variance_noise=variance_noise[index]).prev_sample
         if keep is not None:
             known, noise, mask = keep
             if index + 1 < len(timesteps):
@@ -153,11 +151,14 @@ def inpaint(model: DiffusionModel, images: torch.Tensor, masks: torch.Tensor, se
         masked_images = torch.where(masks < 0.5, images, torch.full_like(images, 0.5))  # 0 in the VAE's [-1, 1]
         masked_latents = model.encode(masked_images) * model.latent_scale
         latents = _denoise(
-            model, latents, settings, scheduler, timesteps, generators,
+            model,
+            latents,
+            settings,
+            scheduler,
+            timesteps,
+            generators,
             extra_channels=torch.cat([latent_mask, masked_latents], dim=1),
         )
     else:
-        latents = _denoise(
-            model, latents, settings, scheduler, timesteps, generators, keep=(image_latents, noise, latent_mask)
-        )
+        latents = _denoise(model, latents, settings, scheduler, timesteps, generators, keep=(image_latents, noise, latent_mask))
     return model.decode(latents / model.latent_scale)

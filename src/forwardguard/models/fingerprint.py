@@ -23,9 +23,5 @@ def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
 
 
 def fingerprint_modules(modules: dict[str, nn.Module]) -> str:
-    state = {
-        f"{name}.{key}": value
-        for name, module in modules.items()
-        for key, value in module.state_dict().items()
-    }
+    state = {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
     return fingerprint_state(state)

@@ -91,8 +91,14 @@ class DiffusionModel(ImageModel):
         from diffusers import StableDiffusionPipeline
 
         pipeline = StableDiffusionPipeline(
-            vae=self.vae, unet=self.unet, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=self.vae,
+            unet=self.unet,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
         pipeline.save_pretrained(out_dir, safe_serialization=True)
         return str(out_dir)

@@ -65,9 +65,7 @@ class Block(nn.Module):
 
     def __init__(self, use_pool: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Sequential(
-            _conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH)
-        )
+        self.conv = nn.Sequential(_conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH))
         self.pool = (
             nn.Sequential(
                 nn.Conv2d(WIDTH, POOL_WIDTH, kernel_size=1, bias=False),
@@ -168,14 +166,10 @@ def _channels(state_dict: Mapping[str, Tensor], key: str, dim: int, source: str,
     return int(weight.shape[dim])
 
 
-def _pool_indices(
-    state_dict: Mapping[str, Tensor], allowed: tuple[int, ...], source: str, half: str
-) -> frozenset[int]:
+def _pool_indices(state_dict: Mapping[str, Tensor], allowed: tuple[int, ...], source: str, half: str) -> frozenset[int]:
     prefixes = {key.split(".", 1)[0] for key in state_dict if ".pool." in key}
     if not all(prefix.isdigit() and int(prefix) in allowed for prefix in prefixes):
-        raise ForwardguardError(
-            f"{source} is not a TAESD {half}: pool branches outside its Blocks {sorted(prefixes)}"
-        )
+        raise ForwardguardError(f"{source} is not a TAESD {half}: pool branches outside its Blocks {sorted(prefixes)}")
     return frozenset(int(prefix) for prefix in prefixes)
 
 
@@ -226,9 +220,7 @@ def parse_taesd_spec(spec: str) -> tuple[Path, Path | None]:
         raise ForwardguardError(f"not a TAESD spec (expected taesd:ENCODER[:DECODER] or taesd:DIR): {spec!r}")
     parts = spec[len(SPEC_PREFIX) :].split(":")
     if len(parts) > 2 or not all(parts):
-        raise ForwardguardError(
-            f"malformed TAESD spec (expected taesd:ENCODER[:DECODER] or taesd:DIR): {spec!r}"
-        )
+        raise ForwardguardError(f"malformed TAESD spec (expected taesd:ENCODER[:DECODER] or taesd:DIR): {spec!r}")
     first = Path(parts[0])
     if len(parts) == 1 and first.is_dir():
         encoder = _find_in_dir(first, "encoder", spec)
@@ -246,14 +238,10 @@ def _find_in_dir(folder: Path, half: str, spec: str) -> Path | None:
     canonical = folder / f"{half}.safetensors"
     if canonical.is_file():
         return canonical
-    candidates = sorted(
-        path for suffix in PICKLE_SUFFIXES for path in folder.glob(f"*{half}*{suffix}") if path.is_file()
-    )
+    candidates = sorted(path for suffix in PICKLE_SUFFIXES for path in folder.glob(f"*{half}*{suffix}") if path.is_file())
     if len(candidates) > 1:
         names = ", ".join(path.name for path in candidates)
-        raise ForwardguardError(
-            f"{spec}: folder {folder} has several {half} files ({names}); name one explicitly"
-        )
+        raise ForwardguardError(f"{spec}: folder {folder} has several {half} files ({names}); name one explicitly")
     return candidates[0] if candidates else None
 
 
@@ -272,8 +260,7 @@ def load_taesd(spec: str) -> tuple[TAESDEncoder, TAESDDecoder | None]:
         decoder = TAESDDecoder.from_state_dict(load_state_dict_file(decoder_path), source=str(decoder_path))
         if decoder.latent_channels != encoder.latent_channels:
             raise ForwardguardError(
-                f"{spec}: encoder gives {encoder.latent_channels} latent channels "
-                f"but decoder expects {decoder.latent_channels}"
+                f"{spec}: encoder gives {encoder.latent_channels} latent channels but decoder expects {decoder.latent_channels}"
             )
         _freeze(decoder)
     _freeze(encoder)

@@ -99,9 +99,7 @@ def revoke_key(registry: Registry, *, tenant: str, key_id: str) -> ApiKeyRecord:
             .values(revoked_at=datetime.now(timezone.utc))
         )
         row = (
-            connection.execute(sa.select(api_keys).where(api_keys.c.id == key_id, api_keys.c.tenant == tenant))
-            .mappings()
-            .first()
+            connection.execute(sa.select(api_keys).where(api_keys.c.id == key_id, api_keys.c.tenant == tenant)).mappings().first()
         )
     if row is None:
         raise ForwardguardError(f"tenant {tenant!r} has no key {key_id!r} in registry {registry.display()}")

@@ -75,9 +75,7 @@ def lookup(
     return sorted(found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id))
 
 
-def _perceptually_close(
-    connection: sa.Connection, query_hash: int, max_distance: int, tenant: str | None
-) -> list[sa.RowMapping]:
+def _perceptually_close(connection: sa.Connection, query_hash: int, max_distance: int, tenant: str | None) -> list[sa.RowMapping]:
     """The patterns whose perceptual hash is within ``max_distance`` bits of ``query_hash``.
 
     First the close hash values, read from the phash indexes alone: PostgreSQL counts the bits

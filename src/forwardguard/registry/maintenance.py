@@ -42,9 +42,7 @@ def gc(storage: Storage, *, dry_run: bool = False) -> GcReport:
         return GcReport(removed_blobs=candidates, removed_temporaries=[])
 
     def is_referenced(key: str) -> bool:
-        query = sa.select(patterns.c.id).where(
-            sa.or_(patterns.c.image_sha256 == key, patterns.c.delta_blob_sha256 == key)
-        )
+        query = sa.select(patterns.c.id).where(sa.or_(patterns.c.image_sha256 == key, patterns.c.delta_blob_sha256 == key))
         with storage.read() as connection:
             return connection.execute(query.limit(1)).first() is not None
 

@@ -53,9 +53,7 @@ def record_model(storage: Storage, **model: Unpack[NewModel]) -> ModelRecord:
             dialect_insert(connection, models).values(**row).on_conflict_do_nothing(index_elements=["fingerprint"])
         )
     record = get_model(storage, fingerprint)
-    differing = [
-        key for key in ("spec", "name", "parent_fingerprint", "planted_snapshot") if getattr(record, key) != row[key]
-    ]
+    differing = [key for key in ("spec", "name", "parent_fingerprint", "planted_snapshot") if getattr(record, key) != row[key]]
     if differing:
         raise ForwardguardError(f"model {fingerprint[:12]} is already recorded with a different {', '.join(differing)}")
     return record

@@ -94,9 +94,7 @@ def record_pattern(storage: Storage, **pattern: Unpack[NewPattern]) -> PatternRe
     row["delta_blob_sha256"] = storage.blobs.put(delta_blob)
     row["id"] = pattern_id(row["image_sha256"], delta16, row["tenant"])
     with storage.write() as connection:
-        connection.execute(
-            dialect_insert(connection, patterns).values(**row).on_conflict_do_nothing(index_elements=["id"])
-        )
+        connection.execute(dialect_insert(connection, patterns).values(**row).on_conflict_do_nothing(index_elements=["id"]))
     storage.blobs.restore_if_missing(row["image_sha256"], image_png)
     storage.blobs.restore_if_missing(row["delta_blob_sha256"], delta_blob)
     return get_pattern(storage, row["id"])
@@ -109,9 +107,7 @@ def get_pattern(storage: Storage, pattern_id: str) -> PatternRecord:
         return PatternRecord.from_row(storage.one_by_prefix(connection, patterns, patterns.c.id, prefix, "pattern"))
 
 
-def iter_patterns(
-    storage: Storage, *, batch_size: int = 1000, **filters: Unpack[PatternFilter]
-) -> Iterator[PatternRecord]:
+def iter_patterns(storage: Storage, *, batch_size: int = 1000, **filters: Unpack[PatternFilter]) -> Iterator[PatternRecord]:
     """The patterns that ``filters`` select, streamed in batches of ``batch_size`` rows."""
     query = sa.select(patterns)
     snapshot = filters.get("snapshot")

@@ -47,8 +47,7 @@ def ensure_schema(engine: sa.Engine, *, upgrade: bool, display: str) -> str:
     if not upgrade:
         if not current:
             raise ForwardguardError(
-                f"{display} is not a forwardguard registry: "
-                f"create it with `forwardguard registry init --registry {display}`"
+                f"{display} is not a forwardguard registry: create it with `forwardguard registry init --registry {display}`"
             )
         raise ForwardguardError(
             f"registry {display} has schema revision {current[0]}, this forwardguard needs {head}: "

@@ -49,9 +49,7 @@ def create_snapshot(
         except sa.exc.IntegrityError:
             raise exists from None
         connection.execute(snapshot_patterns.insert().from_select(["snapshot_name", "pattern_id"], selected))
-        count = connection.execute(
-            sa.select(sa.func.count()).where(snapshot_patterns.c.snapshot_name == name)
-        ).scalar_one()
+        count = connection.execute(sa.select(sa.func.count()).where(snapshot_patterns.c.snapshot_name == name)).scalar_one()
         if count == 0:
             raise ForwardguardError(f"no active pattern matches, so snapshot {name!r} was not created")
         connection.execute(snapshots.update().where(snapshots.c.name == name).values(pattern_count=count))

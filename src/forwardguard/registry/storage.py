@@ -49,9 +49,7 @@ class Storage:
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
             elif not path.is_file():
-                raise ForwardguardError(
-                    f"no registry at {path}: create it with `forwardguard registry init --registry {path}`"
-                )
+                raise ForwardguardError(f"no registry at {path}: create it with `forwardguard registry init --registry {path}`")
         engine = create_engine(resolved)
         try:
             with database_errors(resolved):

@@ -131,9 +131,7 @@ class Registry:
     ) -> SnapshotRecord:
         """Freeze the active patterns matching every given filter (all by default) under a new,
         unique name. A snapshot never changes afterwards."""
-        return snapshots.create_snapshot(
-            self._storage, name, method=method, model_fingerprint=model_fingerprint, tenant=tenant
-        )
+        return snapshots.create_snapshot(self._storage, name, method=method, model_fingerprint=model_fingerprint, tenant=tenant)
 
     def get_snapshot(self, name: str) -> SnapshotRecord:
         return snapshots.get_snapshot(self._storage, name)

@@ -24,9 +24,7 @@ def check_delta(delta: Any, rgb: np.ndarray, params: dict[str, Any]) -> np.ndarr
     within the ``eps`` budget of ``params`` (when it names one)."""
     array = np.asarray(delta)
     if array.dtype.kind not in "iu":
-        raise ForwardguardError(
-            f"the delta must be an integer array (immunized - clean, uint8 steps), not {array.dtype}"
-        )
+        raise ForwardguardError(f"the delta must be an integer array (immunized - clean, uint8 steps), not {array.dtype}")
     if array.shape != rgb.shape:
         raise ForwardguardError(f"the delta's shape {array.shape} doesn't match the image's {rgb.shape}")
     low, high = int(array.min()), int(array.max())

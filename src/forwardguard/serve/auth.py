@@ -34,9 +34,7 @@ def check_key(state: ServeState, key: str | None) -> ApiKeyRecord:
     """The key's record; 401 without a key or with an unknown or revoked one, 503 when the registry
     fails (blocking: call it from a thread)."""
     if not key:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing API key: send Authorization: Bearer KEY", headers=UNAUTHORIZED
-        )
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key: send Authorization: Bearer KEY", headers=UNAUTHORIZED)
     try:
         record = authenticate(state.registry, key=key)
     except ForwardguardError as error:

@@ -43,8 +43,13 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
             except asyncio.TimeoutError:
-                await _error(scope, receive, send, status.HTTP_408_REQUEST_TIMEOUT,
-                             f"the request body did not arrive within {self.timeout_s:g} s")
+                await _error(
+                    scope,
+                    receive,
+                    send,
+                    status.HTTP_408_REQUEST_TIMEOUT,
+                    f"the request body did not arrive within {self.timeout_s:g} s",
+                )
                 return
             if message["type"] == "http.disconnect":
                 return
@@ -59,8 +64,13 @@ class BodyLimitMiddleware:
                 continue
             chunks.append(body)
         if too_large:
-            await _error(scope, receive, send, status.HTTP_413_CONTENT_TOO_LARGE,
-                         f"the request body is over the limit of {self.max_bytes} bytes")
+            await _error(
+                scope,
+                receive,
+                send,
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"the request body is over the limit of {self.max_bytes} bytes",
+            )
             return
         whole: bytes | None = b"".join(chunks)
         chunks.clear()  # one copy of the body in memory, not two
@@ -131,9 +141,7 @@ def check_image_upload(data: bytes, content_type: str | None, *, max_pixels: int
     try:
         width, height = image_size(data, field)  # with our pixel limit only, not Pillow's process-wide one
     except ForwardguardError:
-        raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{field}: not a PNG, JPEG or WebP image"
-        ) from None
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{field}: not a PNG, JPEG or WebP image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{field}: not a readable image ({error})") from None
     if width * height > max_pixels:

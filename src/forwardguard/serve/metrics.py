@@ -34,9 +34,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.queue_depth = Gauge(
-            "forwardguard_queue_depth", "Immunizations waiting for a model worker.", registry=self.registry
-        )
+        self.queue_depth = Gauge("forwardguard_queue_depth", "Immunizations waiting for a model worker.", registry=self.registry)
         self.running = Gauge(
             "forwardguard_immunizations_running", "Immunizations a model worker is working on.", registry=self.registry
         )

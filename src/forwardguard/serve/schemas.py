@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 
 from forwardguard.registry import Match, PatternRecord
 
-
 GET_PATTERN_OPERATION = "get_pattern_v1_patterns__pattern_id__get"
 
 
@@ -96,4 +95,3 @@ class Health(BaseModel):
     registry: str = Field(description="'ok', or why the registry does not answer.")
     workers: int = Field(description="Model worker threads alive.")
     queue_depth: int
-

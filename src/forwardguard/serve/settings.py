@@ -26,7 +26,9 @@ class ServeSettings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="Threads torch uses for the model work on the CPU (unset: torch's default, the cores)."
     )
-    max_pixels: int = Field(4_000_000, ge=1, description="Largest width x height of an upload once padded to the model's multiple (413 beyond).")
+    max_pixels: int = Field(
+        4_000_000, ge=1, description="Largest width x height of an upload once padded to the model's multiple (413 beyond)."
+    )
     max_upload_mb: float = Field(20.0, gt=0, description="Largest request body in MiB (413 beyond).")
     max_steps: int = Field(500, ge=0, description="Most PGD steps a request may ask for.")
     default_steps: int | None = Field(

@@ -16,8 +16,7 @@ from forwardguard.serve.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness and registry reachability",
-            responses={503: {"model": Health}})
+@router.get("/healthz", response_model=Health, summary="Liveness and registry reachability", responses={503: {"model": Health}})
 def healthz(state: StateDep) -> Response:
     problem = state.registry_problem()
     workers = state.workers.alive
@@ -32,7 +31,11 @@ def healthz(state: StateDep) -> Response:
     return JSONResponse(health.model_dump(), status_code=code)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 def metrics(state: StateDep) -> Response:
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -48,7 +48,10 @@ _PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     },
     400: {"model": Error, "description": "The image or mask can't be decoded."},
     401: {"model": Error, "description": "No API key, or an unknown or revoked one."},
-    413: {"model": Error, "description": "The body, or the image's pixel count padded to the model's multiple, is over the limit."},
+    413: {
+        "model": Error,
+        "description": "The body, or the image's pixel count padded to the model's multiple, is over the limit.",
+    },
     415: {"model": Error, "description": "Not multipart/form-data, or an image that is not PNG, JPEG or WebP."},
     429: {"model": Error, "description": "The key's rate limit: retry after Retry-After seconds."},
     503: {"model": Error, "description": "The queue is full (retry after Retry-After seconds) or the registry failed."},
@@ -217,8 +220,6 @@ async def _answer(workers: ModelWorkers, job: ImmunizeJob, timeout_s: float) -> 
             workers.cancel(job)
             raise
     except NotRecorded as error:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry did not record the pattern: {error}"
-        ) from None
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry did not record the pattern: {error}") from None
     except ForwardguardError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None

@@ -10,8 +10,11 @@ from forwardguard.serve.schemas import Error, Model, ModelList
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=ModelList, summary="List the served models", responses={401: {"model": Error}, 429: {"model": Error}})
+@router.get(
+    "/models",
+    response_model=ModelList,
+    summary="List the served models",
+    responses={401: {"model": Error}, 429: {"model": Error}},
+)
 async def list_models(key: ApiKey, state: StateDep) -> ModelList:
-    return ModelList(
-        models=[Model(spec=m.spec, fingerprint=m.fingerprint, methods=list(m.methods)) for m in state.models]
-    )
+    return ModelList(models=[Model(spec=m.spec, fingerprint=m.fingerprint, methods=list(m.methods)) for m in state.models])
