@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (and per process a test starts): two workers share the two cores without
+    # oversubscribing them. Set before anything imports torch.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

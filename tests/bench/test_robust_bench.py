@@ -33,11 +33,13 @@ def test_smallest_run_reports_plain_beside_robust_for_every_transform(tmp_path, 
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr
     summary = json.loads((out / "robust_bench.json").read_text())
-    transforms = ["none", *(transform.name for transform in GAUNTLET)]
+    shifts = [f"shift_{k}" for k in range(1, 8)]  # every phase of the 8-pixel grid, added to the gauntlet
+    transforms = {"none", *(transform.name for transform in GAUNTLET), *shifts}
     assert sorted(summary["ratios"]) == sorted(f"v1/{name}" for name in transforms)
     for figures in summary["ratios"].values():
-        assert 0 < figures["plain"] < 2 and 0 < figures["robust"] < 2
-    assert len(summary["checks"]) == 3
+        assert 0 < figures["plain"] < 2 and 0 < figures["robust"] < 2 and figures["robust"] <= figures["robust_max"]
+    # issue 8's JPEG q75 and q50, issue 13's shifts and mirror, and the untransformed cost
+    assert len(summary["checks"]) == 2 + len(shifts) + 1 + 1
     for check, passed in summary["checks"].items():
         assert f"{'PASS' if passed else 'FAIL'}  {check}" in completed.stdout
     report = json.loads((out / "report" / "report.json").read_text())

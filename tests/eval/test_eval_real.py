@@ -14,6 +14,8 @@ from forwardguard.eval.run import run_eval
 from forwardguard.eval.schema import Cell, Report, load_report
 from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
 
+pytestmark = pytest.mark.xdist_group("planted_flow")  # one worker computes the planted_flow fixture once
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from planting_support import HELD_OUT
 
@@ -12,6 +13,8 @@ from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
+
+pytestmark = pytest.mark.xdist_group("planted_flow")  # one worker computes the planted_flow fixture once
 
 
 def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:
