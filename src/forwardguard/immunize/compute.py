@@ -48,7 +48,10 @@ class ComputeOptions:
 def attack_modules(model: ImageModel, method: str) -> list[nn.Module]:
     """The modules an attack evaluates at every step: the latent encoder, or the whole edit's."""
     if method == "diffusion":
-        return [model.vae, model.unet]  # type: ignore[attr-defined]  (a DiffusionModel: checked by the objective)
+        from forwardguard.models.stable_diffusion import DiffusionModel
+
+        assert isinstance(model, DiffusionModel)  # checked by the objective
+        return [model.vae, model.unet]
     return [model.latent_encoder]
 
 
@@ -79,7 +82,8 @@ def use_sdpa_attention(module: nn.Module) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     if any(type(processor) is AttnProcessor for processor in processors.values()):
-        module.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()})
+        # a diffusers model's method; torch's stubs type an unknown Module attribute as Tensor | Module
+        module.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()})  # type: ignore[operator]
 
 
 @contextmanager
