@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.models.base import ImageModel
+
+if TYPE_CHECKING:
+    from forwardguard.models.stable_diffusion import DiffusionModel
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -48,10 +52,8 @@ class ComputeOptions:
 def attack_modules(model: ImageModel, method: str) -> list[nn.Module]:
     """The modules an attack evaluates at every step: the latent encoder, or the whole edit's."""
     if method == "diffusion":
-        from forwardguard.models.stable_diffusion import DiffusionModel
-
-        assert isinstance(model, DiffusionModel)  # checked by the objective
-        return [model.vae, model.unet]
+        diffusion = cast("DiffusionModel", model)  # any other model fails here, as the objective refuses it
+        return [diffusion.vae, diffusion.unet]
     return [model.latent_encoder]
 
 
