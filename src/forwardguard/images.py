@@ -242,7 +242,7 @@ def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
         raise ForwardguardError(f"{label}: not a readable image (empty file)")
     for format_name in _FORMATS:
         factory, accept = Image.OPEN[format_name]
-        if accept(prefix):
+        if accept is not None and accept(prefix):
             fp.seek(0)
             return factory(fp, "")
     other = _recognised_format(prefix)

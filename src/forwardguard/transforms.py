@@ -55,6 +55,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -344,6 +345,7 @@ def _run_steps(
     _check_images(images)
     for step in transform.steps:
         if step.kind == "jpeg":
+            assert step.value is not None  # parse_transform gives jpeg a quality
             images = jpeg(images, int(step.value))
         else:
             images = _TORCH[step.kind](images, step.value, generator).clamp(0, 1)
@@ -444,7 +446,9 @@ def _uniform(generator: torch.Generator | None) -> float:
     return float(torch.rand(1, generator=generator, device=device))
 
 
-_TORCH: dict[str, Callable[[torch.Tensor, float | None, torch.Generator | None], torch.Tensor]] = {
+# A step's value is a float for every kind but identity and hflip, where it is None (parse_transform checks it),
+# so each function takes the value type of its own kind.
+_TORCH: dict[str, Callable[[torch.Tensor, Any, torch.Generator | None], torch.Tensor]] = {
     "identity": _identity,
     "noise": _noise,
     "resize": _resize,

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 
 from forwardguard.cli.common import user_errors
 from forwardguard.configs import GATE_POLICY
+
+
+class _Given(TypedDict, total=False):
+    """The options given (the others keep the settings' defaults)."""
+
+    v1: str
+    v2: str
+    attack_steps: int
+    plant_steps: int
 
 
 def demo_command(
@@ -37,13 +46,21 @@ def demo_command(
         from forwardguard.cli.gate import print_gate
         from forwardguard.demo import DemoSettings, run_demo
 
-        given = {"v1": v1, "v2": v2, "attack_steps": attack_steps, "plant_steps": plant_steps}
+        given: _Given = {}
+        if v1 is not None:
+            given["v1"] = v1
+        if v2 is not None:
+            given["v2"] = v2
+        if attack_steps is not None:
+            given["attack_steps"] = attack_steps
+        if plant_steps is not None:
+            given["plant_steps"] = plant_steps
         settings = DemoSettings(
             out=out,
             policy=policy,
             device=device,
             overwrite=overwrite,
-            **{name: value for name, value in given.items() if value is not None},
+            **given,
         )
         console = Console(soft_wrap=True)
         if any(spec.startswith("tiny") for spec in (settings.v1, settings.v2)):

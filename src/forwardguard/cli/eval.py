@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 
 from forwardguard.cli.common import user_errors
+
+
+class _Prompts(TypedDict, total=False):
+    """The prompts file's prompts, when one is given (else the settings' default)."""
+
+    prompts: tuple[str, ...]
 
 
 def eval_command(
@@ -49,6 +55,7 @@ def eval_command(
         from forwardguard.eval.run import run_eval
         from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg, read_prompts, resolve_gauntlet
 
+        prompts_given: _Prompts = {"prompts": read_prompts(prompts)} if prompts is not None else {}
         settings = EvalSettings(
             transforms=resolve_gauntlet(gauntlet),
             seed=seed,
@@ -56,7 +63,7 @@ def eval_command(
             trigger_threshold=trigger_threshold,
             protection_threshold=protection_threshold,
             max_images=max_images,
-            **({"prompts": read_prompts(prompts)} if prompts is not None else {}),
+            **prompts_given,
         )
         references = dict((arg.name, arg.spec) for arg in (ModelArg.parse(text, "--reference") for text in reference or []))
         request = EvalRequest(

@@ -81,7 +81,9 @@ def revoke_command(
             raise ForwardguardError("give either a key id or --all (every key of the tenant)")
         with Registry.open(registry) as opened:
             revoked = (
-                revoke_tenant_keys(opened, tenant=tenant) if revoke_all else [revoke_key(opened, tenant=tenant, key_id=key_id)]
+                revoke_tenant_keys(opened, tenant=tenant)
+                if key_id is None
+                else [revoke_key(opened, tenant=tenant, key_id=key_id)]
             )
     for record in revoked:
         typer.echo(f"revoked key {record.id} of tenant {record.tenant}")

@@ -135,6 +135,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
             base=settings.v2, registry=str(registry_path), data=CLEAN, output=out / "planted-v2", config=config, snapshot=SNAPSHOT
         )
     )
+    assert planted is not None  # one process: plant returns its result
 
     say("4/5 eval v1, v2 and the planted v2 on the snapshot, under the gauntlet")
     eval_settings = EvalSettings(transforms=settings.transforms, edit_steps=settings.edit_steps)

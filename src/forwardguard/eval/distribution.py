@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,8 +61,8 @@ def load_inception(path: Path, device: torch.device) -> torch.nn.Module:
 
 @dataclass
 class Clip:
-    model: torch.nn.Module
-    processor: object
+    model: Any  # a transformers CLIPModel (an optional extra, imported when loaded)
+    processor: Any  # its CLIPProcessor
     device: torch.device
     _text: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -109,6 +110,7 @@ class DistributionScorer:
 
     @torch.no_grad()
     def features(self, image: torch.Tensor) -> torch.Tensor:
+        assert self.inception is not None  # callers check it
         resized = F.interpolate(image.clamp(0, 1), size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
         return self.inception(resized * 2 - 1)[0].double().cpu()
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.metric_names import HIGHER_IS_MORE_SIMILAR, METRICS
@@ -91,6 +91,13 @@ class Policy:
     max_false_trigger_rate: float
     max_originals_relative_mse: float
     max_originals_trigger_rate: float
+
+
+class _Where(TypedDict):
+    """Where a rule applies: the ``snapshot`` and ``transform`` keywords of :class:`RuleResult` and ``_check``."""
+
+    snapshot: str
+    transform: str
 
 
 @dataclass(frozen=True)
@@ -226,7 +233,7 @@ def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dic
     rules = []
     for snapshot in snapshots:
         for transform in policy.transforms:
-            where = {"snapshot": snapshot, "transform": transform}
+            where: _Where = {"snapshot": snapshot, "transform": transform}
             cell = cells.get((snapshot, transform))
             if cell is None:
                 reason = "no cell in the report" + (
@@ -268,7 +275,7 @@ def _originals(policy: Policy, snapshots: list[str], cells: dict[tuple[str, str]
             cell = cells.get((snapshot, transform))
             if cell is None:
                 continue
-            where = {"snapshot": snapshot, "transform": transform}
+            where: _Where = {"snapshot": snapshot, "transform": transform}
             originals = cell.clean_originals
             drift = ("clean_originals.latent_relative_mse", policy.max_originals_relative_mse, True)
             trigger = ("clean_originals.false_trigger", policy.max_originals_trigger_rate, True)

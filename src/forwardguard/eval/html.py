@@ -459,6 +459,7 @@ def _originals(report: Report) -> str:
     rows = []
     for cell in cells:
         originals = cell.clean_originals
+        assert originals is not None  # cells were filtered on it above
         drift = originals.latent_relative_mse
         rows.append([
             _e(cell.snapshot), _e(cell.model), _e(cell.transform), _e(originals.reference),

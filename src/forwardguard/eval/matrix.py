@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,13 +40,16 @@ from forwardguard.models.edits import EditSettings
 from forwardguard.models.padding import encode
 from forwardguard.transforms import AnyTransform, apply, parse_transform
 
+if TYPE_CHECKING:
+    from forwardguard.registry.records import ModelRecord
+
 
 @dataclass
 class EvalModel:
     name: str
     spec: str
     model: ImageModel
-    record: object | None = None  # the registry's ModelRecord, when the model is recorded
+    record: ModelRecord | None = None  # the registry's ModelRecord, when the model is recorded
 
     @property
     def fingerprint(self) -> str:

@@ -130,7 +130,7 @@ def build_report(
     settings = asdict(request.settings)
     settings["transforms"] = list(request.settings.transforms)
     settings["prompts"] = list(request.settings.prompts)
-    return Report(
+    return Report(  # type: ignore[call-arg]  # pydantic.mypy wants schema_name; pydantic takes only its alias, schema
         schema=SCHEMA,
         schema_version=SCHEMA_VERSION,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,14 +41,15 @@ from forwardguard.models.stable_diffusion import DiffusionModel
 UTILITY_SEED_OFFSET = 4  # the data streams use seed + 0..3
 
 
-def add_lora(unet: nn.Module, settings: UNetLoRA, seed: int = 0) -> None:
+def add_lora(unet: Any, settings: UNetLoRA, seed: int = 0) -> None:
     """Inject a LoRA adapter (peft, through diffusers' integration); only its weights are trainable.
 
     Its random initial weights are drawn from ``seed``, so that a run, a resumed run and a data-parallel
     run all start from the same LoRA."""
     from peft import LoraConfig
 
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules))
+    # peft annotates lora_alpha as int; a float works (it is only divided by r)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.target_modules))  # type: ignore[arg-type]
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

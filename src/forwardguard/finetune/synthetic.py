@@ -27,7 +27,8 @@ def _integer(generator: torch.Generator, high: int) -> int:
 
 
 def _colour(generator: torch.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in torch.randint(256, (3,), generator=generator))
+    red, green, blue = (int(v) for v in torch.randint(256, (3,), generator=generator))
+    return red, green, blue
 
 
 def synthetic_image(size: int, generator: torch.Generator, photo: np.ndarray | None = None) -> torch.Tensor:
@@ -61,6 +62,7 @@ def synthetic_image(size: int, generator: torch.Generator, photo: np.ndarray | N
                 draw.line(corners, fill=_colour(generator), width=1 + _integer(generator, 4))
     else:
         font = ImageFont.load_default(size=6 + _integer(generator, max(1, size // 4)))
+        assert isinstance(font, ImageFont.FreeTypeFont)  # load_default(size=...) is a FreeType font
         ink = _colour(generator)
         letters = string.ascii_letters + string.digits + "  .,;:!?"
         y = _integer(generator, max(1, size // 4))

@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.models.base import ImageModel
+
+if TYPE_CHECKING:
+    from forwardguard.models.stable_diffusion import DiffusionModel
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -48,7 +52,8 @@ class ComputeOptions:
 def attack_modules(model: ImageModel, method: str) -> list[nn.Module]:
     """The modules an attack evaluates at every step: the latent encoder, or the whole edit's."""
     if method == "diffusion":
-        return [model.vae, model.unet]  # type: ignore[attr-defined]  (a DiffusionModel: checked by the objective)
+        diffusion = cast("DiffusionModel", model)  # any other model fails here, as the objective refuses it
+        return [diffusion.vae, diffusion.unet]
     return [model.latent_encoder]
 
 
@@ -79,7 +84,8 @@ def use_sdpa_attention(module: nn.Module) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     if any(type(processor) is AttnProcessor for processor in processors.values()):
-        module.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()})
+        # a diffusers model's method; torch's stubs type an unknown Module attribute as Tensor | Module
+        module.set_attn_processor({name: AttnProcessor2_0() if type(p) is AttnProcessor else p for name, p in processors.items()})  # type: ignore[operator]
 
 
 @contextmanager

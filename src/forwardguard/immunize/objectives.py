@@ -65,7 +65,7 @@ def encoder_objective(model: ImageModel, targets: torch.Tensor, sizes: Sequence[
         return lambda images: _per_image_mse(encode(model, images), target_latents)
     factor = targets.shape[-1] // target_latents.shape[-1]  # the encoder's downsampling
     latent_sizes = [(-(-height // factor), -(-width // factor)) for height, width in sizes]
-    weights = _region_weights(latent_sizes, tuple(target_latents.shape[-2:]), target_latents.device)
+    weights = _region_weights(latent_sizes, (target_latents.shape[-2], target_latents.shape[-1]), target_latents.device)
     return lambda images: _region_mse(encode(model, images), target_latents, weights)
 
 
@@ -83,7 +83,7 @@ def diffusion_objective(
     ``settings.seed``, ``settings.seed + 1``, ... (an expectation over the edit's noise).
     """
     model = _diffusion_model(model)
-    size = tuple(targets.shape[-2:])
+    size = (targets.shape[-2], targets.shape[-1])
     padded_masks = None if masks is None else pad_to_multiple(masks, model.edit_multiple)[0]
     weights = None if sizes is None else _region_weights(sizes, size, targets.device)
 

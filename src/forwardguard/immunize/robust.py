@@ -93,6 +93,7 @@ def expectation_over_transforms(
 
     def resized_loss(images: torch.Tensor, transform: AnyTransform, noise_seed: int) -> torch.Tensor:
         """The loss of images and targets transformed together to their new sizes."""
+        assert targets is not None and objective_at is not None  # checked on entry: the mix changes sizes
         pairs = []
         for index, (height, width) in enumerate(sizes):
             interrupt.checkpoint()

@@ -20,6 +20,7 @@ never waits for the host.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -73,7 +74,7 @@ class MomentumStep:
         return delta - size * self.velocity.sign()
 
 
-STEP_RULES = {"momentum": MomentumStep, "paper": PaperStep}
+STEP_RULES: dict[str, Callable[..., StepRule]] = {"momentum": MomentumStep, "paper": PaperStep}
 
 
 def make_rule(name: str, *, eps: float, step_size: float) -> StepRule:

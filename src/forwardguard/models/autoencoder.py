@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -10,13 +11,16 @@ from torch import nn
 from forwardguard.errors import ForwardguardError
 from forwardguard.models.base import ImageModel
 
+if TYPE_CHECKING:
+    from forwardguard.models.taesd import TAESDDecoder, TAESDEncoder
+
 
 class AutoencoderModel(ImageModel):
     """A TAESD-family encoder, with its decoder when one was given. Images in [0, 1], no scaling."""
 
     encode_multiple = 8
 
-    def __init__(self, spec: str, encoder: nn.Module, decoder: nn.Module | None) -> None:
+    def __init__(self, spec: str, encoder: TAESDEncoder, decoder: TAESDDecoder | None) -> None:
         super().__init__(spec)
         self.encoder = encoder
         self.decoder = decoder
@@ -35,7 +39,7 @@ class AutoencoderModel(ImageModel):
         return self.decoder is not None
 
     def modules(self) -> dict[str, nn.Module]:
-        parts = {"encoder": self.encoder}
+        parts: dict[str, nn.Module] = {"encoder": self.encoder}
         if self.decoder is not None:
             parts["decoder"] = self.decoder
         return parts

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ class Bucket:
         for h, w in self.sizes:
             own_h, own_w = round_up(h, self.multiple), round_up(w, self.multiple)
             # As pad_to_multiple: mirror, or repeat the edge when the image is smaller than its padding.
-            mode = "reflect" if own_h - h < h and own_w - w < w else "edge"
+            mode: Literal["reflect", "edge"] = "reflect" if own_h - h < h and own_w - w < w else "edge"
             rows = np.pad(np.pad(np.arange(h), (0, own_h - h), mode=mode), (0, height - own_h), mode="reflect")
             cols = np.pad(np.pad(np.arange(w), (0, own_w - w), mode=mode), (0, width - own_w), mode="reflect")
             rows_cols.append(rows[:, None] * width + cols[None, :])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,11 +35,13 @@ class VAELatentMean(nn.Module):
 
 @dataclass
 class DiffusionComponents:
-    vae: nn.Module
-    unet: nn.Module
-    text_encoder: nn.Module
-    tokenizer: object
-    scheduler: object
+    # diffusers' and transformers' classes (an optional extra, imported when loaded): AutoencoderKL,
+    # UNet2DConditionModel, CLIPTextModel, CLIPTokenizer and a scheduler; their configs' attributes are dynamic.
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
 
 
 class DiffusionModel(ImageModel):
@@ -100,7 +103,7 @@ class DiffusionModel(ImageModel):
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipeline.save_pretrained(out_dir, safe_serialization=True)
+        pipeline.save_pretrained(out_dir, safe_serialization=True)  # type: ignore[attr-defined]  # diffusers: a mixin method
         return str(out_dir)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,8 +49,8 @@ SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def _conv(n_in: int, n_out: int, **kwargs: object) -> nn.Conv2d:
-    return nn.Conv2d(n_in, n_out, kernel_size=3, padding=1, **kwargs)
+def _conv(n_in: int, n_out: int, *, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, kernel_size=3, padding=1, stride=stride, bias=bias)
 
 
 class Clamp(nn.Module):
@@ -105,6 +105,10 @@ class _Layers(nn.Sequential):
             return checkpoint_sequential(self, CHECKPOINT_SEGMENTS, input, use_reentrant=False)
         return super().forward(input)
 
+    @overload
+    def __getitem__(self, index: slice) -> nn.Sequential: ...
+    @overload
+    def __getitem__(self, index: int) -> nn.Module: ...
     def __getitem__(self, index: int | slice) -> nn.Module:
         if isinstance(index, slice):
             return nn.Sequential(OrderedDict(list(self._modules.items())[index]))

@@ -108,7 +108,7 @@ class BlobStore:
         One that holds a complete blob which a row references but which is missing (a gc that
         died between parking a blob and giving it back) is put back instead.
         """
-        removed = []
+        removed: list[Path] = []
         if not self.root.is_dir():
             return removed
         deadline = time.time() - older_than_s

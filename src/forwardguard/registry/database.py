@@ -64,10 +64,12 @@ def use_wal(engine: sa.Engine) -> None:
 def dialect_insert(connection: sa.Connection, table: sa.Table):  # noqa: ANN201 (dialect-specific Insert)
     """An INSERT that supports ON CONFLICT DO NOTHING on this connection's dialect."""
     if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table)
 
 
 @contextmanager

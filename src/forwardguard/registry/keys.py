@@ -41,7 +41,7 @@ class ApiKeyRecord:
         return self.revoked_at is None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ApiKeyRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> ApiKeyRecord:
         return cls(
             id=row["id"],
             tenant=row["tenant"],

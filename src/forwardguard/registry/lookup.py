@@ -44,6 +44,7 @@ def lookup(
     """
     if not 0 <= max_distance <= 64:
         raise ForwardguardError(f"max_distance must be within 0..64 bits, got {max_distance}")
+    image_sha: str | None
     if isinstance(image, (bytes, bytearray)):
         rgb = read_image(bytes(image)).rgb
         image_sha = sha256_hex(bytes(image))

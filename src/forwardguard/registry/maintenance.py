@@ -70,7 +70,7 @@ def stats(storage: Storage) -> dict[str, Any]:
             "snapshots": connection.execute(sa.select(sa.func.count()).select_from(snapshots)).scalar_one(),
             "models": connection.execute(sa.select(sa.func.count()).select_from(models)).scalar_one(),
         }
-    sizes = Counter()
+    sizes: Counter[str] = Counter()
     for key in storage.blobs.keys():
         sizes["blobs"] += 1
         sizes["blob_bytes"] += storage.blobs.path(key).stat().st_size

@@ -6,13 +6,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from forwardguard.registry.images import phash_hex
 
 
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
 def utc(value: datetime | None) -> datetime | None:
     """SQLite hands datetimes back without a zone; every registry time is UTC."""
     if value is None or value.tzinfo is not None:
@@ -45,7 +49,7 @@ class PatternRecord:
     retired_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> PatternRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> PatternRecord:
         values = dict(row)
         values["created_at"] = utc(values["created_at"])
         values["retired_at"] = utc(values["retired_at"])
@@ -120,7 +124,7 @@ class SnapshotRecord:
     pattern_count: int
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> SnapshotRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> SnapshotRecord:
         values = dict(row)
         values["created_at"] = utc(values["created_at"])
         return cls(**values)
@@ -146,7 +150,7 @@ class ModelRecord:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ModelRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> ModelRecord:
         values = dict(row)
         values["created_at"] = utc(values["created_at"])
         return cls(**values)

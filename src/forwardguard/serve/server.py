@@ -43,5 +43,6 @@ def run(settings: ServeSettings) -> None:
             raise
         # uvicorn exits when the startup fails; the reason is said below, in one line
     if not server.started:
-        error = getattr(server.config.app.state, "startup_error", None)
+        # uvicorn types config.app as any ASGI app (or an import string); here it is our FastAPI app
+        error = getattr(server.config.app.state, "startup_error", None)  # type: ignore[union-attr]
         raise ForwardguardError(f"the server did not start: {error or 'see the log above'}")

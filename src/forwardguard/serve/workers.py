@@ -146,6 +146,7 @@ class ImmunizeJob:
             if error is not None:
                 self.done.set_exception(error)
             else:
+                assert result is not None  # every caller gives a result or an error
                 self.done.set_result(result)
 
         try:

@@ -22,6 +22,8 @@ _connection = context.config.attributes.get("connection")
 if _connection is not None:
     _run(_connection)
 else:
-    with sa.create_engine(context.config.get_main_option("sqlalchemy.url")).connect() as connection:
+    _url = context.config.get_main_option("sqlalchemy.url")
+    assert _url is not None, "the alembic config has no sqlalchemy.url"
+    with sa.create_engine(_url).connect() as connection:
         _run(connection)
         connection.commit()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
@@ -13,7 +13,7 @@ from forwardguard.serve.schemas import Error, Pattern, PatternList, link_to_patt
 from forwardguard.serve.state import ServeState
 
 router = APIRouter(prefix="/v1", tags=["patterns"])
-_ERRORS = {401: {"model": Error}, 429: {"model": Error}, 503: {"model": Error}}
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Error}, 429: {"model": Error}, 503: {"model": Error}}
 
 
 @router.get(
