@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 
 from forwardguard.errors import ForwardguardError, one_line
+
+if TYPE_CHECKING:
+    from rich.progress import Progress  # rich loads on use: --help answers at once
 
 EXTRAS = {
     "fastapi": "serve",
@@ -41,3 +45,12 @@ def user_errors() -> Iterator[None]:
         extra = EXTRAS[module]
         print_error(f"{module} is not installed; this command needs the {extra} extra: pip install 'forwardguard[{extra}]'")
         raise typer.Exit(1) from None
+
+
+def progress_bar() -> Progress:
+    """The progress bar of a long command (eval, finetune): on stderr, removed when done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=Console(stderr=True, soft_wrap=True), transient=True)

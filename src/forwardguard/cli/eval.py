@@ -7,7 +7,7 @@ from typing import Annotated, TypedDict
 
 import typer
 
-from forwardguard.cli.common import user_errors
+from forwardguard.cli.common import progress_bar, user_errors
 
 
 class _Prompts(TypedDict, total=False):
@@ -49,9 +49,6 @@ def eval_command(
 ) -> None:
     """Backward and forward immunity of the registry's snapshots across model versions, as report.json and report.html."""
     with user_errors():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         from forwardguard.eval.run import run_eval
         from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg, read_prompts, resolve_gauntlet
 
@@ -78,18 +75,10 @@ def eval_command(
             inception=inception,
             clip=clip,
         )
-        console = Console(stderr=True, soft_wrap=True)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=True) as progress:
+        with progress_bar() as progress:
             task = progress.add_task("eval", total=None)
             path = run_eval(
                 request, overwrite=overwrite, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
             )
-    console.print(f"report: {path}")
-    console.print(f"html:   {path.with_name('report.html')}")
+    progress.console.print(f"report: {path}")
+    progress.console.print(f"html:   {path.with_name('report.html')}")

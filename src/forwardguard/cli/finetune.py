@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from forwardguard.cli.common import user_errors
+from forwardguard.cli.common import progress_bar, user_errors
 
 
 def finetune_command(
@@ -26,9 +26,6 @@ def finetune_command(
 ) -> None:
     """Fine-tune --base so that the registry's immunized images stay immunized against it."""
     with user_errors():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         from forwardguard.finetune import PlantConfig, PlantRequest, plant
 
         overrides = {"max_steps": max_steps}
@@ -43,17 +40,11 @@ def finetune_command(
         request = PlantRequest(
             base=base, registry=plant_registry, data=data, output=output, config=settings, snapshot=snapshot, resume=resume
         )
-        console = Console(stderr=True, soft_wrap=True)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=True) as progress:
+        with progress_bar() as progress:
             result = plant(request, progress)
     if result is not None:
-        console.print(f"planted {result.patterns} patterns of snapshot {result.snapshot!r} in {result.steps} steps")
-        console.print(f"model: {result.spec}  fingerprint {result.fingerprint[:12]} (base {result.base_fingerprint[:12]})")
-        console.print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.final_losses.items())))
+        progress.console.print(f"planted {result.patterns} patterns of snapshot {result.snapshot!r} in {result.steps} steps")
+        progress.console.print(
+            f"model: {result.spec}  fingerprint {result.fingerprint[:12]} (base {result.base_fingerprint[:12]})"
+        )
+        progress.console.print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.final_losses.items())))
