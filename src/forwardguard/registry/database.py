@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -54,11 +56,21 @@ def use_wal(engine: sa.Engine) -> None:
     """
     if engine.dialect.name != "sqlite":
         return
-    connection = engine.raw_connection()
-    try:
-        connection.cursor().execute("PRAGMA journal_mode = WAL")
-    finally:
-        connection.close()
+    # Changing the journal mode needs every other connection out of its transaction, and SQLite answers
+    # "database is locked" at once rather than wait: registries opened concurrently with create=True
+    # (several workers starting) read it meanwhile, so try again until the busy timeout.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        connection = engine.raw_connection()
+        try:
+            connection.cursor().execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        finally:
+            connection.close()
+        time.sleep(0.05)
 
 
 def dialect_insert(connection: sa.Connection, table: sa.Table):  # noqa: ANN201 (dialect-specific Insert)

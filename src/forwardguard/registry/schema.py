@@ -53,13 +53,15 @@ def ensure_schema(engine: sa.Engine, *, upgrade: bool, display: str) -> str:
             f"registry {display} has schema revision {current[0]}, this forwardguard needs {head}: "
             f"upgrade it with `forwardguard registry init --registry {display}`"
         )
-    if not current:
-        _refuse_foreign_tables(engine, display)
-    with write_transaction(engine) as connection:
+    with write_transaction(engine) as connection:  # on SQLite BEGIN IMMEDIATE: the write lock first
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
-        # Read again under the lock: another process may have migrated meanwhile.
-        _refuse_unknown(script, current_revisions(connection), head, display)
+        # Read again under the lock: another process may have migrated meanwhile, and its tables are then
+        # ours, not another application's.
+        current = current_revisions(connection)
+        _refuse_unknown(script, current, head, display)
+        if not current:
+            _refuse_foreign_tables(connection, display)
         config = _config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
@@ -67,10 +69,9 @@ def ensure_schema(engine: sa.Engine, *, upgrade: bool, display: str) -> str:
     return head
 
 
-def _refuse_foreign_tables(engine: sa.Engine, display: str) -> None:
+def _refuse_foreign_tables(connection: sa.Connection, display: str) -> None:
     """A database without our revision that holds tables belongs to another application: never add ours."""
-    with engine.connect() as connection:
-        tables = sorted(sa.inspect(connection).get_table_names())
+    tables = sorted(sa.inspect(connection).get_table_names())
     if tables:
         raise ForwardguardError(
             f"{display} is not a forwardguard registry and holds other tables ({', '.join(tables[:5])}): "
