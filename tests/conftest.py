@@ -64,6 +64,29 @@ def rotated_jpeg(photo):
 
 
 @pytest.fixture(scope="session")
+def record_upright():
+    """``record_upright(registry, upright, tenant)``: record ``upright`` pixels as an "immunized" image with delta 0: a JPEG of exactly those pixels
+    (after its EXIF rotation) must find it; returns the PatternRecord."""
+    import numpy as np
+
+    from forwardguard.images import encode_png
+
+    def record(registry, upright, tenant: str = "default"):
+        return registry.record_pattern(
+            image_png=encode_png(upright),
+            delta=np.zeros(upright.shape, np.int16),
+            method="noise",
+            params={"eps": 16 / 255},
+            target="gray",
+            model_fingerprint="ab" * 32,
+            model_spec="tiny",
+            tenant=tenant,
+        )
+
+    return record
+
+
+@pytest.fixture(scope="session")
 def taef2_spec(shared_dir: Path) -> str:
     return f"taesd:{shared_dir / 'models' / 'taef2'}"
 

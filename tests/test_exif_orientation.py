@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from forwardguard.finetune.data import CleanImages
-from forwardguard.images import encode_png, read_image
+from forwardguard.images import read_image
 from forwardguard.registry import Registry
 from forwardguard.registry.images import pixel_sha256
 
@@ -21,19 +21,11 @@ def test_immunize_reads_it_upright(rotated_jpeg: tuple[bytes, np.ndarray], tmp_p
     np.testing.assert_array_equal(read_image(path).rgb, upright)
 
 
-def test_the_registry_hashes_and_finds_it_upright(rotated_jpeg: tuple[bytes, np.ndarray], tmp_path: Path) -> None:
+def test_the_registry_hashes_and_finds_it_upright(rotated_jpeg: tuple[bytes, np.ndarray], tmp_path: Path, record_upright) -> None:
     jpeg, upright = rotated_jpeg
     with Registry.open(tmp_path / "registry.db", create=True) as registry:
         # The upright pixels recorded as an "immunized" image (delta 0): the JPEG has exactly its pixels.
-        record = registry.record_pattern(
-            image_png=encode_png(upright),
-            delta=np.zeros(upright.shape, np.int16),
-            method="noise",
-            params={"eps": 16 / 255},
-            target="gray",
-            model_fingerprint="ab" * 32,
-            model_spec="tiny",
-        )
+        record = record_upright(registry, upright)
         assert record.pixel_sha256 == pixel_sha256(read_image(jpeg).rgb)
         matches = registry.lookup(jpeg)
     assert [(match.pattern.id, match.kind) for match in matches] == [(record.id, "pixels")]

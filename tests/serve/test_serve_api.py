@@ -166,20 +166,11 @@ def test_lookup_finds_only_the_callers_patterns(server: str, served_registry: Pa
         assert found.json() == {"immunized": False, "matches": []}
 
 
-def test_lookup_reads_a_rotated_jpeg_upright(server: str, served_registry: Path, rotated_jpeg) -> None:
+def test_lookup_reads_a_rotated_jpeg_upright(server: str, served_registry: Path, rotated_jpeg, record_upright) -> None:
     jpeg, upright = rotated_jpeg
     key = new_key(served_registry, "lookup-exif")
     with Registry.open(served_registry) as registry:  # the upright pixels, recorded as they are (delta 0)
-        record = registry.record_pattern(
-            image_png=png_bytes(upright),
-            delta=np.zeros(upright.shape, np.int16),
-            method="noise",
-            params={"eps": 16 / 255},
-            target="gray",
-            model_fingerprint="ab" * 32,
-            model_spec="tiny",
-            tenant="lookup-exif",
-        )
+        record = record_upright(registry, upright, "lookup-exif")
     with client(server, key) as http:
         found = http.post("/v1/lookup", files={"image": ("sideways.jpg", jpeg, "image/jpeg")})
     assert found.status_code == 200, found.text
