@@ -117,18 +117,41 @@ def test_eval_refuses_an_unknown_gauntlet_in_one_line(folder: Path) -> None:
 
 
 def test_tiny_demo_from_the_command_line(tmp_path: Path) -> None:
-    """The demo on random-weight models: every stage runs, both candidates get a verdict, and each
-    printed verdict is the one ``gate`` gives for the written report."""
+    """The demo on random-weight models, with a short gauntlet from a YAML file: every stage runs, both
+    candidates get a verdict, and each printed verdict is the one ``gate`` gives for the written report."""
+    from forwardguard.configs import GATE_POLICY
+    from forwardguard.demo import demo_photos
+    from forwardguard.eval.gate import gate, load_policy
+    from forwardguard.eval.schema import load_report
+    from forwardguard.registry import Registry
+
+    (tmp_path / "gauntlet.yaml").write_text("transforms: [jpeg_q95]\n")
     result = forwardguard(
-        "demo", "--v1", "tiny", "--v2", "tiny:1", "--attack-steps", "3", "--plant-steps", "3", "--device", "cpu", cwd=tmp_path
-    )
+        "demo", "--v1", "tiny", "--v2", "tiny:1", "--attack-steps", "3", "--plant-steps", "3", "--edit-steps", "2",
+        "--gauntlet", "gauntlet.yaml", "--device", "cpu", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("models: tiny (random weights")
     assert [line[:3] for line in lines if line[1:2] == "/"] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
     assert lines[-1] == "report: forwardguard-demo/eval/report.html"
+    out = tmp_path / "forwardguard-demo"
+    assert sorted(path.name for path in (out / "immunized").glob("*.png")) == sorted(path.name for path in demo_photos())
+    with Registry.open(out / "registry.db") as registry:
+        assert len(registry.snapshot_patterns("demo-v1")) == len(demo_photos())
+        assert any(model.planted_snapshot == "demo-v1" for model in registry.list_models())
+    report = load_report(out / "eval" / "report.json")
+    assert [(m.name, m.reference) for m in report.models] == [("planted-v2", "v2"), ("v2", "v2"), ("v1", None)]
+    assert (out / "eval" / "report.html").is_file()
+
     verdicts = {line.split()[1].rstrip(":"): line.split()[0] for line in lines if line.startswith(("RELEASE ", "HOLD "))}
-    assert verdicts.keys() == {"v2", "planted-v2"} and verdicts["v2"] == "HOLD"  # tiny:1 was never planted
+    assert verdicts == {"v2": "HOLD", "planted-v2": "HOLD"}
     for candidate, verdict in verdicts.items():
-        gate = forwardguard("gate", "--report", "forwardguard-demo/eval/report.json", "--candidate", candidate, cwd=tmp_path)
-        assert gate.returncode == {"RELEASE": 0, "HOLD": 1}[verdict], gate.stdout + gate.stderr
+        printed = forwardguard("gate", "--report", "forwardguard-demo/eval/report.json", "--candidate", candidate, cwd=tmp_path)
+        assert printed.returncode == {"RELEASE": 0, "HOLD": 1}[verdict], printed.stdout + printed.stderr
+        # tiny:1 was never planted, and three planting steps do not immunize it: both are held on immunity
+        # alone, while their clean utility, false triggers and clean originals pass
+        rules = gate(report, load_policy(GATE_POLICY), candidate).rules
+        assert len(rules) == 12, [rule.rule for rule in rules]
+        held = {(rule.rule, rule.snapshot, rule.transform) for rule in rules if not rule.passed}
+        assert held == {(rule, "demo-v1", t) for rule in ("immunity.ratio", "immunity.ssim") for t in ("none", "jpeg_q95")}

@@ -18,6 +18,8 @@ class _Given(TypedDict, total=False):
     v2: str
     attack_steps: int
     plant_steps: int
+    edit_steps: int
+    transforms: tuple[str, ...]
 
 
 def demo_command(
@@ -36,6 +38,17 @@ def demo_command(
     ] = GATE_POLICY,
     attack_steps: Annotated[int | None, typer.Option(min=1, help="PGD steps of the immunization.", show_default=False)] = None,
     plant_steps: Annotated[int | None, typer.Option(min=1, help="Planting steps.", show_default=False)] = None,
+    edit_steps: Annotated[
+        int | None, typer.Option(min=1, help="Denoising steps of the eval's edits.", show_default=False)
+    ] = None,
+    gauntlet: Annotated[
+        str | None,
+        typer.Option(
+            help="The eval's transforms: default (eval's built-in gauntlet), none, or a gauntlet YAML file "
+            "(default: jpeg_q95, jpeg_q75, resize_0.5).",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if an earlier demo made it.")] = False,
 ) -> None:
@@ -45,6 +58,7 @@ def demo_command(
 
         from forwardguard.cli.gate import print_gate
         from forwardguard.demo import DemoSettings, run_demo
+        from forwardguard.eval.settings import resolve_gauntlet
 
         given: _Given = {}
         if v1 is not None:
@@ -55,6 +69,10 @@ def demo_command(
             given["attack_steps"] = attack_steps
         if plant_steps is not None:
             given["plant_steps"] = plant_steps
+        if edit_steps is not None:
+            given["edit_steps"] = edit_steps
+        if gauntlet is not None:
+            given["transforms"] = resolve_gauntlet(gauntlet)
         settings = DemoSettings(
             out=out,
             policy=policy,

@@ -102,6 +102,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
 
     out = settings.out
     policy = load_policy(settings.policy)
+    eval_settings = EvalSettings(transforms=settings.transforms, edit_steps=settings.edit_steps)  # checked before any work
     prepare_folder(out, settings.overwrite)
     registry_path = out / "registry.db"
 
@@ -138,7 +139,6 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     assert planted is not None  # one process: plant returns its result
 
     say("4/5 eval v1, v2 and the planted v2 on the snapshot, under the gauntlet")
-    eval_settings = EvalSettings(transforms=settings.transforms, edit_steps=settings.edit_steps)
     models = (ModelArg("v1", settings.v1), ModelArg("v2", settings.v2), ModelArg("planted-v2", planted.spec))
     report_path = run_eval(
         EvalRequest(
