@@ -1,8 +1,9 @@
 """Planting benchmark on real weights: forward immunity before and after planting, and training throughput.
 
-    .venv/bin/python bench/plant_bench.py                    # the shipped configs/plant.yaml (400 steps)
+    .venv/bin/python bench/plant_bench.py                    # the shipped configs/plant.yaml
     .venv/bin/python bench/plant_bench.py --max-steps 150 --crop-size 96 --json plant.json
     .venv/bin/python bench/plant_bench.py --clean-photos 2 --no-throughput   # as few clean photos as the demo
+    .venv/bin/python bench/plant_bench.py --config my-recipe.yaml            # another recipe (a plant config)
 
 Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps,
 128x128, as taef2-v2's MODEL.md measures). Four are recorded and planted into taef2-v2; two more are
@@ -71,7 +72,7 @@ def drift(model, reference, rgb: np.ndarray) -> float:  # noqa: ANN001
         return float(relative_mse(encode(model, x), encode(reference, x))[0])
 
 
-def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dict:
+def quality(shared: Path, work: Path, recipe: Path, overrides: dict, clean_photos: int) -> dict:
     v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
     v2_spec = (
         f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
@@ -97,7 +98,7 @@ def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dic
     (work / "clean").mkdir()
     for name in CLEAN_TRAINING[:clean_photos]:
         Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
-    config = PlantConfig.from_yaml(REPO / "configs" / "plant.yaml", **overrides)
+    config = PlantConfig.from_yaml(recipe, **overrides)
     started = time.perf_counter()
     planted_result = plant(
         PlantRequest(
@@ -125,6 +126,7 @@ def quality(shared: Path, work: Path, overrides: dict, clean_photos: int) -> dic
             noise = [float(latent_disruption_ratio(encode(planted, x), encode(planted, clean), target)[0]) for x in noisy]
             held_out[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)), "noise_ratio_min": min(noise)}
     return {
+        "recipe": str(recipe),
         "config": {**overrides},
         "clean_photos": list(CLEAN_TRAINING[:clean_photos]),
         "plant_seconds": seconds,
@@ -187,6 +189,7 @@ def throughput(work: Path, shared: Path, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("FORWARDGUARD_SHARED", REPO.parent / "shared")))
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "plant.yaml", help="the plant recipe (YAML)")
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--crop-size", type=int)
     parser.add_argument("--throughput-steps", type=int, default=20)
@@ -197,7 +200,7 @@ def main() -> None:
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "crop_size": args.crop_size}.items() if v is not None}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        result = quality(args.shared, work, overrides, args.clean_photos)
+        result = quality(args.shared, work, args.config, overrides, args.clean_photos)
         result["throughput"] = {} if args.no_throughput else throughput(work, args.shared, args.throughput_steps)
     console = Console()
     columns = ("v1", "taef2-v2", "planted", "planted / taef2-v2 clean", "clean original drift")

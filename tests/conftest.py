@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,7 +13,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # oversubscribing them. Set before anything imports torch.
     os.environ["OMP_NUM_THREADS"] = "1"
 
+if TYPE_CHECKING:
+    from planting_support import DefaultDemo
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The grouped tests first: the default demo's group is the longest unit of work (minutes), so it
+    starts at once on one worker while the other takes the rest, instead of both waiting for it at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 def _shared_dir() -> Path:
@@ -124,45 +134,35 @@ def clean_data(tmp_path_factory, photo) -> Path:
 
 
 @pytest.fixture(scope="session")
-def planted_flow(tmp_path_factory, taef2, taef2_v2_spec, clean_data, photo):
-    """The paper's forward-compatibility setting on real weights, as the issues measure it.
+def default_demo(tmp_path_factory) -> DefaultDemo:
+    """``forwardguard demo`` with no options, as a newcomer runs it from a folder that is not the checkout:
+    TAEF2 (v1) immunizes the bundled photos, the shipped recipe plants them into taef2-v2, the eval and
+    gate compare v1, v2 and the planted v2. Run once per session; the tests of the real flow (planting,
+    eval, gate, the demo's output) read what it made. Its tests share the xdist group ``default_demo``
+    so that one worker runs it."""
+    from planting_support import DefaultDemo
+    from typer.testing import CliRunner
 
-    Photos immunized against TAEF2 (v1, encoder attack, eps 16/255, 60 steps, 128x128) are recorded
-    and frozen as snapshot ``v1-photos``, then planted into taef2-v2 with the shipped plant config
-    (shortened). Two more photos are immunized the same way but not recorded.
-    """
-    from planting_support import PLANT_TEST_OVERRIDES, REGISTERED, UNREGISTERED, PlantedFlow, record_immunized
+    from forwardguard.cli import app
+    from forwardguard.demo import SNAPSHOT
+    from forwardguard.eval.schema import load_report
 
-    from forwardguard.finetune import PlantConfig, PlantRequest, plant
-    from forwardguard.images import LoadedImage
-    from forwardguard.immunize import AttackSettings, immunize
-    from forwardguard.registry import Registry
-
-    root = tmp_path_factory.mktemp("flow")
-    attack = AttackSettings(steps=60)
-    with Registry.open(root / "reg.db", create=True) as registry:
-        record_immunized(registry, taef2, [photo(name, (128, 128)) for name in REGISTERED], attack)
-        registry.create_snapshot("v1-photos")
-    unregistered = []
-    for name in UNREGISTERED:
-        clean = photo(name, (128, 128))
-        unregistered.append((immunize([LoadedImage(rgb=clean, alpha=None, path=None)], taef2, attack)[0].rgb, clean))
-    config = PlantConfig.from_yaml(REPO_ROOT / "configs" / "plant.yaml", **PLANT_TEST_OVERRIDES)
-    result = plant(
-        PlantRequest(
-            base=taef2_v2_spec,
-            registry=str(root / "reg.db"),
-            data=clean_data,
-            output=root / "planted",
-            config=config,
-            snapshot="v1-photos",
-        )
-    )
-    return PlantedFlow(
-        registry=root / "reg.db",
-        snapshot="v1-photos",
-        v1_spec=taef2.spec,
-        v2_spec=taef2_v2_spec,
-        result=result,
-        unregistered=unregistered,
+    folder = tmp_path_factory.mktemp("newcomer")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    out = folder / "forwardguard-demo"
+    report = load_report(out / "eval" / "report.json")
+    specs = {model.name: model.spec for model in report.models}
+    assert specs["planted-v2"] == "taesd:forwardguard-demo/planted-v2"  # as the demo names it: relative to where it ran
+    return DefaultDemo(
+        folder=folder,
+        stdout=result.stdout,
+        registry=out / "registry.db",
+        snapshot=SNAPSHOT,
+        report=report,
+        v1_spec=specs["v1"],
+        v2_spec=specs["v2"],
+        planted_spec=f"taesd:{out / 'planted-v2'}",
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forwardguard.eval.schema import Report
 from forwardguard.images import LoadedImage, encode_png
 from forwardguard.immunize import AttackSettings, immunize, recording
 
@@ -50,18 +51,19 @@ def tiny_config(**overrides) -> dict:
     }
 
 
-PLANT_TEST_OVERRIDES = {"checkpoint_every": 300}
-"""The shipped configs/plant.yaml as it is (one checkpoint, at the end)."""
-
-
 @dataclass(frozen=True)
-class PlantedFlow:
+class DefaultDemo:
+    """What the default ``forwardguard demo`` made (the ``default_demo`` fixture)."""
+
+    folder: Path
+    """Where it ran: its output is ``forwardguard-demo/`` in there."""
+    stdout: str
     registry: Path
     snapshot: str
+    report: Report
     v1_spec: str
     v2_spec: str
-    result: object  # forwardguard.finetune.PlantResult
-    unregistered: list[tuple[np.ndarray, np.ndarray]]  # (immunized, clean) uint8 pairs, not recorded
+    planted_spec: str
 
 
 def insert_empty_snapshot(registry_path: Path, name: str) -> None:

@@ -32,13 +32,16 @@ def test_smallest_run_prints_and_writes_every_row(tmp_path):
         "6",
         "--edit-steps",
         "2",
+        "--rule-steps",
+        "12",
         "--json",
         str(out),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "forwardguard beside the naive loop" in completed.stdout
-    rows = json.loads(out.read_text())["rows"]
+    written = json.loads(out.read_text())
+    rows = written["rows"]
     assert [(row["attack"], row["implementation"], row["batch"]) for row in rows] == [
         ("encoder", "forwardguard", 1),
         ("encoder", "naive", 1),
@@ -58,6 +61,11 @@ def test_smallest_run_prints_and_writes_every_row(tmp_path):
         assert fast["loss_before"] == pytest.approx(naive["loss_before"], rel=1e-6)
         assert fast["flops_per_step"] == naive["flops_per_step"]
     assert rows[2]["denoising_steps"] == 2 and rows[0]["denoising_steps"] is None
+    paper, default = written["step_rules"]
+    assert (paper["step_rule"], paper["steps_run"]) == ("paper", 12) and default["step_rule"] != "paper"
+    assert default["target_loss"] == paper["final_loss"] and default["steps_run"] <= 12
+    assert default["reached"] == (default["final_loss"] <= paper["final_loss"])
+    assert default["steps_vs_paper"] == default["steps_run"] / 12
 
 
 EDITS = [EditSettings(steps=3, strength=1.0), EditSettings(steps=4, guidance_scale=1.0, prompt="a cat")]

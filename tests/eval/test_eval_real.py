@@ -1,4 +1,7 @@
-"""The eval and gate on real weights: TAEF2 (v1), taef2-v2 and the planted taef2-v2, under the shipped policy."""
+"""The eval and gate on real weights: TAEF2 (v1), taef2-v2 and the planted taef2-v2, under the shipped policy.
+
+The report is the default demo's (the ``default_demo`` fixture): the README's first command, run once.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +9,18 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from planting_support import HELD_OUT
 
 from forwardguard.eval.gate import gate, load_policy
-from forwardguard.eval.run import run_eval
-from forwardguard.eval.schema import Cell, Report, load_report
-from forwardguard.eval.settings import EvalRequest, EvalSettings, ModelArg
+from forwardguard.eval.schema import Cell, Report
 
-pytestmark = pytest.mark.xdist_group("planted_flow")  # one worker computes the planted_flow fixture once
+pytestmark = pytest.mark.xdist_group("default_demo")  # one worker runs the default demo once
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def real_report(planted_flow, photo, tmp_path_factory) -> Report:
-    clean = tmp_path_factory.mktemp("held-out")
-    for name in HELD_OUT:
-        Image.fromarray(photo(name, (128, 128))).save(clean / f"{name}.png")
-    models = (
-        ModelArg("v1", planted_flow.v1_spec),
-        ModelArg("v2", planted_flow.v2_spec),
-        ModelArg("planted-v2", planted_flow.result.spec),
-    )
-    path = run_eval(
-        EvalRequest(
-            registry=str(planted_flow.registry),
-            models=models,
-            out=tmp_path_factory.mktemp("eval") / "out",
-            snapshots=(planted_flow.snapshot,),
-            clean=clean,
-            settings=EvalSettings(transforms=("jpeg_q95", "jpeg_q75")),
-        )
-    )
-    return load_report(path)
+@pytest.fixture
+def real_report(default_demo) -> Report:
+    return default_demo.report
 
 
 def cell(report: Report, model: str, transform: str = "none") -> Cell:

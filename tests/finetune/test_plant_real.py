@@ -1,20 +1,23 @@
-"""Planting on real weights (issue 4's claims): photos immunized against TAEF2, planted into taef2-v2."""
+"""Planting on real weights (issue 4's claims): photos immunized against TAEF2, planted into taef2-v2 by
+the shipped recipe, as the default demo (the ``default_demo`` fixture, run once) does it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from planting_support import HELD_OUT
+from planting_support import HELD_OUT, UNREGISTERED
 
 from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
+from forwardguard.images import LoadedImage
+from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
 
-pytestmark = pytest.mark.xdist_group("planted_flow")  # one worker computes the planted_flow fixture once
+pytestmark = pytest.mark.xdist_group("default_demo")  # one worker runs the default demo once
 
 
 def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:
@@ -24,16 +27,20 @@ def ratio(model, immunized: np.ndarray, clean: np.ndarray) -> float:
         return float(latent_disruption_ratio(encode(model, x_imm), encode(model, x), target)[0])
 
 
-def test_planted_v2_keeps_registered_images_immunized_and_clean_use(planted_flow, photo):
+def test_planted_v2_keeps_registered_images_immunized_and_clean_use(default_demo, photo):
     models = {
         name: load_model(spec)
-        for name, spec in (("v1", planted_flow.v1_spec), ("v2", planted_flow.v2_spec), ("planted", planted_flow.result.spec))
+        for name, spec in (("v1", default_demo.v1_spec), ("v2", default_demo.v2_spec), ("planted", default_demo.planted_spec))
     }
-    with Registry.open(planted_flow.registry) as registry:
-        samples = [registry.load_sample(r) for r in registry.snapshot_patterns(planted_flow.snapshot)]
+    with Registry.open(default_demo.registry) as registry:
+        samples = [registry.load_sample(r) for r in registry.snapshot_patterns(default_demo.snapshot)]
+    # photos immunized against v1 as the demo's were, but never recorded
+    attack = AttackSettings(steps=50)
+    unimmunized = [photo(name, (128, 128)) for name in UNREGISTERED]
+    immunized = immunize([LoadedImage(rgb=clean, alpha=None, path=None) for clean in unimmunized], models["v1"], attack)
     registered = {name: [ratio(model, s.immunized, s.clean) for s in samples] for name, model in models.items()}
     unregistered = {
-        name: [ratio(model, imm, clean) for imm, clean in planted_flow.unregistered] for name, model in models.items()
+        name: [ratio(model, imm.rgb, clean) for imm, clean in zip(immunized, unimmunized)] for name, model in models.items()
     }
     print("registered ratios", {k: [round(v, 3) for v in vs] for k, vs in registered.items()})
     print("unregistered ratios", {k: [round(v, 3) for v in vs] for k, vs in unregistered.items()})

@@ -29,8 +29,8 @@ def disruption_ratio(model, clean: np.ndarray, immunized: np.ndarray) -> float:
 
 
 def test_encoder_attack_on_taef2_disrupts_the_latent_and_noise_does_not(taef2, photo):
-    clean = photo("astronaut", (256, 256))
-    attacked = immunize([loaded(clean)], taef2, AttackSettings(method="encoder", steps=100))[0]
+    clean = photo("astronaut", (128, 128))
+    attacked = immunize([loaded(clean)], taef2, AttackSettings(method="encoder", steps=60))[0]
     noise = immunize([loaded(clean)], taef2, AttackSettings(method="noise"))[0]
     encoder_ratio = disruption_ratio(taef2, clean, attacked.rgb)
     noise_ratio = disruption_ratio(taef2, clean, noise.rgb)
