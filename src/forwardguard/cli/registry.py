@@ -139,11 +139,15 @@ def lookup_command(
     registry: RegistryOption,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's patterns.")] = None,
     max_distance: Annotated[int | None, typer.Option(help="Largest perceptual-hash distance that matches (of 64 bits).")] = None,
+    perceptual: Annotated[
+        bool, typer.Option("--perceptual", help="Search perceptual hashes even when the file or its pixels match exactly.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Find an image's pattern; exit status 1 when none matches.
 
-    Exact file or pixels first, then the perceptual hash (JPEG re-encoded or resized copies).
+    Exact file or pixels first; the perceptual hash (JPEG re-encoded or resized copies) when nothing
+    matched exactly, or with --perceptual.
     """
     with user_errors():
         from forwardguard.errors import ForwardguardError
@@ -155,7 +159,10 @@ def lookup_command(
             raise ForwardguardError(f"can't read {image}: {error.strerror}") from None
         with _open(registry) as opened:
             matches = opened.lookup(
-                data, tenant=tenant, max_distance=PHASH_MAX_DISTANCE if max_distance is None else max_distance
+                data,
+                tenant=tenant,
+                max_distance=PHASH_MAX_DISTANCE if max_distance is None else max_distance,
+                perceptual=perceptual,
             )
     if as_json:
         _print_json([match.to_dict() for match in matches])

@@ -30,9 +30,13 @@ def lookup(
     file_sha256: str | None = None,
     tenant: str | None = None,
     max_distance: int = PHASH_MAX_DISTANCE,
+    perceptual: bool = False,
 ) -> list[Match]:
     """The patterns of an image, best first: exact matches of the file's bytes or of its
     pixels, then perceptual-hash matches within ``max_distance`` bits.
+
+    The perceptual search runs when ``perceptual`` asks for it, or when nothing matched exactly:
+    an exact lookup reads the two sha256 indexes only.
 
     ``image``: a PNG, JPEG or WebP file's bytes, decoded by :func:`forwardguard.images.read_image`
     (EXIF orientation applied, as when it was immunized), or RGB(A) uint8 pixels (H, W, 3|4).
@@ -53,14 +57,13 @@ def lookup(
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
             raise ForwardguardError(f"lookup needs uint8 RGB(A) pixels (H, W, 3|4), got {array.dtype} {array.shape}")
         rgb, image_sha = np.ascontiguousarray(array[..., :3]), file_sha256
-    query_hash = perceptual_hash(rgb)
     tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
     found: dict[str, Match] = {}
 
-    def add(rows: Iterable[sa.RowMapping], kind: str) -> None:
+    def add(rows: Iterable[sa.RowMapping], kind: str, query_hash: int | None = None) -> None:
         for row in rows:
             record = PatternRecord.from_row(row)
-            distance = 0 if kind != "perceptual" else int(hamming_distances(query_hash, np.array([record.phash]))[0])
+            distance = 0 if query_hash is None else int(hamming_distances(query_hash, np.array([record.phash]))[0])
             previous = found.get(record.id)
             if previous is None or _KIND_RANK[kind] < _KIND_RANK[previous.kind]:
                 found[record.id] = Match(pattern=record, distance=distance, kind=kind)
@@ -71,8 +74,10 @@ def lookup(
             add(connection.execute(query).mappings(), "bytes")
         query = sa.select(patterns).where(patterns.c.pixel_sha256 == pixel_sha256(rgb), *tenant_filter)
         add(connection.execute(query).mappings(), "pixels")
-        if has_features(rgb):  # a featureless image would "match" every other one
-            add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual")
+        # A featureless image would "match" every other one.
+        if (perceptual or not found) and has_features(rgb):
+            query_hash = perceptual_hash(rgb)
+            add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual", query_hash)
     return sorted(found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id))
 
 

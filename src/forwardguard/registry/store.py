@@ -120,9 +120,13 @@ class Registry:
         file_sha256: str | None = None,
         tenant: str | None = None,
         max_distance: int = PHASH_MAX_DISTANCE,
+        perceptual: bool = False,
     ) -> list[Match]:
-        """The patterns of an image, best first (see :func:`.lookup.lookup`)."""
-        return lookup(self._storage, image, file_sha256=file_sha256, tenant=tenant, max_distance=max_distance)
+        """The patterns of an image, best first; the perceptual search only when ``perceptual`` or
+        when nothing matched exactly (see :func:`.lookup.lookup`)."""
+        return lookup(
+            self._storage, image, file_sha256=file_sha256, tenant=tenant, max_distance=max_distance, perceptual=perceptual
+        )
 
     # -- snapshots and models (see .snapshots and .models) --------------------------------------
 
