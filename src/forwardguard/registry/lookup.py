@@ -11,6 +11,7 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.images import read_image
 from forwardguard.registry.blobs import sha256_hex
 from forwardguard.registry.images import hamming_distances, has_features, perceptual_hash, pixel_sha256
+from forwardguard.registry.phash_index import close_hashes
 from forwardguard.registry.records import Match, PatternRecord
 from forwardguard.registry.storage import Storage
 from forwardguard.registry.tables import patterns
@@ -82,31 +83,10 @@ def lookup(
 
 
 def _perceptually_close(connection: sa.Connection, query_hash: int, max_distance: int, tenant: str | None) -> list[sa.RowMapping]:
-    """The patterns whose perceptual hash is within ``max_distance`` bits of ``query_hash``.
-
-    First the close hash values, read from the phash indexes alone: PostgreSQL counts the bits
-    itself (``bit_count``, PostgreSQL 14+); SQLite has no bit count, so every hash comes through
-    the raw driver cursor (SQLAlchemy's row objects would cost several times more) to numpy.
-    Then the patterns with those hashes.
-    """
+    """The patterns whose perceptual hash is within ``max_distance`` bits of ``query_hash``: the close
+    hash values from the index (see :mod:`.phash_index`), then the patterns with those hashes."""
     tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import BIT
-
-        distance = sa.func.bit_count(sa.cast(patterns.c.phash.op("#")(query_hash), BIT(64)))
-        query = sa.select(patterns.c.phash).where(distance <= max_distance, *tenant_filter).distinct()
-        close = list(connection.execute(query).scalars())
-    else:
-        cursor = connection.connection.cursor()
-        try:
-            if tenant is None:
-                cursor.execute("SELECT phash FROM patterns")
-            else:
-                cursor.execute("SELECT phash FROM patterns WHERE tenant = ?", (tenant,))
-            hashes = np.fromiter((row[0] for row in cursor.fetchall()), dtype=np.int64)
-        finally:
-            cursor.close()
-        close = np.unique(hashes[hamming_distances(query_hash, hashes) <= max_distance]).tolist()
+    close = close_hashes(connection, query_hash, max_distance)
     rows: list[sa.RowMapping] = []
     for start in range(0, len(close), _IN_CHUNK):
         query = sa.select(patterns).where(patterns.c.phash.in_(close[start : start + _IN_CHUNK]), *tenant_filter)
