@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import sqlalchemy as sa
 
@@ -37,7 +35,7 @@ def lookup(
     pixels, then perceptual-hash matches within ``max_distance`` bits.
 
     The perceptual search runs when ``perceptual`` asks for it, or when nothing matched exactly:
-    an exact lookup reads the two sha256 indexes only.
+    an exact lookup is one query of the two sha256 indexes.
 
     ``image``: a PNG, JPEG or WebP file's bytes, decoded by :func:`forwardguard.images.read_image`
     (EXIF orientation applied, as when it was immunized), or RGB(A) uint8 pixels (H, W, 3|4).
@@ -61,24 +59,23 @@ def lookup(
     tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
     found: dict[str, Match] = {}
 
-    def add(rows: Iterable[sa.RowMapping], kind: str, query_hash: int | None = None) -> None:
-        for row in rows:
-            record = PatternRecord.from_row(row)
-            distance = 0 if query_hash is None else int(hamming_distances(query_hash, np.array([record.phash]))[0])
-            previous = found.get(record.id)
-            if previous is None or _KIND_RANK[kind] < _KIND_RANK[previous.kind]:
-                found[record.id] = Match(pattern=record, distance=distance, kind=kind)
+    def add(record: PatternRecord, kind: str, distance: int) -> None:
+        previous = found.get(record.id)
+        if previous is None or _KIND_RANK[kind] < _KIND_RANK[previous.kind]:
+            found[record.id] = Match(pattern=record, distance=distance, kind=kind)
 
+    exact = [patterns.c.pixel_sha256 == pixel_sha256(rgb)]
+    if image_sha is not None:
+        exact.append(patterns.c.image_sha256 == image_sha)
     with storage.read() as connection:
-        if image_sha is not None:
-            query = sa.select(patterns).where(patterns.c.image_sha256 == image_sha, *tenant_filter)
-            add(connection.execute(query).mappings(), "bytes")
-        query = sa.select(patterns).where(patterns.c.pixel_sha256 == pixel_sha256(rgb), *tenant_filter)
-        add(connection.execute(query).mappings(), "pixels")
+        for row in connection.execute(sa.select(patterns).where(sa.or_(*exact), *tenant_filter)).mappings():
+            add(PatternRecord.from_row(row), "bytes" if row["image_sha256"] == image_sha else "pixels", 0)
         # A featureless image would "match" every other one.
         if (perceptual or not found) and has_features(rgb):
             query_hash = perceptual_hash(rgb)
-            add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual", query_hash)
+            for row in _perceptually_close(connection, query_hash, max_distance, tenant):
+                record = PatternRecord.from_row(row)
+                add(record, "perceptual", int(hamming_distances(query_hash, np.array([record.phash]))[0]))
     return sorted(found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id))
 
 
