@@ -183,10 +183,13 @@ class BlobProblem:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """``blobs``: the blobs checked, two per pattern. ``orphans``: the unreferenced blobs (of the shard),
+    None when a sample was verified."""
+
     patterns: int
     blobs: int
     problems: list[BlobProblem] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
+    orphans: list[str] | None = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
