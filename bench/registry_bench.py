@@ -187,7 +187,7 @@ def lookups(registry: Registry, picks: list[int], size: int, hashes: np.ndarray 
     """Exact and perceptual lookups of the sampled patterns ``picks``; with ``hashes`` (every recorded
     hash), each perceptual answer is checked against a full scan of them."""
     exact, perceptual = [], []
-    found_own = dict.fromkeys(VARIANTS, 0)
+    asked, found_own = dict.fromkeys(VARIANTS, 0), dict.fromkeys(VARIANTS, 0)
     for position, index in enumerate(picks):
         png, _, immunized = synthetic(index, size)
         start = time.perf_counter()
@@ -197,6 +197,7 @@ def lookups(registry: Registry, picks: list[int], size: int, hashes: np.ndarray 
             raise SystemExit(f"benchmark: the exact lookup of pattern {index} found {matches[:1]}")
         variant = list(VARIANTS)[position % len(VARIANTS)]
         query = VARIANTS[variant](immunized)
+        asked[variant] += 1
         start = time.perf_counter()
         matches = registry.lookup(query)
         perceptual.append(time.perf_counter() - start)
@@ -206,11 +207,10 @@ def lookups(registry: Registry, picks: list[int], size: int, hashes: np.ndarray 
             expected = set(hashes[hamming_distances(query_hash, hashes) <= PHASH_MAX_DISTANCE].tolist())
             if {match.pattern.phash for match in matches} != expected:
                 raise SystemExit(f"benchmark: the perceptual lookup of pattern {index} ({variant}) differs from a full scan")
-    per_variant = len(picks) / len(VARIANTS)
     return {
         "lookup_exact": percentiles(exact),
         "lookup_perceptual": percentiles(perceptual),
-        "found_own_pattern": {variant: round(found / per_variant, 3) for variant, found in found_own.items()},
+        "found_own_pattern": {variant: round(found_own[variant] / asked[variant], 3) for variant in VARIANTS if asked[variant]},
     }
 
 
