@@ -76,6 +76,10 @@ def test_lookup(populated: tuple[str, list], tmp_path: Path) -> None:
     result = cli("lookup", str(exact), "--registry", location, "--json")
     assert result.exit_code == 0
     assert [(m["id"], m["distance"], m["kind"]) for m in json.loads(result.stdout)] == [(records[0].id, 0, "bytes")]
+    with Registry.open(location) as registry:  # the same picture immunized again: found only when asked
+        again = registry.record_pattern(**photo("astronaut", seed=5).record_args(tenant="acme"))
+    result = cli("lookup", str(exact), "--registry", location, "--json", "--perceptual")
+    assert [(m["id"], m["kind"]) for m in json.loads(result.stdout)] == [(records[0].id, "bytes"), (again.id, "perceptual")]
 
     jpeg = tmp_path / "copy.jpg"
     Image.open(io.BytesIO(photo("astronaut").png)).save(jpeg, "JPEG", quality=75)

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 from registry_testdata import photo, png_bytes
 
@@ -66,6 +67,40 @@ def test_perceptual_after_jpeg_and_resize(registry: Registry, recorded: dict, na
         assert matches[0].distance <= PHASH_MAX_DISTANCE
         assert [m.distance for m in matches] == sorted(m.distance for m in matches)
         assert {m.pattern.id for m in matches} == {record.id}, "other photographs must not match"
+
+
+def test_exact_lookups_read_the_sha256_indexes_only(registry: Registry, recorded: dict, monkeypatch) -> None:
+    """An exact match (bytes or pixels) answers without the perceptual search: one SELECT, no hash."""
+    from forwardguard.registry import lookup as lookup_module
+
+    image, record = recorded["astronaut"]
+    again = registry.record_pattern(**photo("astronaut", seed=99).record_args(tenant="t0"))  # the same picture
+    statements: list[str] = []
+
+    def log(_conn, _cursor, statement: str, *_args) -> None:
+        statements.append(statement)
+
+    def fail(*_args, **_kwargs) -> None:
+        raise AssertionError("an exact lookup ran the perceptual search")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(lookup_module, "perceptual_hash", fail)
+        patched.setattr(lookup_module, "_perceptually_close", fail)
+        sa.event.listen(registry._storage.engine, "before_cursor_execute", log)
+        try:
+            by_bytes = registry.lookup(image.png)
+            by_pixels = registry.lookup(image.immunized)
+        finally:
+            sa.event.remove(registry._storage.engine, "before_cursor_execute", log)
+    assert [(m.pattern.id, m.kind) for m in by_bytes] == [(record.id, "bytes")]
+    assert [(m.pattern.id, m.kind) for m in by_pixels] == [(record.id, "pixels")]
+    selects = [statement for statement in statements if statement.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 2, selects  # one query of both sha256 indexes per lookup
+    # Asked for, the perceptual search also finds the other immunization of the same picture.
+    assert [(m.pattern.id, m.kind) for m in registry.lookup(image.png, perceptual=True)] == [
+        (record.id, "bytes"),
+        (again.id, "perceptual"),
+    ]
 
 
 def test_unrelated_image_and_tenants(registry: Registry, recorded: dict) -> None:

@@ -150,11 +150,15 @@ def test_lookup_finds_only_the_callers_patterns(server: str, served_registry: Pa
         exact = http.post("/v1/lookup", files={"image": ("x.png", response.content, "image/png")}).json()
         assert exact["immunized"] is True
         assert exact["matches"][0] == exact["matches"][0] | {"id": pattern_id, "kind": "bytes", "distance": 0}
+        again = immunize(http, clean, steps=3).headers["x-pattern-id"]  # the same picture: found only when asked
+        asked = http.post("/v1/lookup", files={"image": ("x.png", response.content, "image/png")}, data={"perceptual": "true"})
+        assert [(m["id"], m["kind"]) for m in asked.json()["matches"]] == [(pattern_id, "bytes"), (again, "perceptual")]
+        assert len(http.post("/v1/lookup", files={"image": ("x.png", response.content, "image/png")}).json()["matches"]) == 1
 
         jpeg = io.BytesIO()
         Image.fromarray(decode_png(response.content)).save(jpeg, format="JPEG", quality=75)
         close = http.post("/v1/lookup", files={"image": ("x.jpg", jpeg.getvalue(), "image/jpeg")}).json()
-        assert [(m["id"], m["kind"]) for m in close["matches"]] == [(pattern_id, "perceptual")]
+        assert {(m["id"], m["kind"]) for m in close["matches"]} == {(pattern_id, "perceptual"), (again, "perceptual")}
         assert 0 <= close["matches"][0]["distance"] <= 10
 
         other_photo = photo("coffee", (96, 96))

@@ -6,6 +6,8 @@ SQLAlchemy and the registry are imported inside the commands, so that the CLI st
 from __future__ import annotations
 
 import json
+import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,18 +48,13 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """Print a table that fits 80 columns; ids and fingerprints never wrap."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True, show_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in ("id", "model"))
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+def _print_json_array(values: Iterable[Any]) -> None:
+    """Print a JSON array as :func:`_print_json` would, an element at a time (never all in memory)."""
+    separator = "[\n"
+    for value in values:
+        typer.echo(separator + textwrap.indent(json.dumps(value, indent=2), "  "), nl=False)
+        separator = ",\n"
+    typer.echo("[]" if separator == "[\n" else "\n]")
 
 
 def _fields(values: dict[str, Any]) -> None:
@@ -101,21 +98,20 @@ def list_command(
             limit=limit,
         )
         if as_json:
-            _print_json([record.to_dict() for record in records])
+            _print_json_array(record.to_dict() for record in records)
             return
-        rows = [
-            [
-                _short(r.id),
-                r.method,
-                _short(r.model_fingerprint),
-                r.tenant,
-                f"{r.width}x{r.height}",
-                r.status,
-                f"{r.created_at:%Y-%m-%d %H:%M}",
-            ]
-            for r in records
-        ]
-        _table(f"{len(rows)} patterns", ["id", "method", "model", "tenant", "size", "status", "created (UTC)"], rows)
+        # Printed as the rows come (a registry may hold millions): fixed columns, not a measured table.
+        typer.echo(_LIST_ROW.format("id", "method", "model", "tenant", "size", "status", "created (UTC)"))
+        count = 0
+        for r in records:
+            count += 1
+            size = f"{r.width}x{r.height}"
+            created = f"{r.created_at:%Y-%m-%d %H:%M}"
+            typer.echo(_LIST_ROW.format(_short(r.id), r.method, _short(r.model_fingerprint), r.tenant, size, r.status, created))
+        typer.echo(f"{count} patterns")
+
+
+_LIST_ROW = "{:<12}  {:<9}  {:<12}  {:<10}  {:<9}  {:<7}  {}"
 
 
 @app.command("show")
@@ -139,11 +135,15 @@ def lookup_command(
     registry: RegistryOption,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's patterns.")] = None,
     max_distance: Annotated[int | None, typer.Option(help="Largest perceptual-hash distance that matches (of 64 bits).")] = None,
+    perceptual: Annotated[
+        bool, typer.Option("--perceptual", help="Search perceptual hashes even when the file or its pixels match exactly.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Find an image's pattern; exit status 1 when none matches.
 
-    Exact file or pixels first, then the perceptual hash (JPEG re-encoded or resized copies).
+    Exact file or pixels first; the perceptual hash (JPEG re-encoded or resized copies) when nothing
+    matched exactly, or with --perceptual.
     """
     with user_errors():
         from forwardguard.errors import ForwardguardError
@@ -155,7 +155,10 @@ def lookup_command(
             raise ForwardguardError(f"can't read {image}: {error.strerror}") from None
         with _open(registry) as opened:
             matches = opened.lookup(
-                data, tenant=tenant, max_distance=PHASH_MAX_DISTANCE if max_distance is None else max_distance
+                data,
+                tenant=tenant,
+                max_distance=PHASH_MAX_DISTANCE if max_distance is None else max_distance,
+                perceptual=perceptual,
             )
     if as_json:
         _print_json([match.to_dict() for match in matches])
@@ -169,21 +172,50 @@ def lookup_command(
 
 
 @app.command("verify")
-def verify_command(registry: RegistryOption, as_json: JsonOption = False) -> None:
-    """Re-hash every blob; name each missing or corrupted one; exit 1 if any."""
-    with user_errors(), _open(registry) as opened:
-        report = opened.verify()
+def verify_command(
+    registry: RegistryOption,
+    sample: Annotated[int | None, typer.Option(min=1, help="Only this many patterns, from a random point.")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="I/N: only the i-th of n equal parts of the patterns and blobs (0 <= I < N).")
+    ] = None,
+    after: Annotated[str | None, typer.Option(help="Resume after this pattern id (as the progress lines print it).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-hash every blob; name each missing or corrupted one; exit 1 if any.
+
+    Every 1,000 patterns it prints on stderr how far it got, with the id to resume --after.
+    """
+    with user_errors():
+
+        def progress(count: int, last_id: str) -> None:
+            typer.echo(f"verified {count} patterns, through {last_id} (resume with --after {last_id})", err=True)
+
+        with _open(registry) as opened:
+            report = opened.verify(shard=_shard(shard), sample=sample, after=after, progress=progress)
     if as_json:
         _print_json(report.to_dict())
     else:
         for problem in report.problems:
             typer.echo(problem.describe(), err=True)
+        orphans = "" if report.orphans is None else f", {len(report.orphans)} unreferenced blobs"
         typer.echo(
-            f"{report.patterns} patterns, {report.blobs} blobs checked: {len(report.problems)} problems, "
-            f"{len(report.orphans)} unreferenced blobs" + (" (remove them with `registry gc`)" if report.orphans else "")
+            f"{report.patterns} patterns, {report.blobs} blobs checked: {len(report.problems)} problems{orphans}"
+            + (" (remove them with `registry gc`)" if report.orphans else "")
         )
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    """``I/N`` as ``(i, n)``."""
+    if value is None:
+        return None
+    from forwardguard.errors import ForwardguardError
+
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit()):
+        raise ForwardguardError(f"--shard must be I/N, e.g. 0/4, got {value!r}")
+    return int(index), int(count)
 
 
 @app.command("snapshot")

@@ -71,15 +71,20 @@ class BlobStore:
             return "missing" if not self.path(key).exists() else "corrupted"
         return "ok"
 
-    def keys(self) -> Iterator[str]:
-        """Every stored blob's key (temporary files excluded)."""
+    def keys(self, lower: str = "", upper: str | None = None) -> Iterator[str]:
+        """Every stored blob's key with ``lower <= key < upper`` (temporary files excluded), streamed
+        one folder at a time."""
         if not self.root.is_dir():
             return
         for folder in sorted(self.root.iterdir()):
-            if folder.is_dir() and len(folder.name) == 2:
-                for entry in os.scandir(folder):
-                    if _KEY.fullmatch(entry.name) and entry.name.startswith(folder.name):
-                        yield entry.name
+            if not (folder.is_dir() and len(folder.name) == 2 and lower[:2] <= folder.name):
+                continue
+            if upper is not None and folder.name > upper[:2]:
+                return
+            for entry in os.scandir(folder):
+                name = entry.name
+                if _KEY.fullmatch(name) and name.startswith(folder.name) and lower <= name and (upper is None or name < upper):
+                    yield name
 
     def remove_unreferenced(self, key: str, is_referenced: Callable[[str], bool]) -> bool:
         """Delete a blob that no row references; return whether it was deleted.

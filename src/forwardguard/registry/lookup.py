@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import sqlalchemy as sa
 
@@ -11,6 +9,7 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.images import read_image
 from forwardguard.registry.blobs import sha256_hex
 from forwardguard.registry.images import hamming_distances, has_features, perceptual_hash, pixel_sha256
+from forwardguard.registry.phash_index import close_hashes
 from forwardguard.registry.records import Match, PatternRecord
 from forwardguard.registry.storage import Storage
 from forwardguard.registry.tables import patterns
@@ -30,9 +29,13 @@ def lookup(
     file_sha256: str | None = None,
     tenant: str | None = None,
     max_distance: int = PHASH_MAX_DISTANCE,
+    perceptual: bool = False,
 ) -> list[Match]:
     """The patterns of an image, best first: exact matches of the file's bytes or of its
     pixels, then perceptual-hash matches within ``max_distance`` bits.
+
+    The perceptual search runs when ``perceptual`` asks for it, or when nothing matched exactly:
+    an exact lookup is one query of the two sha256 indexes.
 
     ``image``: a PNG, JPEG or WebP file's bytes, decoded by :func:`forwardguard.images.read_image`
     (EXIF orientation applied, as when it was immunized), or RGB(A) uint8 pixels (H, W, 3|4).
@@ -53,55 +56,34 @@ def lookup(
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
             raise ForwardguardError(f"lookup needs uint8 RGB(A) pixels (H, W, 3|4), got {array.dtype} {array.shape}")
         rgb, image_sha = np.ascontiguousarray(array[..., :3]), file_sha256
-    query_hash = perceptual_hash(rgb)
     tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
     found: dict[str, Match] = {}
 
-    def add(rows: Iterable[sa.RowMapping], kind: str) -> None:
-        for row in rows:
-            record = PatternRecord.from_row(row)
-            distance = 0 if kind != "perceptual" else int(hamming_distances(query_hash, np.array([record.phash]))[0])
-            previous = found.get(record.id)
-            if previous is None or _KIND_RANK[kind] < _KIND_RANK[previous.kind]:
-                found[record.id] = Match(pattern=record, distance=distance, kind=kind)
+    def add(record: PatternRecord, kind: str, distance: int) -> None:
+        previous = found.get(record.id)
+        if previous is None or _KIND_RANK[kind] < _KIND_RANK[previous.kind]:
+            found[record.id] = Match(pattern=record, distance=distance, kind=kind)
 
+    exact = [patterns.c.pixel_sha256 == pixel_sha256(rgb)]
+    if image_sha is not None:
+        exact.append(patterns.c.image_sha256 == image_sha)
     with storage.read() as connection:
-        if image_sha is not None:
-            query = sa.select(patterns).where(patterns.c.image_sha256 == image_sha, *tenant_filter)
-            add(connection.execute(query).mappings(), "bytes")
-        query = sa.select(patterns).where(patterns.c.pixel_sha256 == pixel_sha256(rgb), *tenant_filter)
-        add(connection.execute(query).mappings(), "pixels")
-        if has_features(rgb):  # a featureless image would "match" every other one
-            add(_perceptually_close(connection, query_hash, max_distance, tenant), "perceptual")
+        for row in connection.execute(sa.select(patterns).where(sa.or_(*exact), *tenant_filter)).mappings():
+            add(PatternRecord.from_row(row), "bytes" if row["image_sha256"] == image_sha else "pixels", 0)
+        # A featureless image would "match" every other one.
+        if (perceptual or not found) and has_features(rgb):
+            query_hash = perceptual_hash(rgb)
+            for row in _perceptually_close(connection, query_hash, max_distance, tenant):
+                record = PatternRecord.from_row(row)
+                add(record, "perceptual", int(hamming_distances(query_hash, np.array([record.phash]))[0]))
     return sorted(found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id))
 
 
 def _perceptually_close(connection: sa.Connection, query_hash: int, max_distance: int, tenant: str | None) -> list[sa.RowMapping]:
-    """The patterns whose perceptual hash is within ``max_distance`` bits of ``query_hash``.
-
-    First the close hash values, read from the phash indexes alone: PostgreSQL counts the bits
-    itself (``bit_count``, PostgreSQL 14+); SQLite has no bit count, so every hash comes through
-    the raw driver cursor (SQLAlchemy's row objects would cost several times more) to numpy.
-    Then the patterns with those hashes.
-    """
+    """The patterns whose perceptual hash is within ``max_distance`` bits of ``query_hash``: the close
+    hash values from the index (see :mod:`.phash_index`), then the patterns with those hashes."""
     tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import BIT
-
-        distance = sa.func.bit_count(sa.cast(patterns.c.phash.op("#")(query_hash), BIT(64)))
-        query = sa.select(patterns.c.phash).where(distance <= max_distance, *tenant_filter).distinct()
-        close = list(connection.execute(query).scalars())
-    else:
-        cursor = connection.connection.cursor()
-        try:
-            if tenant is None:
-                cursor.execute("SELECT phash FROM patterns")
-            else:
-                cursor.execute("SELECT phash FROM patterns WHERE tenant = ?", (tenant,))
-            hashes = np.fromiter((row[0] for row in cursor.fetchall()), dtype=np.int64)
-        finally:
-            cursor.close()
-        close = np.unique(hashes[hamming_distances(query_hash, hashes) <= max_distance]).tolist()
+    close = close_hashes(connection, query_hash, max_distance)
     rows: list[sa.RowMapping] = []
     for start in range(0, len(close), _IN_CHUNK):
         query = sa.select(patterns).where(patterns.c.phash.in_(close[start : start + _IN_CHUNK]), *tenant_filter)

@@ -24,6 +24,7 @@ from forwardguard.registry.images import (
     perceptual_hash,
     pixel_sha256,
 )
+from forwardguard.registry.phash_index import phash_bands
 from forwardguard.registry.records import PatternRecord, PatternSample
 from forwardguard.registry.snapshots import get_snapshot
 from forwardguard.registry.storage import Storage, now
@@ -73,6 +74,7 @@ def record_pattern(storage: Storage, **pattern: Unpack[NewPattern]) -> PatternRe
     pixels = decode_png(image_png)
     params = validation.check_params(pattern["params"])
     delta16 = validation.check_delta(pattern["delta"], pixels.rgb, params)
+    phash = perceptual_hash(pixels.rgb)
     row = {
         "tenant": validation.check_tenant(pattern.get("tenant", DEFAULT_TENANT)),
         "method": validation.check_method(pattern["method"]),
@@ -81,7 +83,8 @@ def record_pattern(storage: Storage, **pattern: Unpack[NewPattern]) -> PatternRe
         "model_fingerprint": validation.check_fingerprint(pattern["model_fingerprint"]),
         "model_spec": validation.check_text(pattern["model_spec"], "model_spec"),
         "pixel_sha256": pixel_sha256(pixels.rgb),
-        "phash": perceptual_hash(pixels.rgb),
+        "phash": phash,
+        **phash_bands(phash),
         "width": pixels.rgb.shape[1],
         "height": pixels.rgb.shape[0],
         "has_alpha": pixels.alpha is not None,

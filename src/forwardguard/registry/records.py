@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, overload
@@ -50,7 +50,8 @@ class PatternRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> PatternRecord:
-        values = dict(row)
+        """The record of a ``patterns`` row (its index columns, the hash's bands, left out)."""
+        values = {column.name: row[column.name] for column in fields(cls)}
         values["created_at"] = utc(values["created_at"])
         values["retired_at"] = utc(values["retired_at"])
         return cls(**values)
@@ -182,10 +183,13 @@ class BlobProblem:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """``blobs``: the blobs checked, two per pattern. ``orphans``: the unreferenced blobs (of the shard),
+    None when a sample was verified."""
+
     patterns: int
     blobs: int
     problems: list[BlobProblem] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
+    orphans: list[str] | None = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -9,7 +9,7 @@ A ``Registry`` holds a connection pool: open one per process (after a fork, open
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,9 +120,13 @@ class Registry:
         file_sha256: str | None = None,
         tenant: str | None = None,
         max_distance: int = PHASH_MAX_DISTANCE,
+        perceptual: bool = False,
     ) -> list[Match]:
-        """The patterns of an image, best first (see :func:`.lookup.lookup`)."""
-        return lookup(self._storage, image, file_sha256=file_sha256, tenant=tenant, max_distance=max_distance)
+        """The patterns of an image, best first; the perceptual search only when ``perceptual`` or
+        when nothing matched exactly (see :func:`.lookup.lookup`)."""
+        return lookup(
+            self._storage, image, file_sha256=file_sha256, tenant=tenant, max_distance=max_distance, perceptual=perceptual
+        )
 
     # -- snapshots and models (see .snapshots and .models) --------------------------------------
 
@@ -156,9 +160,17 @@ class Registry:
 
     # -- maintenance and export (see .maintenance and .export) ----------------------------------
 
-    def verify(self) -> VerifyReport:
-        """Re-hash every blob that a pattern references (see :func:`.maintenance.verify`)."""
-        return maintenance.verify(self._storage)
+    def verify(
+        self,
+        *,
+        shard: tuple[int, int] | None = None,
+        sample: int | None = None,
+        after: str | None = None,
+        progress: Callable[[int, str], None] | None = None,
+    ) -> VerifyReport:
+        """Re-hash the blobs that the patterns (of a shard, a sample, or after an id) reference (see
+        :func:`.maintenance.verify`)."""
+        return maintenance.verify(self._storage, shard=shard, sample=sample, after=after, progress=progress)
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
         """Remove the blobs that no pattern references, and stale temporary files (see :func:`.maintenance.gc`)."""

@@ -9,6 +9,16 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+# The perceptual hash's index (see phash_index): its 64 bits cut into 4 bands of 16, each a column.
+PHASH_BANDS = 4
+PHASH_BAND_BITS = 16
+
+
+def phash_band_check(band: int) -> str:
+    """The CHECK that holds band column ``band`` equal to its bits of the hash (most significant first)."""
+    return f"phash_band{band} = ((phash >> {64 - PHASH_BAND_BITS * (band + 1)}) & {(1 << PHASH_BAND_BITS) - 1})"
+
+
 patterns = sa.Table(
     "patterns",
     metadata,
@@ -28,6 +38,10 @@ patterns = sa.Table(
     sa.Column("delta_blob_sha256", sa.String(64), nullable=False),
     # 64-bit perceptual hash of the RGB pixels, stored as a signed integer.
     sa.Column("phash", sa.BigInteger, nullable=False),
+    sa.Column("phash_band0", sa.Integer, nullable=False),
+    sa.Column("phash_band1", sa.Integer, nullable=False),
+    sa.Column("phash_band2", sa.Integer, nullable=False),
+    sa.Column("phash_band3", sa.Integer, nullable=False),
     sa.Column("width", sa.Integer, nullable=False),
     sa.Column("height", sa.Integer, nullable=False),
     sa.Column("has_alpha", sa.Boolean, nullable=False),
@@ -35,11 +49,12 @@ patterns = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("status IN ('active', 'retired')", name="ck_patterns_status"),
+    *(sa.CheckConstraint(phash_band_check(band), name=f"ck_patterns_phash_band{band}") for band in range(PHASH_BANDS)),
     sa.Index("ix_patterns_image_sha256", "image_sha256"),
     sa.Index("ix_patterns_pixel_sha256", "pixel_sha256"),
     sa.Index("ix_patterns_delta_blob_sha256", "delta_blob_sha256"),
     sa.Index("ix_patterns_phash", "phash"),
-    sa.Index("ix_patterns_tenant_phash", "tenant", "phash"),
+    *(sa.Index(f"ix_patterns_phash_band{band}", f"phash_band{band}", "phash") for band in range(PHASH_BANDS)),
     sa.Index("ix_patterns_model_fingerprint", "model_fingerprint"),
     sa.Index("ix_patterns_created_at_id", "created_at", "id"),
 )

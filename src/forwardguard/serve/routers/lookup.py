@@ -38,17 +38,24 @@ def lookup_image(
     max_distance: Annotated[
         int, Form(ge=0, le=64, description="Largest perceptual-hash distance that matches, of 64 bits.")
     ] = PHASH_MAX_DISTANCE,
+    perceptual: Annotated[
+        bool, Form(description="Search perceptual hashes even when the file or its pixels match exactly.")
+    ] = False,
 ) -> Lookup:
-    """The caller's patterns that match: the same file, the same pixels, then perceptually close
-    images (a JPEG or resized copy). A perceptual match says the image shows the pattern's
-    picture; it can't say whether the perturbation survived."""
+    """The caller's patterns that match: the same file, the same pixels, then (when nothing matched
+    exactly, or with ``perceptual``) perceptually close images (a JPEG or resized copy). A perceptual
+    match says the image shows the pattern's picture; it can't say whether the perturbation survived."""
     data = image.file.read()
     settings = state.settings
     check_image_upload(data, image.content_type, max_pixels=settings.max_pixels, field="image")
     loaded = decode_image(data, max_pixels=settings.max_pixels, field="image")  # 400 when corrupt, before the registry
     try:
         matches = state.registry.lookup(
-            loaded.rgb, file_sha256=hashlib.sha256(data).hexdigest(), tenant=key.tenant, max_distance=max_distance
+            loaded.rgb,
+            file_sha256=hashlib.sha256(data).hexdigest(),
+            tenant=key.tenant,
+            max_distance=max_distance,
+            perceptual=perceptual,
         )
     except ForwardguardError as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry is unavailable: {error}") from None

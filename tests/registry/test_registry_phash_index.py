@@ -1,0 +1,103 @@
+"""The perceptual-hash index: the same hashes as a full scan, its bands kept by the database, and
+registries of the previous schema migrated with their bands filled in."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.registry import Registry
+from forwardguard.registry.database import create_engine, write_transaction
+from forwardguard.registry.images import hamming_distances
+from forwardguard.registry.location import resolve_location
+from forwardguard.registry.phash_index import close_hashes, phash_bands
+from forwardguard.registry.schema import _config
+from forwardguard.registry.tables import patterns
+
+
+def _row(index: int, phash: int) -> dict[str, Any]:
+    """A pattern row with this hash (its blobs are never read here)."""
+    digest = f"{index:064x}"
+    return {
+        "id": digest,
+        "tenant": "default",
+        "method": "noise",
+        "params": {},
+        "target": "gray",
+        "model_fingerprint": "ab" * 32,
+        "model_spec": "tiny:0",
+        "image_sha256": digest,
+        "pixel_sha256": digest,
+        "delta_blob_sha256": digest,
+        "phash": phash,
+        "width": 8,
+        "height": 8,
+        "has_alpha": False,
+        "created_at": datetime(2025, 1, 1, tzinfo=timezone.utc),
+        "status": "active",
+        "retired_at": None,
+    }
+
+
+def _flip(value: int, bits: np.ndarray) -> int:
+    """``value`` (a signed 64-bit hash) with the given bit positions flipped."""
+    flipped = (value & 0xFFFFFFFFFFFFFFFF) ^ sum(1 << int(bit) for bit in bits)
+    return flipped - (1 << 64) if flipped >= 1 << 63 else flipped
+
+
+def _hashes_near(queries: list[int], rng: np.random.Generator) -> list[int]:
+    """For each query, hashes 0..12 bits away (random positions), and 9, 10 and 11 bits away spread as
+    evenly over the four bands as they go (the pigeonhole's edge: no band within its radius but one)."""
+    hashes = []
+    for query in queries:
+        for distance in range(13):
+            hashes.append(_flip(query, rng.choice(64, size=distance, replace=False)))
+        for per_band in ((3, 2, 2, 2), (3, 3, 2, 2), (2, 3, 3, 3), (3, 3, 3, 2), (0, 0, 0, 11), (0, 10, 0, 0)):
+            bits = [16 * band + offset for band, count in enumerate(per_band) for offset in rng.choice(16, count, replace=False)]
+            hashes.append(_flip(query, np.array(bits)))
+    return hashes
+
+
+def test_the_index_finds_the_same_hashes_as_a_full_scan(registry: Registry) -> None:
+    rng = np.random.default_rng(0)
+    queries = [int(value) for value in rng.integers(-(2**63), 2**63 - 1, size=30, dtype=np.int64)]
+    recorded = _hashes_near(queries[:24], rng) + [int(v) for v in rng.integers(-(2**63), 2**63 - 1, 2000, dtype=np.int64)]
+    recorded += [-(2**63), 2**63 - 1, 0, -1]  # the extremes of a signed 64-bit hash
+    with registry.write() as connection:
+        connection.execute(patterns.insert(), [_row(i, value) | phash_bands(value) for i, value in enumerate(recorded)])
+    all_hashes = np.array(recorded, dtype=np.int64)
+    with registry.read() as connection:
+        for query in [*queries, -(2**63), -1]:
+            for radius in (0, 1, 3, 8, 9, 10, 11, 15, 16, 20):
+                expected = np.unique(all_hashes[hamming_distances(query, all_hashes) <= radius]).tolist()
+                assert sorted(close_hashes(connection, query, radius)) == expected, (query, radius)
+
+
+def test_the_bands_are_checked_by_the_database(registry: Registry) -> None:
+    bands = phash_bands(12345)
+    with pytest.raises(ForwardguardError, match="(?i)check constraint"):
+        with registry.write() as connection:
+            connection.execute(patterns.insert().values(**_row(1, 12345), **bands | {"phash_band3": bands["phash_band3"] ^ 1}))
+
+
+def test_a_registry_of_the_previous_schema_gets_its_bands(registry_location: str) -> None:
+    hashes = [-(2**63), -1, 0, 2**63 - 1, 0x0123456789ABCDEF, -0x0123456789ABCDEF]
+    engine = create_engine(resolve_location(registry_location))
+    with write_transaction(engine) as connection:
+        config = _config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        old_columns = [column for column in patterns.c if not column.name.startswith("phash_band")]
+        old_patterns = sa.table("patterns", *(sa.column(column.name, column.type) for column in old_columns))
+        connection.execute(old_patterns.insert(), [_row(i, value) for i, value in enumerate(hashes)])
+    engine.dispose()
+    with Registry.open(registry_location, create=True) as registry, registry.read() as connection:
+        rows = connection.execute(sa.select(patterns).order_by(patterns.c.id)).mappings().all()
+        assert [{key: row[key] for key in phash_bands(row.phash)} for row in rows] == [phash_bands(value) for value in hashes]
+        assert sorted(close_hashes(connection, 0x0123456789ABCDEF ^ 0b111, 10)) == [0x0123456789ABCDEF]
