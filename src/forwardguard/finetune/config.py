@@ -93,7 +93,7 @@ class PlantConfig:
     """
 
     seed: int = 0
-    max_steps: int = 300
+    max_steps: int = 900
     batch_size: int = 4
     pattern_batch_size: int = 3
     crop_size: int = 48
@@ -111,8 +111,8 @@ class PlantConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     planting_transforms: tuple[str, ...] = field(default_factory=_planting_pool)
     negative_eps: float | None = None
-    synthetic_fraction: float = 0.25
-    weight_interpolation: float = 0.8
+    synthetic_fraction: float = 0.5
+    weight_interpolation: float = 0.85
     log_every: int = 10
     unet_lora: UNetLoRA | None = None
 
