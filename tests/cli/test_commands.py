@@ -146,12 +146,13 @@ def test_tiny_demo_from_the_command_line(tmp_path: Path) -> None:
 
     verdicts = {line.split()[1].rstrip(":"): line.split()[0] for line in lines if line.startswith(("RELEASE ", "HOLD "))}
     assert verdicts == {"v2": "HOLD", "planted-v2": "HOLD"}
+    policy = load_policy(GATE_POLICY)
     for candidate, verdict in verdicts.items():
         printed = forwardguard("gate", "--report", "forwardguard-demo/eval/report.json", "--candidate", candidate, cwd=tmp_path)
         assert printed.returncode == {"RELEASE": 0, "HOLD": 1}[verdict], printed.stdout + printed.stderr
         # tiny:1 was never planted, and three planting steps do not immunize it: both are held on immunity
         # alone, while their clean utility, false triggers and clean originals pass
-        rules = gate(report, load_policy(GATE_POLICY), candidate).rules
+        rules = gate(report, policy, candidate).rules
         assert len(rules) == 12, [rule.rule for rule in rules]
         held = {(rule.rule, rule.snapshot, rule.transform) for rule in rules if not rule.passed}
         assert held == {(rule, "demo-v1", t) for rule in ("immunity.ratio", "immunity.ssim") for t in ("none", "jpeg_q95")}

@@ -105,15 +105,12 @@ def _unreferenced(storage: Storage, keys: Iterable[str]) -> Iterator[str]:
     """The ``keys`` that no pattern references, checked a page of keys per query."""
     keys = iter(keys)
     while page := list(itertools.islice(keys, PAGE_SIZE)):
+        query = sa.union(
+            sa.select(patterns.c.image_sha256).where(patterns.c.image_sha256.in_(page)),
+            sa.select(patterns.c.delta_blob_sha256).where(patterns.c.delta_blob_sha256.in_(page)),
+        )
         with storage.read() as connection:
-            referenced = set(
-                connection.execute(sa.select(patterns.c.image_sha256).where(patterns.c.image_sha256.in_(page))).scalars()
-            )
-            referenced.update(
-                connection.execute(
-                    sa.select(patterns.c.delta_blob_sha256).where(patterns.c.delta_blob_sha256.in_(page))
-                ).scalars()
-            )
+            referenced = set(connection.execute(query).scalars())
         yield from (key for key in page if key not in referenced)
 
 
