@@ -13,12 +13,12 @@ from alembic import command
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.registry import Registry
-from forwardguard.registry.database import create_engine, write_transaction
+from forwardguard.registry.database import create_engine
 from forwardguard.registry.images import hamming_distances
 from forwardguard.registry.location import resolve_location
 from forwardguard.registry.phash_index import close_hashes, phash_bands
-from forwardguard.registry.schema import _config
-from forwardguard.registry.tables import patterns
+from forwardguard.registry.schema import alembic_config, migration_transaction
+from forwardguard.registry.tables import models, patterns, snapshot_patterns, snapshots
 
 
 def _row(index: int, phash: int) -> dict[str, Any]:
@@ -87,17 +87,30 @@ def test_the_bands_are_checked_by_the_database(registry: Registry) -> None:
 
 
 def test_a_registry_of_the_previous_schema_gets_its_bands(registry_location: str) -> None:
+    """The upgrade rebuilds the patterns table (SQLite): the snapshots that reference its rows, and
+    a model planted from one, come through it unchanged."""
     hashes = [-(2**63), -1, 0, 2**63 - 1, 0x0123456789ABCDEF, -0x0123456789ABCDEF]
+    rows = [_row(i, value) for i, value in enumerate(hashes)]
     engine = create_engine(resolve_location(registry_location))
-    with write_transaction(engine) as connection:
-        config = _config()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0002")
+    with migration_transaction(engine) as connection:
+        command.upgrade(alembic_config(connection), "0002")
         old_columns = [column for column in patterns.c if not column.name.startswith("phash_band")]
         old_patterns = sa.table("patterns", *(sa.column(column.name, column.type) for column in old_columns))
-        connection.execute(old_patterns.insert(), [_row(i, value) for i, value in enumerate(hashes)])
+        connection.execute(old_patterns.insert(), rows)
+        created = datetime(2025, 1, 2, tzinfo=timezone.utc)
+        connection.execute(snapshots.insert().values(name="v1", created_at=created, pattern_count=len(rows)))
+        connection.execute(snapshot_patterns.insert(), [{"snapshot_name": "v1", "pattern_id": row["id"]} for row in rows])
+        planted = {"fingerprint": "ef" * 32, "spec": "tiny:1", "name": "planted", "planted_snapshot": "v1", "created_at": created}
+        connection.execute(models.insert().values(**planted))
     engine.dispose()
-    with Registry.open(registry_location, create=True) as registry, registry.read() as connection:
-        rows = connection.execute(sa.select(patterns).order_by(patterns.c.id)).mappings().all()
-        assert [{key: row[key] for key in phash_bands(row.phash)} for row in rows] == [phash_bands(value) for value in hashes]
-        assert sorted(close_hashes(connection, 0x0123456789ABCDEF ^ 0b111, 10)) == [0x0123456789ABCDEF]
+    with Registry.open(registry_location, create=True) as registry:
+        assert [record.id for record in registry.snapshot_patterns("v1")] == [row["id"] for row in rows]
+        assert registry.get_model("ef" * 32).planted_snapshot == "v1"
+        with registry.read() as connection:
+            migrated = connection.execute(sa.select(patterns).order_by(patterns.c.id)).mappings().all()
+            assert [{key: row[key] for key in phash_bands(row.phash)} for row in migrated] == [
+                phash_bands(value) for value in hashes
+            ]
+            assert sorted(close_hashes(connection, 0x0123456789ABCDEF ^ 0b111, 10)) == [0x0123456789ABCDEF]
+        with pytest.raises(ForwardguardError, match="(?i)foreign key"), registry.write() as connection:  # enforced again
+            connection.execute(snapshot_patterns.insert().values(snapshot_name="v1", pattern_id="99" * 32))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -11,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.registry.database import use_wal, write_transaction
+from forwardguard.registry.database import WRITE_OPTION, use_wal
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant: serializes concurrent migrations of one PostgreSQL database.
@@ -53,20 +55,54 @@ def ensure_schema(engine: sa.Engine, *, upgrade: bool, display: str) -> str:
             f"registry {display} has schema revision {current[0]}, this forwardguard needs {head}: "
             f"upgrade it with `forwardguard registry init --registry {display}`"
         )
-    with write_transaction(engine) as connection:  # on SQLite BEGIN IMMEDIATE: the write lock first
-        if connection.dialect.name == "postgresql":
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    with migration_transaction(engine) as connection:
         # Read again under the lock: another process may have migrated meanwhile, and its tables are then
         # ours, not another application's.
         current = current_revisions(connection)
         _refuse_unknown(script, current, head, display)
         if not current:
             _refuse_foreign_tables(connection, display)
-        config = _config()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(alembic_config(connection), "head")
     use_wal(engine)
     return head
+
+
+def alembic_config(connection: sa.Connection) -> Config:
+    """Alembic's config that migrates inside ``connection``'s transaction (see ``migrations/env.py``)."""
+    config = _config()
+    config.attributes["connection"] = connection
+    return config
+
+
+@contextmanager
+def migration_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One write transaction for a migration, the only one at a time.
+
+    On PostgreSQL an advisory lock serializes migrations; on SQLite BEGIN IMMEDIATE takes the write
+    lock first. SQLite's batch migrations rebuild a table (copy, drop, rename), and with foreign keys on,
+    dropping a table that other rows reference fails: they are switched off for the migration (SQLite
+    ignores the pragma inside a transaction, so it is set before) and every reference is checked
+    before the commit instead.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                if not sqlite:
+                    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise ForwardguardError(
+                            f"the migration would break {len(broken)} reference(s), first {broken[0]}: nothing was changed"
+                        )
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
 
 
 def _refuse_foreign_tables(connection: sa.Connection, display: str) -> None:
