@@ -122,7 +122,7 @@ class CleanImages:
         rgb = self.load(index_at(position, self.size, seed))
         generator = sample_generator(seed, position)
         scale = float(torch.empty(1).uniform_(*CLEAN_SCALES, generator=generator))
-        rgb = _cover(rgb, self.crop_size, scale)
+        rgb = cover(rgb, self.crop_size, scale)
         height, width = rgb.shape[:2]
         top = int(torch.randint(height - self.crop_size + 1, (1,), generator=generator))
         left = int(torch.randint(width - self.crop_size + 1, (1,), generator=generator))
@@ -152,7 +152,7 @@ def _jitter_colours(image: torch.Tensor, generator: torch.Generator) -> torch.Te
     return image.clamp(0, 1)
 
 
-def _cover(rgb: np.ndarray, size: int, scale: float = 1.0) -> np.ndarray:
+def cover(rgb: np.ndarray, size: int, scale: float = 1.0) -> np.ndarray:
     """Scale an image by ``scale``, and further up (keeping its aspect) until both sides are at least ``size``."""
     height, width = rgb.shape[:2]
     scale = max(scale, size / min(height, width))
@@ -215,9 +215,9 @@ class SnapshotPatterns:
     def verify(self) -> None:
         """Read every pattern once, so that a corrupted blob stops the run before training."""
         for record in self.records:
-            self._sample(record)
+            self.pixels(record)
 
-    def _sample(self, record: PatternRecord) -> tuple[np.ndarray, np.ndarray]:
+    def pixels(self, record: PatternRecord) -> tuple[np.ndarray, np.ndarray]:
         """A pattern's (immunized, clean) pixels, read from the registry (hash verified) the first time only."""
         if record.id not in self._pixels:
             sample = self.registry.load_sample(record)
@@ -234,5 +234,5 @@ class SnapshotPatterns:
 
     def crop(self, position: int, seed: int, size: int, grid: int = CROP_MULTIPLE) -> PlantingSample:
         record = self.records[index_at(position, len(self.records), seed + 1)]
-        immunized, clean = paired_crop(list(self._sample(record)), size, sample_generator(seed, position), grid)
+        immunized, clean = paired_crop(list(self.pixels(record)), size, sample_generator(seed, position), grid)
         return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=record.id)

@@ -86,8 +86,10 @@ def migration_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
     """
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
+        driver = connection.connection.driver_connection
+        assert driver is not None, "a connection taken from the pool has its driver's connection"
         if sqlite:
-            connection.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+            driver.execute("PRAGMA foreign_keys = OFF")
         try:
             connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
@@ -102,7 +104,7 @@ def migration_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
                         )
         finally:
             if sqlite:
-                connection.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
+                driver.execute("PRAGMA foreign_keys = ON")
 
 
 def _refuse_foreign_tables(connection: sa.Connection, display: str) -> None:
