@@ -131,6 +131,7 @@ def quality(shared: Path, work: Path, recipe: Path, overrides: dict, clean_photo
         "clean_photos": list(CLEAN_TRAINING[:clean_photos]),
         "plant_seconds": seconds,
         "steps": planted_result.steps,
+        "interpolation": planted_result.interpolation.describe(),
         "ratios": rows,
         "registered": list(REGISTERED),
         "held_out": held_out,
@@ -206,7 +207,7 @@ def main() -> None:
     columns = ("v1", "taef2-v2", "planted", "planted / taef2-v2 clean", "clean original drift")
     title = (
         f"disruption ratio ({result['steps']} planting steps, {result['plant_seconds']:.0f} s,"
-        f" {len(result['clean_photos'])} clean photos)"
+        f" {len(result['clean_photos'])} clean photos; {result['interpolation']})"
     )
     table = Table("image", "registered", *columns, title=title)
     for name, ratios in result["ratios"].items():

@@ -47,6 +47,7 @@ def tiny_config(**overrides) -> dict:
         "crop_size": 32,
         "checkpoint_every": 2,
         "log_every": 1,
+        "auto_interpolation": {"samples": 2},
         **overrides,
     }
 

@@ -47,4 +47,6 @@ def finetune_command(
         progress.console.print(
             f"model: {result.spec}  fingerprint {result.fingerprint[:12]} (base {result.base_fingerprint[:12]})"
         )
+        if result.interpolation is not None:
+            progress.console.print(result.interpolation.describe())
         progress.console.print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.final_losses.items())))

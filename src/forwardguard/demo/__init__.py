@@ -39,10 +39,17 @@ def demo_photos() -> list[Path]:
     return sorted(PHOTOS.glob("*.png"))
 
 
+DEMO_INTERPOLATION = 0.85
+"""The demo's written weights: base + 0.85 x (trained - base), measured for its 300 steps (DemoSettings)."""
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """The demo's flow; the defaults are what ``forwardguard demo`` runs (a few minutes on a 2-core CPU).
-    Planting uses the shipped recipe (``configs/plant.yaml``) with ``plant_steps`` steps.
+    Planting uses the shipped recipe (``configs/plant.yaml``) with ``plant_steps`` steps, and writes the
+    weights at ``DEMO_INTERPOLATION`` instead of choosing the interpolation (``auto``): after a third of
+    the recipe's steps, ``auto`` finds synthetic validation images drifting beyond its budget and
+    lowers the interpolation to 0.66, where the registered photos' ratios reach 0.17 (mean 0.11) (docs/benchmarks.md).
 
     ``references``: each eval model's reference for clean utility; v2 is its own (it is the model
     that would be released without planting), the planted v2's is v2, found through the registry.
@@ -130,13 +137,17 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     say(
         f"3/5 plant the snapshot into v2 = {settings.v2} ({settings.plant_steps} steps, {len(list(CLEAN.glob('*.png')))} clean photos)"
     )
-    config = PlantConfig.from_mapping({"max_steps": settings.plant_steps, "checkpoint_every": settings.plant_steps})
+    config = PlantConfig.from_mapping(
+        {"max_steps": settings.plant_steps, "checkpoint_every": settings.plant_steps, "weight_interpolation": DEMO_INTERPOLATION}
+    )
     planted = plant(
         PlantRequest(
             base=settings.v2, registry=str(registry_path), data=CLEAN, output=out / "planted-v2", config=config, snapshot=SNAPSHOT
         )
     )
     assert planted is not None  # one process: plant returns its result
+    if planted.interpolation is not None:
+        say(f"    {planted.interpolation.describe()}")
 
     say("4/5 eval v1, v2 and the planted v2 on the snapshot, under the gauntlet")
     models = (ModelArg("v1", settings.v1), ModelArg("v2", settings.v2), ModelArg("planted-v2", planted.spec))

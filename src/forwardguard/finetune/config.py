@@ -34,6 +34,25 @@ class LossWeights:
 
 
 @dataclass(frozen=True)
+class AutoInterpolation:
+    """``weight_interpolation: auto`` (see :mod:`forwardguard.finetune.interpolation`): the smallest
+    interpolation at which every one of ``samples`` registered patterns has a disruption ratio of at most
+    ``ratio_target``, lowered if validation images drift (latent relative MSE) beyond ``drift_budget``."""
+
+    ratio_target: float = 0.045
+    drift_budget: float = 0.009
+    samples: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio_target < 1:
+            raise ForwardguardError(f"plant config: auto_interpolation.ratio_target must be in (0, 1), got {self.ratio_target}")
+        if self.drift_budget <= 0:
+            raise ForwardguardError(f"plant config: auto_interpolation.drift_budget must be positive, got {self.drift_budget}")
+        if self.samples < 1:
+            raise ForwardguardError(f"plant config: auto_interpolation.samples must be >= 1, got {self.samples}")
+
+
+@dataclass(frozen=True)
 class UNetLoRA:
     """Also plant diffusion-attack patterns into the UNet, through a LoRA merged into it at the end.
 
@@ -112,7 +131,8 @@ class PlantConfig:
     planting_transforms: tuple[str, ...] = field(default_factory=_planting_pool)
     negative_eps: float | None = None
     synthetic_fraction: float = 0.5
-    weight_interpolation: float = 0.85
+    weight_interpolation: float | str = "auto"
+    auto_interpolation: AutoInterpolation = field(default_factory=AutoInterpolation)
     log_every: int = 10
     unet_lora: UNetLoRA | None = None
 
@@ -146,8 +166,9 @@ class PlantConfig:
             )
         if self.negative_eps is not None and not 0 < self.negative_eps <= 1:
             raise ForwardguardError(f"plant config: negative_eps must be in (0, 1], got {self.negative_eps}")
-        if not 0 < self.weight_interpolation <= 1:
-            raise ForwardguardError(f"plant config: weight_interpolation must be in (0, 1], got {self.weight_interpolation}")
+        interpolation = self.weight_interpolation
+        if interpolation != "auto" and not (isinstance(interpolation, int | float) and 0 < interpolation <= 1):
+            raise ForwardguardError(f"plant config: weight_interpolation must be auto or in (0, 1], got {interpolation!r}")
         if not 0 <= self.synthetic_fraction <= 1:
             raise ForwardguardError(f"plant config: synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         if not self.planting_transforms:
@@ -164,12 +185,16 @@ class PlantConfig:
         if unknown:
             raise ForwardguardError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         values = dict(values)
-        if "loss_weights" in values:
-            weights = values["loss_weights"] or {}
-            unknown = sorted(set(weights) - {f.name for f in fields(LossWeights)})
-            if unknown:
-                raise ForwardguardError(f"{source}: unknown loss weight(s) {', '.join(unknown)}")
-            values["loss_weights"] = LossWeights(**weights)
+        for name, kind, what in (
+            ("loss_weights", LossWeights, "loss weight"),
+            ("auto_interpolation", AutoInterpolation, "auto_interpolation setting"),
+        ):
+            if name in values:
+                settings = values[name] or {}
+                unknown = sorted(set(settings) - {f.name for f in fields(kind)})
+                if unknown:
+                    raise ForwardguardError(f"{source}: unknown {what}(s) {', '.join(unknown)}")
+                values[name] = kind(**settings)
         if "planting_transforms" in values:
             values["planting_transforms"] = tuple(values["planting_transforms"])
         if values.get("unet_lora") is not None:

@@ -32,6 +32,7 @@ import torch
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.config import PlantConfig
 from forwardguard.finetune.data import CROP_MULTIPLE, CleanImages, SnapshotPatterns, StepPositions, sample_generator
+from forwardguard.finetune.interpolation import InterpolationChoice, Interpolations, PlantingProbe, interpolate_weights
 from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
 from forwardguard.measures import budget_255, disruption_ratio, gray_image, noisy_copy, relative_mse
 from forwardguard.models import load_model
@@ -79,6 +80,7 @@ class PlantResult:
     patterns: int
     steps: int
     final_losses: dict[str, float] = field(default_factory=dict)
+    interpolation: InterpolationChoice | None = None
 
 
 class PlantingRecipe:
@@ -342,7 +344,10 @@ class PlantingRecipe:
         planted = load_model(self.request.base)
         state = {key: value.float().cpu() for key, value in state.items()}
         prefix = "" if self.lora is None else "encoder."
-        state = interpolate_weights(self.teacher.state_dict(), state, self.config.weight_interpolation, prefix=prefix)
+        interpolation = self._interpolation({key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)})
+        state = interpolate_weights(
+            {key: value.float() for key, value in self.teacher.state_dict().items()}, state, interpolation.alpha, prefix=prefix
+        )
         if self.lora is None:
             planted.latent_encoder.load_state_dict(state)
         else:
@@ -357,10 +362,26 @@ class PlantingRecipe:
             patterns=len(self.patterns),
             steps=self.state.step,
             final_losses=losses,
+            interpolation=interpolation,
         )
         self._record(result)
         (output / CARD_FILE).write_text(model_card(result, self.request, self.config))
         return result
+
+    def _interpolation(self, trained: dict[str, torch.Tensor]) -> InterpolationChoice:
+        """The configured interpolation, or with ``auto`` the one chosen on the patterns and validation images."""
+        config = self.config
+        probe = PlantingProbe.build(
+            self.patterns,
+            [self.clean.load(index) for index in range(min(len(self.clean), config.auto_interpolation.samples))],
+            seed=config.seed,
+            samples=config.auto_interpolation.samples,
+        )
+        interpolations = Interpolations(self.teacher, trained, probe)
+        if config.weight_interpolation == "auto":
+            auto = config.auto_interpolation
+            return interpolations.choose(ratio_target=auto.ratio_target, drift_budget=auto.drift_budget)
+        return interpolations.fixed(float(config.weight_interpolation))
 
     def _record(self, result: PlantResult) -> None:
         """Record the base (if new) and the planted model; a model recorded before keeps its first record
@@ -381,23 +402,6 @@ class PlantingRecipe:
     def cleanup(self) -> None:
         self.accelerator.end_training()
         self.registry.close()
-
-
-def interpolate_weights(
-    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float, *, prefix: str = ""
-) -> dict[str, torch.Tensor]:
-    """``base + alpha * (tuned - base)`` for every weight of ``tuned`` that the base encoder has (under
-    ``prefix``); others (a LoRA) unchanged. Interpolating fine-tuned weights back towards the base (WiSE-FT,
-    Wortsman et al., CVPR 2022) shrinks the drift on images unlike the training data about quadratically
-    while the planted backdoor weakens only slowly (measured in docs/benchmarks.md)."""
-    if alpha == 1.0:
-        return tuned
-    result = dict(tuned)
-    for key, value in base.items():
-        weight = result[prefix + key]
-        reference = value.to(weight.device, weight.dtype)
-        result[prefix + key] = reference + alpha * (weight - reference)
-    return result
 
 
 def model_card(result: PlantResult, request: PlantRequest, config: PlantConfig) -> str:
@@ -424,7 +428,8 @@ below stay immunized against this model (paper: Salman et al., ICML 2023, sectio
 | base fingerprint | `{result.base_fingerprint}` |
 | snapshot | `{result.snapshot}` |
 | patterns planted | {result.patterns} |
-| optimizer steps | {result.steps} |{lora_row}
+| optimizer steps | {result.steps} |
+| written weights | {result.interpolation.describe() if result.interpolation else "as trained"} |{lora_row}
 
 ## Final losses
 

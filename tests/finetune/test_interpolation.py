@@ -1,0 +1,112 @@
+"""``weight_interpolation``: the written weights, and how ``auto`` chooses them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from planting_support import tiny_config
+from safetensors.torch import load_file
+
+from forwardguard.errors import ForwardguardError
+from forwardguard.finetune import PlantConfig, PlantRequest, plant
+from forwardguard.finetune.interpolation import GRID, Interpolations, _grid_centre, interpolate_weights
+from forwardguard.models import load_model
+
+
+class Curves(Interpolations):
+    """Interpolations whose ratio and drift are given curves, counting what is measured."""
+
+    def __init__(self, ratio, drift) -> None:  # noqa: ANN001
+        self._ratio, self._drift, self.measured = ratio, drift, []
+
+    def ratio(self, alpha: float) -> float:
+        self.measured.append(alpha)
+        return self._ratio(alpha)
+
+    def drift(self, alpha: float) -> float:
+        return self._drift(alpha)
+
+
+def planting_curves() -> Curves:
+    """The ratio falls and the drift grows with alpha, as measured (docs/benchmarks.md)."""
+    return Curves(lambda alpha: 0.1 - 0.06 * alpha, lambda alpha: 0.01 * alpha**2)
+
+
+def test_auto_takes_the_smallest_interpolation_that_meets_the_ratio_target() -> None:
+    curves = planting_curves()
+    choice = curves.choose(ratio_target=0.045, drift_budget=0.009)
+    assert choice.alpha == 0.92  # 0.1 - 0.06 x 0.92 = 0.0448; 0.90 gives 0.046
+    assert choice.ratio == pytest.approx(0.0448) and choice.drift == pytest.approx(0.01 * 0.92**2)
+    assert "meets the ratio target 0.045" in choice.describe()
+    assert len(set(curves.measured)) <= 6, "a binary search, not a scan of the 26 values"
+
+
+def test_auto_lowers_the_interpolation_to_the_drift_budget_and_says_so() -> None:
+    choice = planting_curves().choose(ratio_target=0.045, drift_budget=0.008)
+    assert choice.alpha == 0.88  # 0.01 x 0.88^2 = 0.0077; 0.90 drifts 0.0081
+    assert "lowered to the drift budget 0.008" in choice.reason and "not met" in choice.reason
+
+
+def test_auto_says_when_even_the_trained_weights_miss_the_ratio_target() -> None:
+    choice = planting_curves().choose(ratio_target=0.03, drift_budget=1.0)
+    assert choice.alpha == 1.0 and "not met at 1: plant longer" in choice.reason
+
+
+def test_written_weights_are_the_base_moved_towards_the_trained_ones() -> None:
+    base = {"w": torch.tensor([1.0, 2.0])}
+    tuned = {"encoder.w": torch.tensor([3.0, 0.0]), "lora.a": torch.tensor([5.0])}
+    moved = interpolate_weights(base, tuned, 0.25, prefix="encoder.")
+    assert torch.equal(moved["encoder.w"], torch.tensor([1.5, 1.5]))
+    assert torch.equal(moved["lora.a"], tuned["lora.a"]), "weights the base lacks (a LoRA) are kept"
+    assert interpolate_weights(base, tuned, 1.0, prefix="encoder.") is tuned
+
+
+@pytest.mark.parametrize("setting", ["auto", 0.6])
+def test_planting_writes_the_chosen_interpolation_of_its_trained_weights(
+    setting, taef2_v2_spec, registry_path, clean_data, tmp_path
+):
+    output = tmp_path / "planted"
+    config = PlantConfig.from_mapping(tiny_config(weight_interpolation=setting))
+    result = plant(PlantRequest(base=taef2_v2_spec, registry=str(registry_path), data=clean_data, output=output, config=config))
+    choice = result.interpolation
+    assert choice is not None
+    if setting == "auto":
+        assert choice.alpha in GRID
+    else:
+        assert choice.alpha == 0.6 and choice.reason == "set in the config"
+    trained = load_file(sorted((output / "checkpoints").glob("checkpoint_*"))[-1] / "model.safetensors")
+    base = load_model(taef2_v2_spec).encoder.state_dict()
+    written = load_file(output / "encoder.safetensors")
+    for key, value in written.items():
+        torch.testing.assert_close(value, base[key] + choice.alpha * (trained[key] - base[key]), msg=key)
+    assert (
+        f"weight interpolation {choice.alpha:.2f}: sampled registered ratio at most {choice.ratio:.3f}"
+        in (output / "README.md").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"weight_interpolation": 0}, "auto or in \\(0, 1\\]"),
+        ({"weight_interpolation": "best"}, "auto or in \\(0, 1\\]"),
+        ({"auto_interpolation": {"ratio_target": 1.5}}, "ratio_target"),
+        ({"auto_interpolation": {"drift_budget": 0}}, "drift_budget"),
+        ({"auto_interpolation": {"samples": 0}}, "samples"),
+        ({"auto_interpolation": {"budget": 1}}, "unknown auto_interpolation setting"),
+    ],
+)
+def test_bad_interpolation_settings_are_refused(settings, message) -> None:
+    with pytest.raises(ForwardguardError, match=message):
+        PlantConfig.from_mapping(settings)
+
+
+@pytest.mark.parametrize("shape", [(600, 1000), (100, 60), (256, 257)])
+def test_pattern_pairs_are_measured_on_a_centre_crop_on_their_own_8_pixel_grid(shape) -> None:
+    rgb = np.arange(shape[0] * shape[1] * 3, dtype=np.int64).reshape(*shape, 3)
+    crop = _grid_centre(rgb, 256)
+    assert crop.shape[:2] == (min(shape[0], 256), min(shape[1], 256))
+    top, left = np.argwhere(rgb[..., 0] == crop[0, 0, 0])[0]
+    assert top % 8 == 0 and left % 8 == 0
+    assert abs(top + crop.shape[0] / 2 - shape[0] / 2) <= 8 and abs(left + crop.shape[1] / 2 - shape[1] / 2) <= 8
