@@ -1,19 +1,26 @@
-"""Registry benchmark: lookup latency (p50/p99) at a provider's scale, insert rate, and lookups while
-writers insert, SQLite and PostgreSQL.
+"""Registry benchmark: lookup latency (p50/p99) at a provider's scale, insert rate, lookups while
+writers insert, and the memory of the registry commands and of the server, SQLite and PostgreSQL.
 
     python bench/registry_bench.py --records 100000                      # SQLite only
     eval "$(.ci/start-postgres)"                                           # then both backends:
     python bench/registry_bench.py --records 1000000 --backend sqlite --backend postgresql
+    python bench/registry_bench.py --records 10000000 --backend postgresql
 
 A run fills a new registry with --records patterns: all but --sample of them bulk-loaded as rows
-(random 64-bit perceptual hashes, no blobs), then --sample real ones (smooth synthetic --size px
-images, immunized with uniform noise) recorded through the public API, one transaction per
-pattern, blobs fsynced, by --writers processes at once (default 8), as a service's workers would:
-the insert rate and latency. Then --lookups lookups of the sampled images: exact (their PNG
-bytes) and perceptual (a JPEG quality-75 copy, a 0.5x resize and a 1-pixel shift, in turn), each
-perceptual answer compared with a full scan of every recorded hash (the run fails when they
-differ). Then the same lookups again while --writers processes keep recording new patterns; then
-a snapshot of every pattern, and an export of the sampled ones (the rows that have blobs).
+(random 64-bit perceptual hashes, no blobs; a transaction per 10,000, written by COPY on
+PostgreSQL, by an executemany INSERT on SQLite), then --sample real ones
+(smooth synthetic --size px images, immunized with uniform noise) recorded through the public API,
+one transaction per pattern, blobs fsynced, by --writers processes at once (default 8), as a
+service's workers would: the insert rate and latency. Then --lookups lookups of the sampled images:
+exact (their PNG bytes) and perceptual (a JPEG quality-75 copy, a 0.5x resize and a 1-pixel shift,
+in turn), each perceptual answer compared with a full scan of every recorded hash (the run fails
+when they differ). Then the same lookups again while --writers processes keep recording new
+patterns; then a snapshot of every pattern, and an export of the sampled ones (the rows that have
+blobs). Then memory: `forwardguard serve` (--serve-model, default TAEF2) is started on the registry
+and sent the sampled images through POST /v1/lookup (their latency), and its peak resident memory
+read (VmHWM); then each registry command runs as its own process, and its peak resident memory is
+taken (ru_maxrss): `stats`, `list` of every pattern (to /dev/null), `verify --sample 100`,
+`gc --dry-run`, and a `snapshot` of the sampled tenant and its `export`.
 PostgreSQL runs in a fresh schema of FORWARDGUARD_TEST_POSTGRES_URL (or --postgres-url), VACUUM
 ANALYZEd after the bulk load as autovacuum would, and dropped afterwards. Prints one JSON object
 per backend.
@@ -26,17 +33,22 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import sqlalchemy as sa
 from PIL import Image
 
 from forwardguard.images import read_image
@@ -87,8 +99,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 @contextmanager
 def postgres_schema(base_url: str) -> Iterator[str]:
-    import sqlalchemy as sa
-
     schema = f"fg_bench_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(base_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with admin.begin() as connection:
@@ -102,41 +112,58 @@ def postgres_schema(base_url: str) -> Iterator[str]:
 
 
 def bulk_load(registry: Registry, count: int) -> np.ndarray:
-    """Insert ``count`` rows with random perceptual hashes and no blobs, in large transactions;
-    return their hashes."""
+    """Insert ``count`` rows with random perceptual hashes and no blobs, a transaction per
+    ``BULK_BATCH`` rows, made as they are written: on PostgreSQL by COPY, on SQLite by an
+    executemany INSERT. Return their hashes."""
     rng = np.random.default_rng(2**32)
     hashes = rng.integers(-(2**63), 2**63 - 1, size=count, dtype=np.int64, endpoint=True)
     created = datetime.now(timezone.utc)
+    write = insert_rows if registry.location.is_sqlite else copy_rows
     for start in range(0, count, BULK_BATCH):
-        rows = []
-        for index in range(start, min(start + BULK_BATCH, count)):
-            key = f"{index:064x}"
-            phash = int(hashes[index])
-            rows.append(
-                {
-                    "id": key,
-                    "tenant": f"tenant{index % 4}",
-                    "method": "noise",
-                    "params": {"eps": 16 / 255, "seed": index},
-                    "target": "gray",
-                    "model_fingerprint": FINGERPRINT,
-                    "model_spec": "bench",
-                    "image_sha256": key,
-                    "pixel_sha256": key,
-                    "delta_blob_sha256": key,
-                    "phash": phash,
-                    **phash_bands(phash),
-                    "width": 64,
-                    "height": 64,
-                    "has_alpha": False,
-                    "created_at": created,
-                    "status": "active",
-                    "retired_at": None,
-                }
-            )
+        indices = range(start, min(start + BULK_BATCH, count))
         with registry.write() as connection:
-            connection.execute(patterns.insert(), rows)
+            write(connection, (bulk_row(index, int(hashes[index]), created) for index in indices))
     return hashes
+
+
+def bulk_row(index: int, phash: int, created: datetime) -> dict[str, Any]:
+    """Bulk-loaded row ``index``: its id (and blob keys, which name no blob) is the index in hex."""
+    key = f"{index:064x}"
+    return {
+        "id": key,
+        "tenant": f"tenant{index % 4}",
+        "method": "noise",
+        "params": {"eps": 16 / 255, "seed": index},
+        "target": "gray",
+        "model_fingerprint": FINGERPRINT,
+        "model_spec": "bench",
+        "image_sha256": key,
+        "pixel_sha256": key,
+        "delta_blob_sha256": key,
+        "phash": phash,
+        **phash_bands(phash),
+        "width": 64,
+        "height": 64,
+        "has_alpha": False,
+        "created_at": created,
+        "status": "active",
+        "retired_at": None,
+    }
+
+
+def insert_rows(connection: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
+    connection.execute(patterns.insert(), list(rows))
+
+
+def copy_rows(connection: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """COPY ``rows`` into the patterns table through the connection's psycopg connection, in its
+    transaction: many times the rate of an INSERT's executemany. ``params`` is written as
+    SQLAlchemy's JSON type writes it (``json.dumps``)."""
+    columns = [column.name for column in patterns.columns]
+    statement = f"COPY patterns ({', '.join(columns)}) FROM STDIN"
+    with connection.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[name]) if name == "params" else row[name] for name in columns])
 
 
 def vacuum_analyze(location: Location) -> None:
@@ -164,17 +191,17 @@ def _record(registry: Registry, index: int, size: int) -> tuple[float, int]:
     return time.perf_counter() - start, record.phash
 
 
-def record_share(location: str, blob_root: str, indices: range, size: int) -> list[tuple[float, int]]:
+def record_share(location: str, indices: range, size: int) -> list[tuple[float, int]]:
     """One writer process: record the patterns ``indices``; return each call's seconds and hash."""
-    with Registry.open(location, blob_root=blob_root) as registry:
+    with Registry.open(location) as registry:
         return [_record(registry, index, size) for index in indices]
 
 
-def record_until(location: str, blob_root: str, first: int, step: int, size: int, ready: Any, stop: Any) -> int:
+def record_until(location: str, first: int, step: int, size: int, ready: Any, stop: Any) -> int:
     """One writer process: record patterns first, first + step, ... (saying ``ready`` after the first)
     until ``stop`` is set; return how many."""
     count = 0
-    with Registry.open(location, blob_root=blob_root) as registry:
+    with Registry.open(location) as registry:
         while count == 0 or not stop.is_set():
             _record(registry, first + count * step, size)
             count += 1
@@ -214,13 +241,114 @@ def lookups(registry: Registry, picks: list[int], size: int, hashes: np.ndarray 
     }
 
 
+def commands_memory(location: str, workdir: Path) -> dict[str, float]:
+    """The peak resident memory (MiB) of each registry command, run as its own process on the filled
+    registry: the whole listing (to /dev/null), a sampled verify, a dry-run gc, and a snapshot of the
+    sampled tenant and its export."""
+    commands = {
+        "stats": ["stats"],
+        "list": ["list"],
+        "verify": ["verify", "--sample", "100"],
+        "gc": ["gc", "--dry-run"],
+        "snapshot": ["snapshot", "--name", "memory", "--tenant", SAMPLED_TENANT],
+        "export": ["export", "--snapshot", "memory", "--to", str(workdir / "memory-export")],
+    }
+    peaks = {}
+    for name, arguments in commands.items():
+        peak_file, log = workdir / f"{name}.peak", workdir / f"{name}.log"
+        launch = [sys.executable, "-c", PEAK_LAUNCHER, str(peak_file), *forwardguard("registry", *arguments)]
+        with open(log, "wb") as errors:
+            code = subprocess.run(launch, env=registry_environment(location), stdout=subprocess.DEVNULL, stderr=errors).returncode
+        # The bulk-loaded rows have no blobs: a sample that reaches them says so, and exits 1.
+        if code != 0 and not (name == "verify" and code == 1):
+            raise SystemExit(f"benchmark: `forwardguard registry {name}` failed ({code}):\n{log.read_text()}")
+        peaks[name] = round(int(peak_file.read_text()) / 1024, 1)
+    return peaks
+
+
+# Linux carries the peak of a process's address space across exec, so a command's own ru_maxrss
+# would count this benchmark's memory: each command is started by a small process, which writes
+# that command's peak (ru_maxrss, KiB) to the file argv[1] and exits with its status.
+PEAK_LAUNCHER = """
+import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def serve_memory(location: str, model: str, picks: list[int], size: int, workdir: Path) -> tuple[float, dict[str, float]]:
+    """Start `forwardguard serve` on the filled registry, look each sampled image up through
+    POST /v1/lookup (its PNG, with the perceptual search too), stop it: its peak resident memory
+    (MiB) and the lookups' latency."""
+    from forwardguard.registry.keys import create_key
+
+    with Registry.open(location) as registry:
+        _, key = create_key(registry, tenant=SAMPLED_TENANT)
+    log = workdir / "serve.log"
+    # A burst of every lookup: the default rate limit would answer most of them 429.
+    options = ["--model", model, "--port", "0", "--device", "cpu", "--torch-threads", "1", "--rate-burst", str(len(picks))]
+    with open(log, "wb") as errors:
+        server = subprocess.Popen(
+            forwardguard("serve", *options), env=registry_environment(location), stdout=errors, stderr=subprocess.STDOUT
+        )
+    try:
+        seconds = []
+        with httpx.Client(base_url=server_url(server, log), headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
+            for index in picks:
+                files = {"image": ("image.png", synthetic(index, size)[0], "image/png")}
+                start = time.perf_counter()
+                response = http.post("/v1/lookup", files=files, data={"perceptual": "true"})
+                seconds.append(time.perf_counter() - start)
+                if response.status_code != 200 or not response.json()["matches"]:
+                    raise SystemExit(f"benchmark: the server's lookup of pattern {index}: {response.status_code} {response.text}")
+        peak = peak_so_far_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(600)
+    return peak, percentiles(seconds)
+
+
+def peak_so_far_mib(pid: int) -> float:
+    """The peak resident memory of the running process ``pid`` so far (its VmHWM), in MiB."""
+    found = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"benchmark: /proc/{pid}/status says no VmHWM")
+    return round(int(found.group(1)) / 1024, 1)
+
+
+def forwardguard(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "forwardguard", *arguments]
+
+
+def registry_environment(location: str) -> dict[str, str]:
+    """The environment of a command on the registry: its location in FORWARDGUARD_REGISTRY, where no
+    process listing shows its password."""
+    return os.environ | {"FORWARDGUARD_REGISTRY": location}
+
+
+def server_url(server: subprocess.Popen, log: Path) -> str:
+    """The address ``server`` listens on, once its log says it is running."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text())
+        if found:
+            return found.group(1)
+        if server.poll() is not None:
+            raise SystemExit(f"benchmark: forwardguard serve exited:\n{log.read_text()}")
+        time.sleep(0.1)
+    raise SystemExit(f"benchmark: forwardguard serve did not start within 10 minutes:\n{log.read_text()}")
+
+
 def run(
-    location: str, blob_root: Path, *, records: int, sample: int, writers: int, queries: int, size: int, workdir: Path
+    location: str, *, records: int, sample: int, writers: int, queries: int, size: int, serve_model: str, workdir: Path
 ) -> dict:
     sample = min(sample, records)
     result: dict = {"records": records, "sampled": sample, "image_size": f"{size}x{size}", "writers": writers}
-    Registry.open(location, create=True, blob_root=blob_root).close()
-    with Registry.open(location, blob_root=blob_root) as registry:
+    Registry.open(location, create=True).close()
+    with Registry.open(location) as registry:
         start = time.perf_counter()
         bulk_hashes = bulk_load(registry, records - sample)
         result["bulk_load_rows_per_s"] = round((records - sample) / (time.perf_counter() - start))
@@ -230,21 +358,21 @@ def run(
     context = multiprocessing.get_context("spawn")
     start = time.perf_counter()
     with context.Pool(writers) as pool:
-        shares = [(location, str(blob_root), range(w, sample, writers), size) for w in range(writers)]
+        shares = [(location, range(w, sample, writers), size) for w in range(writers)]
         recorded = [pair for share in pool.starmap(record_share, shares) for pair in share]
     result["insert_per_s"] = round(sample / (time.perf_counter() - start), 1)
     result["insert_latency"] = percentiles([latency for latency, _ in recorded])
     hashes = np.concatenate([bulk_hashes, np.array([phash for _, phash in recorded], dtype=np.int64)])
 
     picks = np.random.default_rng(1).choice(sample, size=min(queries, sample), replace=False).tolist()
-    with Registry.open(location, blob_root=blob_root) as registry:
+    with Registry.open(location) as registry:
         result |= lookups(registry, picks, size, hashes)
         manager = context.Manager()
         ready, stop = manager.Queue(), manager.Event()
         with context.Pool(writers) as pool:
             pending = pool.starmap_async(
                 record_until,
-                [(location, str(blob_root), LOAD_INDEX_BASE + w, writers, size, ready, stop) for w in range(writers)],
+                [(location, LOAD_INDEX_BASE + w, writers, size, ready, stop) for w in range(writers)],
             )
             for _ in range(writers):  # every writer is writing
                 ready.get(timeout=600)
@@ -266,7 +394,16 @@ def run(
         start = time.perf_counter()
         exported = registry.export("sampled", workdir / "export")
         result["export_rows_per_s"] = round(exported.rows / (time.perf_counter() - start), 1)
+
+    serve_peak, result["serve_lookup"] = serve_memory(location, serve_model, picks, size, workdir)
+    result["memory_mib"] = commands_memory(location, workdir) | {"serve": serve_peak}
     return result
+
+
+def default_model() -> str:
+    """TAEF2, from the shared folder beside the repository (or FORWARDGUARD_SHARED)."""
+    shared = Path(os.environ.get("FORWARDGUARD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    return f"taesd:{shared / 'models' / 'taef2'}"
 
 
 def main() -> None:
@@ -278,6 +415,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="Side of the synthetic images, in pixels.")
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"], help="Repeatable; default sqlite.")
     parser.add_argument("--postgres-url", default=os.environ.get("FORWARDGUARD_TEST_POSTGRES_URL"))
+    parser.add_argument("--serve-model", default=default_model(), help="The model `forwardguard serve` loads (default TAEF2).")
     parser.add_argument("--workdir", type=Path, help="Scratch folder (default: a temporary one, removed).")
     args = parser.parse_args()
     for name in ("records", "sample", "writers", "lookups", "size"):
@@ -290,17 +428,18 @@ def main() -> None:
         "writers": args.writers,
         "queries": args.lookups,
         "size": args.size,
+        "serve_model": args.serve_model,
     }
     for backend in args.backend or ["sqlite"]:
         workdir = Path(tempfile.mkdtemp(prefix=f"fg-bench-{backend}-", dir=args.workdir))
         try:
             if backend == "sqlite":
-                result = run(str(workdir / "reg.db"), workdir / "reg.blobs", workdir=workdir, **options)
+                result = run(str(workdir / "reg.db"), workdir=workdir, **options)  # blobs in reg.blobs
             else:
                 if not args.postgres_url:
                     raise SystemExit("benchmark: give --postgres-url or set FORWARDGUARD_TEST_POSTGRES_URL")
                 with postgres_schema(args.postgres_url) as url:
-                    result = run(url, workdir / "blobs", workdir=workdir, **options)
+                    result = run(f"{url}&blobs={workdir / 'blobs'}", workdir=workdir, **options)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         print(json.dumps({"backend": backend} | result), flush=True)
