@@ -87,6 +87,8 @@ class PlantingProbe:
 
     @classmethod
     def build(cls, patterns: SnapshotPatterns, data_images: Sequence[np.ndarray], *, seed: int, samples: int) -> PlantingProbe:
+        """``samples`` patterns (seeded) and synthetic images, and every one of ``data_images`` (the caller
+        reads at most ``samples``)."""
         generator = torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSET)
         chosen = torch.randperm(len(patterns), generator=generator)[:samples].tolist()
         pairs = []
@@ -97,7 +99,7 @@ class PlantingProbe:
             synthetic_image(VALIDATION_SIZE, sample_generator(seed + VALIDATION_SEED_OFFSET, position))[None]
             for position in range(samples)
         ]
-        photos = [to_tensor(_centre(rgb, VALIDATION_SIZE))[None] for rgb in data_images[:samples]]
+        photos = [to_tensor(_centre(rgb, VALIDATION_SIZE))[None] for rgb in data_images]
         return cls(pairs=pairs, validation=[*synthetic, *photos, *(clean for _, clean in pairs)])
 
 
@@ -125,7 +127,7 @@ class Interpolations:
         self.tuned_state = tuned_state
         self.probe = probe
         self.encoder = copy.deepcopy(base_encoder).float().eval().requires_grad_(False)
-        self._loaded: float | None = None
+        self._loaded = 0.0  # the copy holds the base's weights
         self.references = self._encode(probe.validation, 0.0)
         self._ratios: dict[float, float] = {}
         self._drifts: dict[float, float] = {}
