@@ -109,6 +109,12 @@ def taef2(taef2_spec: str):
 
 
 @pytest.fixture(scope="session")
+def taesana_spec(shared_dir: Path) -> str:
+    """The real TAESANA encoder (32x, no decoder): an encoder-only model of another family."""
+    return f"taesd:{shared_dir / 'models' / 'taesana' / 'taesana_encoder.pth'}"
+
+
+@pytest.fixture(scope="session")
 def tiny():
     from forwardguard.models import load_model
 

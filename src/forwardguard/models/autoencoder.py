@@ -1,4 +1,9 @@
-"""An autoencoder-only model (the TAESD family): its "edit" is the reconstruction D(E(x))."""
+"""An autoencoder-only model (the TAESD family): its "edit" is the reconstruction D(E(x)).
+
+Without a decoder (``taesd:ENCODER``, e.g. the TAESANA encoder, of which no decoder exists here) the
+model is encoder-only: it has latents, and so the encoder attack, planting and the eval's latent
+figures, but no edit.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,20 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.models.base import ImageModel
 
 if TYPE_CHECKING:
-    from forwardguard.models.taesd import TAESDDecoder, TAESDEncoder
+    from forwardguard.models.taesd import TAEEncoder, TAESDDecoder
 
 
 class AutoencoderModel(ImageModel):
-    """A TAESD-family encoder, with its decoder when one was given. Images in [0, 1], no scaling."""
+    """A TAESD-family encoder, with its decoder when one was given. Images in [0, 1], no scaling.
 
-    encode_multiple = 8
+    ``encode_multiple`` is the encoder's downsampling: 8, or 32 for TAESANA.
+    """
 
-    def __init__(self, spec: str, encoder: TAESDEncoder, decoder: TAESDDecoder | None) -> None:
+    def __init__(self, spec: str, encoder: TAEEncoder, decoder: TAESDDecoder | None) -> None:
         super().__init__(spec)
         self.encoder = encoder
         self.decoder = decoder
+        self.encode_multiple = encoder.downsampling
 
     @property
     def latent_encoder(self) -> nn.Module:

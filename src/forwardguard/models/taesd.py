@@ -1,17 +1,19 @@
-"""TAESD-family tiny autoencoders (TAESD, TAESDXL, TAESD3, TAEF1, TAEF2) from weight files.
+"""TAESD-family tiny autoencoders (TAESD, TAESDXL, TAESD3, TAEF1, TAEF2) and the TAESANA encoder, from weight files.
 
-The architecture is described in ``shared/models/taef2/MODEL.md``. Both halves are flat
-``nn.Sequential`` modules whose state-dict keys (``<index>.<...>``) are exactly those of the
-published weight files, so a file loads with ``load_state_dict(strict=True)`` and a module saves
-back to the same keys. The variant is read from the weights, never from a file name: the latent
-channels from the shape of the encoder's last conv (or the decoder's first), and which Blocks carry
-a ``pool`` branch (TAEF2) from the keys that contain ``.pool.``.
+The architectures are described in ``shared/models/taef2/MODEL.md`` and ``shared/models/taesana/MODEL.md``.
+Every half is a flat ``nn.Sequential`` module whose state-dict keys (``<index>.<...>``) are exactly those
+of the published weight files, so a file loads with ``load_state_dict(strict=True)`` and a module saves
+back to the same keys. The variant is read from the weights, never from a file name: the encoder's
+family from its first conv (64 output channels: the 8x TAESD encoders; 32: TAESANA, 32x), the latent
+channels from the shape of the encoder's last conv (or the decoder's first), and which Blocks carry a
+``pool`` branch (TAEF2) from the keys that contain ``.pool.``.
 
-Conventions: images are NCHW float in [0, 1] (not [-1, 1] like the Stable Diffusion VAE); the
-encoder downsamples 8x and returns the latent without any scaling factor; the decoder first
-squashes the latent with ``tanh(z / 3) * 3`` and returns an image that is only roughly in [0, 1]:
-it does not clamp its output, so callers clamp when they need valid pixels. Height and width
-should be multiples of 8 for a reconstruction to have the input's size.
+Conventions: images are NCHW float in [0, 1] (not [-1, 1] like the Stable Diffusion VAE); an encoder
+downsamples by its ``downsampling`` (8, or 32 for TAESANA) and returns the latent without any scaling
+factor; the decoder (8x; none is available for TAESANA) first squashes the latent with
+``tanh(z / 3) * 3`` and returns an image that is only roughly in [0, 1]: it does not clamp its output,
+so callers clamp when they need valid pixels. Height and width should be multiples of the
+downsampling for a reconstruction to have the input's size.
 
 A model spec names the files: ``taesd:ENCODER[:DECODER]`` or ``taesd:DIR``.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar, overload
+from typing import ClassVar, TypeVar, overload
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,6 +39,10 @@ POOL_GROUPS = 4
 
 ENCODER_BLOCKS = (1, 3, 4, 5, 7, 8, 9, 11, 12, 13)
 ENCODER_LAST = 14
+TAESANA_FIRST_WIDTH = 32
+TAESANA_BLOCKS = (4, 6, 7, 8, 10, 11, 12, 14, 15, 16)
+TAESANA_LAST = 17
+DECODER_UPSAMPLING = 8
 DECODER_BLOCKS = (3, 4, 5, 8, 9, 10, 13, 14, 15, 18)
 DECODER_FIRST = 1
 CHECKPOINT_SEGMENTS = 4
@@ -47,6 +53,7 @@ PICKLE_SUFFIXES = (".pth", ".pt")
 SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+EncoderT = TypeVar("EncoderT", bound="TAEEncoder")
 
 
 def _conv(n_in: int, n_out: int, *, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -115,14 +122,24 @@ class _Layers(nn.Sequential):
         return super().__getitem__(index)
 
 
-class TAESDEncoder(_Layers):
-    """Image in [0, 1], shape (N, 3, H, W) -> latent (N, latent_channels, H/8, W/8)."""
+class TAEEncoder(_Layers):
+    """Image in [0, 1], shape (N, 3, H, W) -> latent (N, latent_channels, H/d, W/d), d = ``downsampling``.
+
+    The layers: the family's stem, then up to index ``LAST`` a Block at each index of ``BLOCKS`` and a
+    stride-2 conv without bias at each other index, then a conv to the latent channels.
+    """
+
+    downsampling: ClassVar[int]
+    FIRST_WIDTH: ClassVar[int]
+    """The first conv's output channels: what tells the families' weights apart."""
+    BLOCKS: ClassVar[tuple[int, ...]]
+    LAST: ClassVar[int]
 
     def __init__(self, latent_channels: int = 4, pool_blocks: Iterable[int] = ()) -> None:
-        pools = _pool_set(pool_blocks, ENCODER_BLOCKS, "encoder")
-        layers: list[nn.Module] = [_conv(3, WIDTH)]
-        for index in range(1, ENCODER_LAST):
-            if index in ENCODER_BLOCKS:
+        pools = _pool_set(pool_blocks, self.BLOCKS, "encoder")
+        layers = self._stem()
+        for index in range(len(layers), self.LAST):
+            if index in self.BLOCKS:
                 layers.append(Block(use_pool=index in pools))
             else:
                 layers.append(_conv(WIDTH, WIDTH, stride=2, bias=False))
@@ -131,16 +148,63 @@ class TAESDEncoder(_Layers):
         self.latent_channels = latent_channels
         self.pool_blocks = pools
 
+    @staticmethod
+    def _stem() -> list[nn.Module]:
+        """The layers before the first index that the loop of ``__init__`` builds."""
+        raise NotImplementedError
+
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Tensor], source: str = "state dict") -> TAESDEncoder:
+    def from_state_dict(cls: type[EncoderT], state_dict: Mapping[str, Tensor], source: str = "state dict") -> EncoderT:
         """Build the variant the weights describe and load them; ForwardguardError if they are not one."""
-        latent_channels = _channels(state_dict, f"{ENCODER_LAST}.weight", 0, source, "encoder")
-        pools = _pool_indices(state_dict, ENCODER_BLOCKS, source, "encoder")
+        latent_channels = _channels(state_dict, f"{cls.LAST}.weight", 0, source, "encoder")
+        pools = _pool_indices(state_dict, cls.BLOCKS, source, "encoder")
         return _load(cls(latent_channels, pools), state_dict, source, "encoder")
+
+
+class TAESDEncoder(TAEEncoder):
+    """The 8x encoders (TAESD, TAESDXL, TAESD3, TAEF1, TAEF2): 0 conv(3, 64); 1 Block; then three stages."""
+
+    downsampling = 8
+    FIRST_WIDTH = WIDTH
+    BLOCKS = ENCODER_BLOCKS
+    LAST = ENCODER_LAST
+
+    @staticmethod
+    def _stem() -> list[nn.Module]:
+        return [_conv(3, WIDTH)]
+
+
+class TAESANAEncoder(TAEEncoder):
+    """The 32x TAESANA encoder (Sana's DC-AE): 0 conv(3, 32, stride 2); 1 ReLU; 2 conv(32, 64, stride 2);
+    3 ReLU; 4 Block; then three stages."""
+
+    downsampling = 32
+    FIRST_WIDTH = TAESANA_FIRST_WIDTH
+    BLOCKS = TAESANA_BLOCKS
+    LAST = TAESANA_LAST
+
+    @staticmethod
+    def _stem() -> list[nn.Module]:
+        return [_conv(3, TAESANA_FIRST_WIDTH, stride=2), nn.ReLU(), _conv(TAESANA_FIRST_WIDTH, WIDTH, stride=2), nn.ReLU()]
+
+
+ENCODER_FAMILIES: tuple[type[TAEEncoder], ...] = (TAESDEncoder, TAESANAEncoder)
+
+
+def encoder_from_state_dict(state_dict: Mapping[str, Tensor], source: str = "state dict") -> TAEEncoder:
+    """The encoder family the weights describe (read from the first conv's shape), loaded."""
+    width = _channels(state_dict, "0.weight", 0, source, "encoder")
+    families = {family.FIRST_WIDTH: family for family in ENCODER_FAMILIES}
+    if width not in families:
+        known = ", ".join(f"{family.FIRST_WIDTH} for {family.__name__}" for family in ENCODER_FAMILIES)
+        raise ForwardguardError(f"{source} is not a TAESD encoder: its first conv has {width} output channels ({known})")
+    return families[width].from_state_dict(state_dict, source)
 
 
 class TAESDDecoder(_Layers):
     """Latent (N, latent_channels, h, w) -> image (N, 3, 8h, 8w), roughly in [0, 1] (not clamped)."""
+
+    upsampling = DECODER_UPSAMPLING
 
     def __init__(self, latent_channels: int = 4, pool_blocks: Iterable[int] = ()) -> None:
         pools = _pool_set(pool_blocks, DECODER_BLOCKS, "decoder")
@@ -255,10 +319,10 @@ def _freeze(module: nn.Module) -> None:
         parameter.requires_grad_(False)
 
 
-def load_taesd(spec: str) -> tuple[TAESDEncoder, TAESDDecoder | None]:
+def load_taesd(spec: str) -> tuple[TAEEncoder, TAESDDecoder | None]:
     """Load a TAESD-family encoder (and decoder, if the spec names one): float32, eval, frozen."""
     encoder_path, decoder_path = parse_taesd_spec(spec)
-    encoder = TAESDEncoder.from_state_dict(load_state_dict_file(encoder_path), source=str(encoder_path))
+    encoder = encoder_from_state_dict(load_state_dict_file(encoder_path), source=str(encoder_path))
     decoder = None
     if decoder_path is not None:
         decoder = TAESDDecoder.from_state_dict(load_state_dict_file(decoder_path), source=str(decoder_path))
@@ -266,13 +330,17 @@ def load_taesd(spec: str) -> tuple[TAESDEncoder, TAESDDecoder | None]:
             raise ForwardguardError(
                 f"{spec}: encoder gives {encoder.latent_channels} latent channels but decoder expects {decoder.latent_channels}"
             )
+        if decoder.upsampling != encoder.downsampling:
+            raise ForwardguardError(
+                f"{spec}: encoder downsamples {encoder.downsampling}x but decoder upsamples {decoder.upsampling}x: not a pair"
+            )
         _freeze(decoder)
     _freeze(encoder)
     return encoder, decoder
 
 
 def save_taesd(
-    encoder: TAESDEncoder,
+    encoder: TAEEncoder,
     decoder: TAESDDecoder | None,
     out_dir: str | Path,
     *,
