@@ -177,3 +177,28 @@ def test_missing_registry_is_refused_before_any_work(inputs, tmp_path):
     assert result.exit_code == 1
     assert "no registry at" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_encoder_only_model_immunizes_with_the_encoder_attack(inputs, tmp_path, taesana_spec):
+    """TAESANA (32x, no decoder): the encoder attack pads 40x24 and 24x24 images to 32 and writes them at their size."""
+    from forwardguard.models import load_model
+
+    out = tmp_path / "out"
+    result = invoke(str(inputs), "--out", str(out), "--model", taesana_spec, "--steps", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "astronaut.json").read_text())
+    assert record["model_fingerprint"] == load_model(taesana_spec).fingerprint
+    assert record["loss_after"] < record["loss_before"] and record["linf_255"] <= 16
+    assert (read_image(out / "astronaut.png").width, read_image(out / "astronaut.png").height) == (40, 24)
+    assert "2 immunized, 0 failed" in result.output
+
+
+def test_the_diffusion_attack_on_an_encoder_only_model_is_refused_before_any_work(inputs, tmp_path, taesana_spec):
+    result = invoke(str(inputs), "--out", str(tmp_path / "out"), "--model", taesana_spec, "--method", "diffusion")
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [
+        f"error: the diffusion attack needs a Stable Diffusion model; {taesana_spec!r} is an encoder without a decoder"
+        " (use --method encoder)"
+    ], result.output
+    assert not (tmp_path / "out").exists()

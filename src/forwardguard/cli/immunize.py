@@ -139,6 +139,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
 
     from forwardguard.errors import one_line
     from forwardguard.immunize.attack import format_ratio
+    from forwardguard.immunize.objectives import check_method
     from forwardguard.immunize.runner import immunize_files, registry_recorder
     from forwardguard.models import load_model
 
@@ -152,6 +153,7 @@ def _run(files: list[Path], model_spec: str, shard, settings, options, registry:
             recorder = registry_recorder(stack.enter_context(Registry.open(registry)), tenant=tenant)
         with console.status(f"loading {model_spec}") if shard.index == 0 else nullcontext():
             model = load_model(model_spec, device=shard.device)
+        check_method(model, settings.method)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True, disable=shard.index != 0) as progress:
             images_task = progress.add_task("images", total=len(files))

@@ -31,10 +31,17 @@ def bucket_multiple(model: ImageModel, method: str) -> int:
     return _diffusion_model(model).edit_multiple if method == "diffusion" else model.encode_multiple
 
 
+def check_method(model: ImageModel, method: str) -> None:
+    """ForwardguardError when ``method`` cannot run on ``model``: raised before any work is done."""
+    if method == "diffusion":
+        _diffusion_model(model)
+
+
 def _diffusion_model(model: ImageModel) -> DiffusionModel:
     if not isinstance(model, DiffusionModel):
+        kind = "an autoencoder" if model.has_decoder else "an encoder without a decoder"
         raise ForwardguardError(
-            f"the diffusion attack needs a Stable Diffusion model; {model.spec!r} is an autoencoder (use --method encoder)"
+            f"the diffusion attack needs a Stable Diffusion model; {model.spec!r} is {kind} (use --method encoder)"
         )
     return model
 

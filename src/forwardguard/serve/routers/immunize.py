@@ -173,7 +173,8 @@ def _attack_settings(
         return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
 
     if method not in served.methods:
-        raise invalid(f"method {method} needs a Stable Diffusion model; {served.spec} is an autoencoder")
+        methods = ", ".join(served.methods)
+        raise invalid(f"method {method} needs a Stable Diffusion model; {served.spec} is not one (its methods: {methods})")
     if masked and method != "diffusion":
         raise invalid("a mask is for the diffusion attack's inpainting edit: use method diffusion")
     try:
