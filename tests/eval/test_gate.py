@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from forwardguard.cli import app
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.gate import GateResult, Limit, Policy, load_policy
+from forwardguard.eval.gate import GateResult, Limit, Policy, load_policy, verdict
 from forwardguard.eval.gate import gate as gate_report
 from forwardguard.eval.metric_names import METRICS
 from forwardguard.eval.schema import SCHEMA, SCHEMA_VERSION, Report, load_report
@@ -549,3 +549,65 @@ def test_item_10_an_mse_without_a_reference_holds():
     assert not result.released
     (held,) = result.failed
     assert held.rule == "clean_utility" and "has no reference" in held.reason
+
+
+def encoder_only(report: dict) -> None:
+    """The candidate as eval reports an encoder-only model (``taesd:ENCODER``): every latent figure, no edits."""
+    report["models"][0].update(edits=[], edits_not_computed="not computed: no decoder")
+    for c in report["cells"]:
+        if c["model"] == CANDIDATE:
+            c.update(edits={}, edits_not_computed="not computed: no decoder")
+    candidate_clean(report)["edits_not_computed"] = "not computed: no decoder"
+
+
+def test_an_encoder_only_candidate_skips_the_edit_limits_and_is_gated_on_its_latent_figures():
+    report = make_report()
+    encoder_only(report)
+    result = gate(report, POLICY, CANDIDATE)
+    assert result.released
+    (skipped,) = result.skipped
+    assert (skipped.rule, skipped.reason, skipped.passed) == ("immunity.ssim", "not computed: no decoder", False)
+    applied = {(r.rule, r.snapshot, r.transform) for r in result.applied}
+    assert {("immunity.ratio", s, t) for s in ("s1", "s2") for t in ("none", "jpeg_q95")} <= applied
+    assert not any(r.rule == "immunity.ssim" for r in result.applied)
+    assert len(result.applied) == 14  # 18 of a candidate with edits, less its 4 ssim rules
+    assert verdict(result) == f"RELEASE {CANDIDATE}: all 14 rules pass (1 skipped: not applicable)"
+
+    set_ratio("s2", "jpeg_q95", 0.6)(report)  # a latent figure still holds it
+    held = gate(report, POLICY, CANDIDATE)
+    assert not held.released and [(r.rule, r.snapshot, r.transform) for r in held.failed] == [
+        ("immunity.ratio", "s2", "jpeg_q95")
+    ]
+
+
+def test_an_encoder_only_candidate_is_held_when_the_policy_checks_only_edits():
+    report = make_report()
+    encoder_only(report)
+    result = gate(report, Policy(("none",), (Limit("ssim", 0.8), Limit("gmsd", 0.1)), 0.01, 0.05, 0.01, 0.0), CANDIDATE)
+    assert not result.released
+    assert [r.rule for r in result.skipped] == ["immunity.ssim", "immunity.gmsd"]
+    (held,) = result.failed
+    assert held.rule == "immunity" and "add a ratio limit" in held.reason and "not computed: no decoder" in held.reason
+
+
+def test_a_candidate_without_edits_and_without_a_reason_still_holds():
+    report = make_report()
+    report["models"][0]["edits"] = []
+    result = gate(report, POLICY, CANDIDATE)
+    assert not result.released and not result.skipped
+    assert {r.rule for r in result.failed} == {"immunity.ssim"}
+    assert all("lists no edits" in r.reason for r in result.failed)
+
+
+def test_cli_on_an_encoder_only_candidate_prints_the_skipped_rule_and_exits_with_the_verdict(tmp_path):
+    report = make_report()
+    encoder_only(report)
+    card = tmp_path / "README.md"
+    card.write_text("# v2-planted\n")
+    released = invoke(write_report(tmp_path, report), "--model-card", str(card))
+    assert released.exit_code == 0, released.output
+    assert "skipped [1]" in released.stdout and "[1] not computed: no decoder" in released.stdout
+    assert "| immunity.ssim | - | n/a | <= 0.8 | skipped: not computed: no decoder |" in card.read_text()
+    set_ratio("s1", "none", 0.9)(report)
+    held = invoke(write_report(tmp_path, report))
+    assert held.exit_code == 1 and f"HOLD {CANDIDATE}: 1 of 14 rules fail (1 skipped: not applicable)" in held.stdout

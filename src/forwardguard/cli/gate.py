@@ -53,7 +53,7 @@ def print_gate(result) -> None:  # noqa: ANN001  (a GateResult; imported lazily)
     from rich.console import Console
     from rich.table import Table
 
-    from forwardguard.eval.gate import format_limit, format_value, rule_scope, verdict
+    from forwardguard.eval.gate import format_limit, format_value, outcome, rule_scope, verdict
 
     table = Table(title=f"release gate: {_escape(result.candidate)}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("rule", no_wrap=True)
@@ -61,13 +61,15 @@ def print_gate(result) -> None:  # noqa: ANN001  (a GateResult; imported lazily)
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("limit", no_wrap=True)
     table.add_column("result", no_wrap=True)
+    colours = {"pass": "green", "HOLD": "red", "skipped": "yellow"}
     notes = []
     for rule in result.rules:
-        outcome = "[green]pass[/]" if rule.passed else "[red]HOLD[/]"
+        text = outcome(rule)
+        shown = f"[{colours[text]}]{text}[/]"
         if rule.reason:
             notes.append(rule.reason)
-            outcome += f" \\[{len(notes)}]"
-        table.add_row(_escape(rule.rule), _escape(rule_scope(rule)), format_value(rule.value), format_limit(rule), outcome)
+            shown += f" \\[{len(notes)}]"
+        table.add_row(_escape(rule.rule), _escape(rule_scope(rule)), format_value(rule.value), format_limit(rule), shown)
     console = Console()
     if not console.is_terminal:  # a file or a pipe: no terminal to fit, keep each rule on one line
         console = Console(width=140)

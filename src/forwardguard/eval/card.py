@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forwardguard.errors import ForwardguardError
-from forwardguard.eval.gate import GateResult, format_limit, format_value, rule_scope, verdict
+from forwardguard.eval.gate import GateResult, format_limit, format_value, outcome, rule_scope, verdict
 
 
 def check_card(path: Path) -> None:
@@ -30,8 +30,8 @@ def gate_section(result: GateResult, *, policy_path: Path, report_path: Path) ->
         "| --- | --- | --- | --- | --- |",
     ]
     for rule in result.rules:
-        outcome = "pass" if rule.passed else "HOLD" + (f": {rule.reason}" if rule.reason else "")
-        cells = (rule.rule, rule_scope(rule), format_value(rule.value), format_limit(rule), outcome)
+        result_text = outcome(rule) + (f": {rule.reason}" if rule.reason else "")
+        cells = (rule.rule, rule_scope(rule), format_value(rule.value), format_limit(rule), result_text)
         lines.append("| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 

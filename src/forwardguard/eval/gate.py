@@ -34,6 +34,13 @@ What is checked, on the candidate:
   that erases registered pictures whether or not they are immunized passes the ratio limit with
   a small denominator; these rules hold it.
 
+An encoder-only candidate (``taesd:ENCODER``: no decoder, so no edits) has every latent figure but no
+edit metric; its report says why (the model's ``edits_not_computed``, "not computed: no decoder"). A
+limit on an edit metric does not apply to it: the rule is *skipped* with that reason, once per limit,
+and neither passes nor holds; every other rule is applied as usual. A policy whose immunity limits are
+all edit metrics would then check no immunity at all, so for such a candidate it holds, asking for a
+latent limit (``ratio``, ``ratio_p90`` or ``protection_rate``).
+
 Missing data holds: a snapshot without a cell for a listed transform, a missing edit kind, a
 non-finite number (null in the report), a candidate without a reference or without clean-utility
 numbers (eval without ``--clean``) each fail their rule with a reason; so does a latent MSE without
@@ -46,7 +53,7 @@ writes: numbers of over 32 characters, NaN, infinities, deep nesting.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -57,7 +64,8 @@ from forwardguard.eval.schema import NO_TRANSFORM, Cell, CleanUtility, Report, S
 RATIO = "ratio"
 RATIO_P90 = "ratio_p90"
 PROTECTION_RATE = "protection_rate"
-LIMIT_METRICS = (RATIO, RATIO_P90, PROTECTION_RATE, *METRICS)
+LATENT_METRICS = (RATIO, RATIO_P90, PROTECTION_RATE)
+LIMIT_METRICS = (*LATENT_METRICS, *METRICS)
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "immunity": ("transforms", "limits"),
     "clean_utility": ("max_latent_relative_mse",),
@@ -104,8 +112,9 @@ class _Where(TypedDict):
 class RuleResult:
     """One checked rule. ``value`` is None when the data is missing; ``reason`` then says what is missing.
 
-    ``rule``: ``immunity.METRIC`` (per snapshot and transform, and edit for an edit metric),
-    ``immunity`` (a snapshot without a cell for a listed transform, or a report without snapshots),
+    ``rule``: ``immunity.METRIC`` (per snapshot and transform, and edit for an edit metric; skipped once per
+    edit metric for a candidate without edits), ``immunity`` (a snapshot without a cell for a listed
+    transform, a report without snapshots, or a candidate without edits and a policy without a latent limit),
     ``clean_utility`` (latent relative MSE), ``false_trigger`` (rate), or
     ``clean_originals.latent_relative_mse`` and ``clean_originals.false_trigger`` (per snapshot and transform).
     """
@@ -119,6 +128,8 @@ class RuleResult:
     transform: str | None = None
     edit: str | None = None
     reason: str | None = None
+    skipped: bool = False
+    """The rule does not apply to the candidate (``reason`` says why): it neither passes nor holds."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +138,20 @@ class GateResult:
     rules: tuple[RuleResult, ...]
 
     @property
+    def applied(self) -> tuple[RuleResult, ...]:
+        return tuple(rule for rule in self.rules if not rule.skipped)
+
+    @property
+    def skipped(self) -> tuple[RuleResult, ...]:
+        return tuple(rule for rule in self.rules if rule.skipped)
+
+    @property
     def released(self) -> bool:
-        return bool(self.rules) and all(rule.passed for rule in self.rules)
+        return bool(self.applied) and all(rule.passed for rule in self.applied)
 
     @property
     def failed(self) -> tuple[RuleResult, ...]:
-        return tuple(rule for rule in self.rules if not rule.passed)
+        return tuple(rule for rule in self.applied if not rule.passed)
 
 
 def load_policy(path: Path) -> Policy:
@@ -219,12 +238,36 @@ def gate(report: Report, policy: Policy, candidate: str) -> GateResult:
         raise ForwardguardError(f"candidate {candidate!r} is not a model of the report (models: {known})")
     mine = {(cell.snapshot, cell.transform): cell for cell in report.cells if cell.model == candidate}
     names = [snapshot.name for snapshot in report.snapshots]
+    model = by_name[candidate]
+    no_edits = model.edits_not_computed if not model.edits else None
+    applied = policy if no_edits is None else replace(policy, limits=_latent_limits(policy))
     rules = [
-        *_immunity(policy, names, by_name[candidate].edits, mine),
+        *_no_edits(policy, no_edits),
+        *_immunity(applied, names, model.edits, mine),
         *_originals(policy, names, mine, candidate),
         *_clean_rules(policy, next((entry for entry in report.clean if entry.model == candidate), None), candidate),
     ]
     return GateResult(candidate, tuple(rules))
+
+
+def _latent_limits(policy: Policy) -> tuple[Limit, ...]:
+    return tuple(limit for limit in policy.limits if limit.metric in LATENT_METRICS)
+
+
+def _no_edits(policy: Policy, reason: str | None) -> list[RuleResult]:
+    """For a candidate whose edits were not computed (``reason``): each edit-metric limit skipped, and a hold
+    when no latent limit is left to check its immunity."""
+    if reason is None:
+        return []
+    rules = [
+        RuleResult(f"immunity.{limit.metric}", None, limit.threshold, limit.at_most, False, reason=reason, skipped=True)
+        for limit in policy.limits
+        if limit.metric not in LATENT_METRICS
+    ]
+    if not _latent_limits(policy):
+        missing = f"the policy's immunity limits are all edit metrics, and the candidate's edits are {reason}: add a ratio limit"
+        rules.append(RuleResult("immunity", None, None, True, False, reason=missing))
+    return rules
 
 
 def _immunity(policy: Policy, snapshots: list[str], edits: list[str], cells: dict[tuple[str, str], Cell]) -> list[RuleResult]:
@@ -302,14 +345,22 @@ def _clean_rules(policy: Policy, entry: CleanUtility | None, candidate: str) -> 
 
 
 def _check(
-    rule: str, threshold: float, at_most: bool, value: float | None, *, missing: str | None = None, **where: str
+    rule: str,
+    threshold: float,
+    at_most: bool,
+    value: float | None,
+    *,
+    missing: str | None = None,
+    snapshot: str | None = None,
+    transform: str | None = None,
+    edit: str | None = None,
 ) -> RuleResult:
     """``value`` against ``threshold``; a missing value fails with ``missing`` (or a generic reason)."""
     if value is None:
         reason = missing or "missing or not a finite number in the report"
-        return RuleResult(rule, None, threshold, at_most, False, reason=reason, **where)
+        return RuleResult(rule, None, threshold, at_most, False, snapshot, transform, edit, reason)
     passed = value <= threshold if at_most else value >= threshold
-    return RuleResult(rule, value, threshold, at_most, passed, **where)
+    return RuleResult(rule, value, threshold, at_most, passed, snapshot, transform, edit)
 
 
 def _mean(summary: Summary | None) -> float | None:
@@ -334,6 +385,12 @@ def rule_scope(rule: RuleResult) -> str:
 
 
 def verdict(result: GateResult) -> str:
+    skipped = f" ({len(result.skipped)} skipped: not applicable)" if result.skipped else ""
     if result.released:
-        return f"RELEASE {result.candidate}: all {len(result.rules)} rules pass"
-    return f"HOLD {result.candidate}: {len(result.failed)} of {len(result.rules)} rules fail"
+        return f"RELEASE {result.candidate}: all {len(result.applied)} rules pass{skipped}"
+    return f"HOLD {result.candidate}: {len(result.failed)} of {len(result.applied)} rules fail{skipped}"
+
+
+def outcome(rule: RuleResult) -> str:
+    """A rule's result in a table: pass, HOLD or skipped."""
+    return "skipped" if rule.skipped else "pass" if rule.passed else "HOLD"

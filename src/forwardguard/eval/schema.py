@@ -95,7 +95,10 @@ class ModelVersion(_Model):
     reference: str | None
     """The name of the model it is compared with for clean utility (null: none)."""
     edits: list[str]
-    """The model's edit names (img2img, inpaint; an autoencoder's reconstruction)."""
+    """The model's edit names (img2img, inpaint; an autoencoder's reconstruction); empty for an encoder-only model."""
+    edits_not_computed: str | None = None
+    """Why the model has no edits, so no edit metrics anywhere in the report: "not computed: no decoder" for
+    an encoder-only model (``taesd:ENCODER``); null when its edits were computed. Added within schema version 1."""
 
 
 class Attack(_Model):
@@ -218,7 +221,10 @@ class Cell(_Model):
     protection: Protection | None = None
     """Added within schema version 1: a report without it holds a gate rule that needs it."""
     edits: dict[str, EditVersions]
-    """Per edit name."""
+    """Per edit name; empty when ``edits_not_computed`` says why."""
+    edits_not_computed: str | None = None
+    """"not computed: no decoder" when the model is encoder-only (its latent figures are all here, its edit
+    metrics are not); null when its edits were computed. Added within schema version 1."""
     clean_originals: CleanOriginals | None = None
     """Null: the model has no reference. Added within schema version 1."""
     distribution: dict[str, EditDistribution] | None = Field(default=None, exclude_if=_none)
@@ -241,7 +247,10 @@ class CleanUtility(_Model):
     latent_relative_mse: Summary | None
     """To the reference; null without a reference."""
     edits: dict[str, EditUtility]
-    """Per edit name that the reference has too; empty without a reference."""
+    """Per edit name that the reference has too; empty without a reference, or when ``edits_not_computed`` says why."""
+    edits_not_computed: str | None = None
+    """"not computed: no decoder" when the model is encoder-only, "not computed: no decoder in the reference
+    NAME" when its reference is; null otherwise. Added within schema version 1."""
     false_trigger: NoisyTriggers
 
 
