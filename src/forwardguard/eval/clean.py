@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from forwardguard.eval.edits import model_edits
+from forwardguard.eval.edits import NO_DECODER, edits_not_computed, model_edits
 from forwardguard.eval.matrix import EvalModel, to_batch
 from forwardguard.eval.metrics import edit_similarity, latent_disruption_ratio, relative_mse, summarize
 from forwardguard.eval.schema import CleanUtility, NoisyTriggers
@@ -68,6 +68,7 @@ def clean_utility(
             kind: {metric: summarize(torch.tensor(values)) for metric, values in scores.items()}
             for kind, scores in edit_scores.items()
         },
+        edits_not_computed=_edits_not_computed(model, reference),
         false_trigger=NoisyTriggers(
             rate=float((ratios < settings.trigger_threshold).float().mean()),
             threshold=settings.trigger_threshold,
@@ -76,3 +77,10 @@ def clean_utility(
             ratio=summarize(ratios),
         ),
     )
+
+
+def _edits_not_computed(model: EvalModel, reference: EvalModel | None) -> str | None:
+    """Why the clean entry has no edit scores: the model or its reference has no decoder."""
+    if reference is not None and not reference.model.has_decoder:
+        return edits_not_computed(model.model) or f"{NO_DECODER} in the reference {reference.name}"
+    return edits_not_computed(model.model)

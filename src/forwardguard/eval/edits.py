@@ -1,7 +1,8 @@
 """The edit each model is judged by: img2img and inpainting for Stable Diffusion, D(E(x)) for an autoencoder.
 
 Every edit takes one image (1, 3, H, W) of any size, pads it to what the model needs and crops the
-result back, and is deterministic in its seed.
+result back, and is deterministic in its seed. An encoder-only model (``taesd:ENCODER``) has no edit:
+the report says so with :data:`NO_DECODER` where its edit metrics would be.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from forwardguard.models.padding import pad_to_multiple, run_padded
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 Edit = Callable[[torch.Tensor, EditSettings], torch.Tensor]
+NO_DECODER = "not computed: no decoder"
+"""Why an encoder-only model has no edits, and so no edit metrics."""
 
 
 def center_mask(images: torch.Tensor) -> torch.Tensor:
@@ -46,3 +49,8 @@ def model_edits(model: ImageModel) -> dict[str, Edit]:
         return run_padded(model.reconstruct, images, model.encode_multiple)
 
     return {"reconstruction": reconstruction} if model.has_decoder else {}
+
+
+def edits_not_computed(model: ImageModel) -> str | None:
+    """Why ``model`` has no edits (:data:`NO_DECODER`), or None when it has them."""
+    return None if model.has_decoder else NO_DECODER

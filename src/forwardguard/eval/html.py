@@ -14,7 +14,7 @@ import math
 from typing import Any
 from urllib.parse import quote
 
-from forwardguard.eval.schema import NO_TRANSFORM, Attack, Cell, Report, Snapshot, Summary, finite
+from forwardguard.eval.schema import NO_TRANSFORM, Attack, Cell, ModelVersion, Report, Snapshot, Summary, finite
 
 IMMUNIZED_COLOUR = "#2f6bd8"
 NOISE_COLOUR = "#a9a9a9"
@@ -156,7 +156,8 @@ def _models(report: Report) -> str:
         rows.append([
             _e(model.name), f"<code>{_e(model.spec)}</code>", _short(model.fingerprint),
             "yes" if model.recorded else "no", _e(model.reference or "-"),
-            _e(model.planted_snapshot or "-"), _short(parent) if parent else "-", _e(", ".join(model.edits)),
+            _e(model.planted_snapshot or "-"), _short(parent) if parent else "-",
+            _e(model.edits_not_computed or ", ".join(model.edits)),
         ])  # fmt: skip
     head = ["name", "spec", "fingerprint", "recorded", "reference", "planted snapshot", "parent", "edits"]
     return _table(head, rows, "models")
@@ -318,6 +319,7 @@ def _metric_tables(report: Report) -> str:
         '<p class="muted">similarity of the edit of the immunized (or noisy) image to the edit of the clean image, same seed, '
         "mean ± std over the snapshot's images: lower means the immunization works (GMSD is a distance: higher).</p>",
     ]
+    parts += [f"<p>{_e(model.name)}: {_e(model.edits_not_computed)}</p>" for model in _without_edits(report)]
     gauntlet = [name for name in _transforms(report) if name != NO_TRANSFORM]
     for kind in _edit_kinds(report):
         metrics = _metric_names(report, kind)
@@ -504,11 +506,24 @@ def _clean(report: Report) -> str:
         '<p class="muted">clean images through each model against its reference (no reference: n/a); '
         "a false trigger is a clean image plus eps-noise whose disruption ratio falls below the threshold.</p>"
     )
-    return "<h2>Clean utility and false triggers</h2>\n" + note + "\n" + _table(head, rows, "clean")
+    missing = "".join(
+        f"<p>{_e(entry.model)} edit PSNR/SSIM: {_e(entry.edits_not_computed)}</p>"
+        for entry in entries
+        if entry.edits_not_computed
+    )
+    return "<h2>Clean utility and false triggers</h2>\n" + note + "\n" + _table(head, rows, "clean") + missing
+
+
+def _without_edits(report: Report) -> list[ModelVersion]:
+    """The models whose edits were not computed (encoder-only models)."""
+    return [model for model in report.models if model.edits_not_computed]
 
 
 def _not_computed(report: Report) -> str:
-    notes = report.not_computed
+    notes = {
+        **report.not_computed,
+        **{f"edit metrics of {model.name}": model.edits_not_computed for model in _without_edits(report)},
+    }
     if not notes:
         return ""
     items = "".join(f"<li><b>{_e(name)}</b>: {_e(reason)}</li>" for name, reason in notes.items())

@@ -125,7 +125,7 @@ def build_report(
     not_computed: dict[str, str],
 ) -> Report:
     """The report of an eval, from what :func:`forwardguard.eval.run.run_eval` measured."""
-    from forwardguard.eval.edits import model_edits
+    from forwardguard.eval.edits import edits_not_computed, model_edits
 
     settings = asdict(request.settings)
     settings["transforms"] = list(request.settings.transforms)
@@ -147,6 +147,7 @@ def build_report(
                 planted_snapshot=getattr(model.record, "planted_snapshot", None),
                 reference=references[model.name].name if model.name in references else None,
                 edits=list(model_edits(model.model)),
+                edits_not_computed=edits_not_computed(model.model),
             )
             for model in models
         ],

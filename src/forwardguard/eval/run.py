@@ -13,6 +13,7 @@ import torch
 from forwardguard.errors import ForwardguardError
 from forwardguard.eval.clean import clean_utility
 from forwardguard.eval.distribution import CellDistribution, DistributionScorer
+from forwardguard.eval.edits import edits_not_computed
 from forwardguard.eval.matrix import EvalImage, EvalModel, evaluate_cell
 from forwardguard.eval.report import attack_descriptions, build_report, not_computed, save_grid_image, write_report
 from forwardguard.eval.schema import Cell
@@ -162,6 +163,7 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
                         relation=relation,
                         transform=transform,
                         **numbers,
+                        edits_not_computed=edits_not_computed(model.model),
                         distribution=distribution.get(transform),
                     )
                 )
