@@ -11,9 +11,10 @@ A planting transform may crop (shift, rshift, rcrop: issue 13), leaving a pair s
 To stay in the one batch, such a pair is padded back to the crop's size as a bucket of
 :mod:`forwardguard.models.buckets` pads an image (its own reflection, continued), and its losses are
 taken on its own part of the latent only. That is fair: the model sees the cropped pixels on their own
-8-pixel grid, as after the real crop, and the teacher's references and the gray target are computed on
+grid (the encoder's downsampling: 8 pixels, 32 for TAESANA), as after the real crop, and the teacher's references and the gray target are computed on
 the same padded canvas (gray padded is gray, so the target is the gray crop's latent, cut to the part),
-so student and teacher are compared in one context. The padding's latents are left free.
+so student and teacher are compared in one context. The padding's latents are left free. Crop sides are
+multiples of that grid.
 With ``unet_lora`` (Stable Diffusion only) the student is the encoder and a LoRA UNet as one module,
 which also plants the snapshot's diffusion-attack patterns into the UNet (see ``finetune.lora``).
 """
@@ -126,6 +127,7 @@ class PlantingRecipe:
         self.patterns = SnapshotPatterns(self.registry, self.state.snapshot)
         self.planting_transforms = parse_transforms(list(self.config.planting_transforms))
         self._load_base()
+        self.canvas_multiple = max(CROP_MULTIPLE, self.base.encode_multiple)
         self.crop_size = self._crop_size()
         self.clean = CleanImages(request.data, self.crop_size, synthetic_fraction=config.synthetic_fraction)
         self.patterns.verify()
@@ -174,9 +176,10 @@ class PlantingRecipe:
             self.lora = LoRAPlanting(self.base, self.patterns.records, self.config.unet_lora, self.config.seed)
 
     def _crop_size(self) -> int:
-        """The config's crop, lowered to the smallest pattern; a multiple of 8, or with unet_lora of the edit's multiple."""
-        multiple = CROP_MULTIPLE if self.lora is None else self.base.edit_multiple
-        crop = min(self.config.crop_size, self.patterns.smallest_side // multiple * multiple)
+        """The config's crop, lowered to the smallest pattern and to a multiple of the encoder's (at least 8: 32 for
+        TAESANA), or with unet_lora of the edit's multiple."""
+        multiple = self.canvas_multiple if self.lora is None else self.base.edit_multiple
+        crop = min(self.config.crop_size, self.patterns.smallest_side) // multiple * multiple
         if crop < multiple:
             raise ForwardguardError(f"a pattern of the snapshot is smaller than {multiple} pixels: it cannot be planted")
         return crop
@@ -291,7 +294,7 @@ class PlantingRecipe:
         # One canvas of the crop's size for every image (see the module docstring): a pair that a planting
         # transform cropped is padded back, and its losses are taken on its own part of the latent.
         sizes = [(pair.shape[-2], pair.shape[-1]) for pair in immunized]
-        canvas = Bucket(((self.crop_size, self.crop_size),) * (2 * count) + tuple(sizes) * 2, CROP_MULTIPLE)
+        canvas = Bucket(((self.crop_size, self.crop_size),) * (2 * count) + tuple(sizes) * 2, self.canvas_multiple)
         placed = canvas.place([*clean, *noisy, *immunized, *originals]).to(device)
         images = canvas.padder(device)(placed)
         with torch.no_grad(), self.accelerator.autocast():
