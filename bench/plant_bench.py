@@ -4,16 +4,21 @@
     .venv/bin/python bench/plant_bench.py --max-steps 150 --crop-size 96 --json plant.json
     .venv/bin/python bench/plant_bench.py --clean-photos 2 --no-throughput   # as few clean photos as the demo
     .venv/bin/python bench/plant_bench.py --config my-recipe.yaml            # another recipe (a plant config)
+    .venv/bin/python bench/plant_bench.py --config configs/plant-free-edits.yaml --no-throughput --attack-steps 200 \
+        --registered motorcycle_left,retina,cell --unregistered motorcycle_right,microaneurysms   # other photos
 
-Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps,
-128x128, as taef2-v2's MODEL.md measures). Four are recorded and planted into taef2-v2; two more are
-immunized the same way but not recorded (how far the planting generalizes). Reported: the disruption
-ratio of each image under v1, taef2-v2 and the planted model (and the planted model's ratio with
-taef2-v2's clean latent as the denominator, which a model that erases the pictures cannot shrink);
-the latent relative MSE to taef2-v2 of the clean originals of the registered images (a planting that
-learned the pictures instead of the perturbation moves them); the planted model's latent relative
-MSE to taef2-v2 and its ratio on clean + eps-noise images, on held-out photos; then samples per second
-of short planting runs with 1 and 2 processes (torchrun on the CPU, gloo).
+Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps as
+taef2-v2's MODEL.md measures, or ``--attack-steps``; 128x128). Four are recorded and planted into
+taef2-v2; two more are immunized the same way but not recorded (how far the planting generalizes);
+``--registered`` and ``--unregistered`` name others (a loader of ``skimage.data``, or the stem of a
+file of its data folder). Reported: the disruption ratio of each image under v1, taef2-v2 and the
+planted model (and the planted model's ratio with taef2-v2's clean latent as the denominator, which a
+model that erases the pictures cannot shrink); the latent relative MSE to taef2-v2 of the clean
+originals of the immunized images (a planting that learned the pictures instead of the perturbation
+moves them); the planted model's ratio of every immunized photo after each of issue 13's free edits
+(``FREE_EDITS``); the planted model's latent relative MSE to taef2-v2 and its ratio on clean +
+eps-noise images, on held-out photos; then samples per second of short planting runs with 1 and 2
+processes (torchrun on the CPU, gloo).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 from skimage import data
+from skimage.io import imread
 
 from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
@@ -45,6 +51,7 @@ from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
+from forwardguard.transforms import apply, parse_transform
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTERED = ("astronaut", "coffee", "chelsea", "rocket")
@@ -52,15 +59,35 @@ UNREGISTERED = ("camera", "immunohistochemistry")
 CLEAN_TRAINING = ("brick", "hubble_deep_field", "grass", "gravel", "moon", "coins", "clock", "astronaut", "coffee", "chelsea")
 """Clean photos planting distills on; --clean-photos N takes the first N (the first two are none of the registered ones)."""
 HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel", "page", "text")
+FREE_EDITS = (
+    "none",
+    *(f"shift_{pixels}" for pixels in range(1, 8)),
+    "hflip",
+    "rotate_5",
+    "rcrop_0.8",
+    "jpeg_q75",
+    "resize_0.5",
+    "jpeg_q75+shift_3",
+)
+"""Issue 13's edits that cost an adversary nothing: every phase of the 8-pixel grid, a mirror, a small
+rotation, a random crop, re-encoding and rescaling; the planted worst case over the registered photos
+after each must be at most 0.10."""
 
 
 def photo(name: str, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(getattr(data, name)()).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    """A scikit-image photo by its loader's name, or by its file's stem (``motorcycle_left``), as RGB ``size`` x ``size``."""
+    loader = getattr(data, name, None)
+    pixels = loader() if callable(loader) else imread(next(Path(data.data_dir).glob(f"{name}.*")))
+    return np.asarray(Image.fromarray(pixels).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
 
 
-def ratio(model, immunized: np.ndarray, clean: np.ndarray, reference=None) -> float:  # noqa: ANN001
-    """The disruption ratio; with ``reference``, its clean latent is the denominator's."""
+def ratio(model, immunized: np.ndarray, clean: np.ndarray, reference=None, edit: str = "none") -> float:  # noqa: ANN001
+    """The disruption ratio after ``edit`` (both images edited alike, at the size the model sees); with
+    ``reference``, its clean latent is the denominator's."""
     x, x_imm = to_batch(clean, model.device), to_batch(immunized, model.device)
+    if edit != "none":
+        transform = parse_transform(edit)
+        x, x_imm = (apply(transform, image, generator=torch.Generator().manual_seed(0)) for image in (x, x_imm))
     with torch.no_grad():
         target = encode(model, gray_image(x.shape, x.device))
         return float(latent_disruption_ratio(encode(model, x_imm), encode(reference or model, x), target)[0])
@@ -72,20 +99,30 @@ def drift(model, reference, rgb: np.ndarray) -> float:  # noqa: ANN001
         return float(relative_mse(encode(model, x), encode(reference, x))[0])
 
 
-def quality(shared: Path, work: Path, recipe: Path, overrides: dict, clean_photos: int) -> dict:
+def quality(
+    shared: Path,
+    work: Path,
+    recipe: Path,
+    overrides: dict,
+    *,
+    clean_photos: int,
+    registered: list[str],
+    unregistered: list[str],
+    attack_steps: int,
+) -> dict:
     v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
     v2_spec = (
         f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
     )
     v1 = load_model(v1_spec)
-    attack = AttackSettings(steps=60)
+    attack = AttackSettings(steps=attack_steps)
     pairs = {}
     with Registry.open(work / "reg.db", create=True) as registry:
-        for name in (*REGISTERED, *UNREGISTERED):
+        for name in (*registered, *unregistered):
             clean = photo(name, 128)
             result = immunize([LoadedImage(rgb=clean, alpha=None, path=None)], v1, attack)[0]
             pairs[name] = (result.rgb, clean)
-            if name in REGISTERED:
+            if name in registered:
                 record_immunized(
                     registry,
                     result,
@@ -117,9 +154,10 @@ def quality(shared: Path, work: Path, recipe: Path, overrides: dict, clean_photo
     for name, (immunized, clean) in pairs.items():
         rows[name]["planted / taef2-v2 clean"] = ratio(planted, immunized, clean, reference=v2)
         rows[name]["clean original drift"] = drift(planted, v2, clean)
+    free_edits = {name: {edit: ratio(planted, *pairs[name], edit=edit) for edit in FREE_EDITS} for name in pairs}
     held_out = {}
     with torch.no_grad():
-        for index, name in enumerate(HELD_OUT):
+        for index, name in enumerate(name for name in HELD_OUT if name not in pairs):
             clean = to_batch(photo(name, 128), planted.device)
             target = encode(planted, gray_image(clean.shape, clean.device))
             noisy = [noisy_copy(clean, 16 / 255, torch.Generator().manual_seed(index * 10 + d)) for d in range(3)]
@@ -133,9 +171,15 @@ def quality(shared: Path, work: Path, recipe: Path, overrides: dict, clean_photo
         "steps": planted_result.steps,
         "interpolation": planted_result.interpolation.describe(),
         "ratios": rows,
-        "registered": list(REGISTERED),
+        "attack_steps": attack_steps,
+        "registered": registered,
+        "free_edits": free_edits,
         "held_out": held_out,
     }
+
+
+def names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def throughput(work: Path, shared: Path, steps: int) -> dict:
@@ -196,12 +240,26 @@ def main() -> None:
     parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--no-throughput", action="store_true", help="skip the 1- and 2-process throughput runs")
     parser.add_argument("--clean-photos", type=int, default=len(CLEAN_TRAINING), help="clean photos planting distills on")
+    parser.add_argument("--registered", default=",".join(REGISTERED), help="photos immunized and planted, comma-separated")
+    parser.add_argument("--unregistered", default=",".join(UNREGISTERED), help="photos immunized alike but not planted")
+    parser.add_argument(
+        "--attack-steps", type=int, default=60, help="encoder attack steps against TAEF2 (the default attack: 200)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "crop_size": args.crop_size}.items() if v is not None}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        result = quality(args.shared, work, args.config, overrides, args.clean_photos)
+        result = quality(
+            args.shared,
+            work,
+            args.config,
+            overrides,
+            clean_photos=args.clean_photos,
+            registered=names(args.registered),
+            unregistered=names(args.unregistered),
+            attack_steps=args.attack_steps,
+        )
         result["throughput"] = {} if args.no_throughput else throughput(work, args.shared, args.throughput_steps)
     console = Console()
     columns = ("v1", "taef2-v2", "planted", "planted / taef2-v2 clean", "clean original drift")
@@ -213,6 +271,12 @@ def main() -> None:
     for name, ratios in result["ratios"].items():
         table.add_row(name, "yes" if name in result["registered"] else "no", *(f"{ratios[k]:.3f}" for k in columns))
     console.print(table)
+    edits = Table("edit", *result["free_edits"], "worst registered", title="planted disruption ratio after free edits")
+    for edit in FREE_EDITS:
+        values = {name: by_edit[edit] for name, by_edit in result["free_edits"].items()}
+        worst = max(value for name, value in values.items() if name in result["registered"])
+        edits.add_row(edit, *(f"{value:.3f}" for value in values.values()), f"{worst:.3f}")
+    console.print(edits)
     held = Table(
         "held-out photo", "latent rel. MSE to taef2-v2", "min ratio, clean + eps noise", title="clean use of the planted model"
     )
