@@ -110,3 +110,27 @@ def test_pattern_pairs_are_measured_on_a_centre_crop_on_their_own_8_pixel_grid(s
     top, left = np.argwhere(rgb[..., 0] == crop[0, 0, 0])[0]
     assert top % 8 == 0 and left % 8 == 0
     assert abs(top + crop.shape[0] / 2 - shape[0] / 2) <= 8 and abs(left + crop.shape[1] / 2 - shape[1] / 2) <= 8
+
+
+class SidesOf32(torch.nn.Module):
+    """A 32x encoder stand-in that refuses sides off its multiple, as a strided encoder would misalign them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, kernel_size=32, stride=32)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.shape[-2] % 32 == 0 and images.shape[-1] % 32 == 0, images.shape
+        return self.conv(images)
+
+
+def test_the_probe_pads_images_to_the_encoders_multiple() -> None:
+    from forwardguard.finetune.interpolation import PlantingProbe
+
+    encoder = SidesOf32()
+    pair = (torch.rand(1, 3, 40, 72), torch.rand(1, 3, 40, 72))
+    probe = PlantingProbe(pairs=[pair], validation=[torch.rand(1, 3, 50, 50)])
+    tuned = {key: value + 0.1 for key, value in encoder.state_dict().items()}
+    interpolations = Interpolations(encoder, tuned, probe, multiple=32)
+    assert interpolations.drift(1.0) > 0
+    assert interpolations.ratio(1.0) >= 0

@@ -34,6 +34,7 @@ from forwardguard.finetune.data import SnapshotPatterns, cover, sample_generator
 from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.images import to_tensor
 from forwardguard.measures import disruption_ratio, gray_image, relative_mse
+from forwardguard.models.padding import pad_to_multiple
 
 GRID = tuple(round(0.5 + 0.02 * step, 2) for step in range(26))
 """The interpolations ``auto`` chooses from: 0.50, 0.52, ..., 1.00."""
@@ -121,8 +122,13 @@ def _grid_centre(rgb: np.ndarray, side: int) -> np.ndarray:
 class Interpolations:
     """The encoders between the base and the trained weights, each measured once on a probe."""
 
-    def __init__(self, base_encoder: torch.nn.Module, tuned_state: dict[str, torch.Tensor], probe: PlantingProbe) -> None:
+    def __init__(
+        self, base_encoder: torch.nn.Module, tuned_state: dict[str, torch.Tensor], probe: PlantingProbe, *, multiple: int
+    ) -> None:
+        """``multiple``: the encoder's side multiple (8, 32 for TAESANA): images are padded to it, as
+        :func:`forwardguard.models.padding.encode` pads them."""
         self.device = next(base_encoder.parameters()).device
+        self.multiple = multiple
         self.base_state = {key: value.detach().float().clone() for key, value in base_encoder.state_dict().items()}
         self.tuned_state = tuned_state
         self.probe = probe
@@ -169,7 +175,8 @@ class Interpolations:
             by_shape.setdefault(tuple(image.shape), []).append(index)
         with torch.no_grad():
             for indexes in by_shape.values():
-                batch = self.encoder(torch.cat([images[index] for index in indexes]).to(self.device))
+                batch = torch.cat([images[index] for index in indexes]).to(self.device)
+                batch = self.encoder(pad_to_multiple(batch, self.multiple)[0])
                 for index, latent in zip(indexes, batch):
                     latents[index] = latent[None]
         return latents

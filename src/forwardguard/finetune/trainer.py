@@ -380,7 +380,7 @@ class PlantingRecipe:
             seed=config.seed,
             samples=config.auto_interpolation.samples,
         )
-        interpolations = Interpolations(self.teacher, trained, probe)
+        interpolations = Interpolations(self.teacher, trained, probe, multiple=self.base.encode_multiple)
         if config.weight_interpolation == "auto":
             auto = config.auto_interpolation
             return interpolations.choose(ratio_target=auto.ratio_target, drift_budget=auto.drift_budget)
