@@ -4,7 +4,7 @@
     .venv/bin/python bench/plant_bench.py --max-steps 150 --crop-size 96 --json plant.json
     .venv/bin/python bench/plant_bench.py --clean-photos 2 --no-throughput   # as few clean photos as the demo
     .venv/bin/python bench/plant_bench.py --config my-recipe.yaml            # another recipe (a plant config)
-    .venv/bin/python bench/plant_bench.py --config configs/plant-free-edits.yaml --no-throughput --attack-steps 200 \
+    .venv/bin/python bench/plant_bench.py --config bench/recipes/plant-free-edits.yaml --no-throughput --attack-steps 200 \
         --registered motorcycle_left,retina,cell --unregistered motorcycle_right,microaneurysms   # other photos
 
 Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps as
