@@ -89,3 +89,21 @@ def test_verify_options_on_the_command_line(paged: tuple[Registry, list[str], li
     result = cli(*args, "--after", ids[9])
     assert result.exit_code == 0 and result.stdout.startswith("2 patterns")
     _assert_one_line_error(cli(*args, "--shard", "one/2"), "--shard must be I/N")
+
+
+def test_keyset_pages_list_every_pattern_once_in_order(registry: Registry) -> None:
+    for i in range(7):
+        registry.record_pattern(**random_image(i).record_args())
+    everything = [record.id for record in registry.list_patterns()]
+    pages, after = [], None
+    while True:
+        page = [record.id for record in registry.list_patterns(limit=3, after=after)]
+        pages.append(page)
+        if len(page) < 3:
+            break
+        after = page[-1]
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert [pattern for page in pages for pattern in page] == everything
+    assert registry.list_patterns(after=everything[-1]) == []
+    with pytest.raises(ForwardguardError, match="no pattern"):
+        registry.list_patterns(after="ab" * 32)

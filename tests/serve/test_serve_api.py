@@ -110,6 +110,11 @@ def test_robust_immunization_is_recorded_with_its_mix(server: str, served_regist
         ids = [response.headers["x-pattern-id"] for response in responses]
         assert len(set(ids)) == 3, "the robust attacks must perturb the image differently from the plain one"
         shown = http.get(f"/v1/patterns/{ids[1]}").json()["params"]
+        first = http.get("/v1/patterns", params={"limit": 2}).json()
+        rest = http.get("/v1/patterns", params={"limit": 2, "after": first["next_after"]}).json()
+        assert [p["id"] for p in first["patterns"] + rest["patterns"]] == ids, "keyset pages, oldest first"
+        assert first["next_after"] == ids[1] and rest["next_after"] is None
+        assert http.get("/v1/patterns", params={"after": "ab" * 32}).status_code == 404
 
     with Registry.open(served_registry) as registry:
         params = [registry.get_pattern(pattern_id).params for pattern_id in ids]

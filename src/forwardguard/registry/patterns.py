@@ -52,7 +52,9 @@ class NewPattern(TypedDict):
 
 class PatternFilter(TypedDict, total=False):
     """Which patterns :func:`iter_patterns` yields: those matching every given filter, oldest first,
-    ``limit`` of them (all when None) after skipping ``offset``."""
+    ``limit`` of them (all when None) after skipping ``offset``, and only those after the pattern
+    ``after`` (a full id) in that order: keyset paging, which reads from the ``(created_at, id)`` index
+    where it left off instead of skipping ``offset`` rows again for every page."""
 
     tenant: str | None
     method: str | None
@@ -61,6 +63,7 @@ class PatternFilter(TypedDict, total=False):
     snapshot: str | None
     limit: int | None
     offset: int
+    after: str | None
 
 
 def record_pattern(storage: Storage, **pattern: Unpack[NewPattern]) -> PatternRecord:
@@ -127,6 +130,13 @@ def iter_patterns(storage: Storage, *, batch_size: int = 1000, **filters: Unpack
     ):
         if value is not None:
             query = query.where(column == value)
+    after = filters.get("after")
+    if after is not None:
+        last = get_pattern(storage, after)
+        query = query.where(
+            sa.tuple_(patterns.c.created_at, patterns.c.id)
+            > sa.tuple_(sa.literal(last.created_at, patterns.c.created_at.type), sa.literal(last.id, patterns.c.id.type))
+        )
     query = query.order_by(patterns.c.created_at, patterns.c.id)
     query = query.limit(filters.get("limit")).offset(filters.get("offset", 0))
     with storage.read() as connection:

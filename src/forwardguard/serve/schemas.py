@@ -48,6 +48,10 @@ class Pattern(BaseModel):
 
 class PatternList(BaseModel):
     patterns: list[Pattern]
+    next_after: str | None = Field(
+        None,
+        description="The last pattern's id when the page is full: pass it as `after` for the next page (null on the last page).",
+    )
 
 
 class PatternMatch(BaseModel):

@@ -27,13 +27,23 @@ def list_patterns(
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after: Annotated[
+        str | None,
+        Query(pattern="^[0-9a-f]{64}$", description="A page's `next_after`: the patterns after that one (keyset paging)."),
+    ] = None,
 ) -> PatternList:
-    """The caller's patterns, oldest first."""
+    """The caller's patterns, oldest first. Page with ``after`` (each page's ``next_after``): it reads on
+    from where the last page ended, where ``offset`` skips every earlier row again."""
+    if after is not None:
+        previous = _find(state, after)
+        if previous is None or previous.tenant != key.tenant:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pattern {after}")
     try:
-        records = state.registry.list_patterns(tenant=key.tenant, limit=limit, offset=offset)
+        records = state.registry.list_patterns(tenant=key.tenant, limit=limit, offset=offset, after=after)
     except ForwardguardError as error:
         raise _unavailable(error) from None
-    return PatternList(patterns=[Pattern.of(record) for record in records])
+    next_after = records[-1].id if len(records) == limit else None
+    return PatternList(patterns=[Pattern.of(record) for record in records], next_after=next_after)
 
 
 @router.get(
