@@ -25,7 +25,9 @@ def models(taef2) -> tuple[EvalModel, EvalModel]:
     """The real TAEF2 encoder, and the same encoder behind a shrink towards gray."""
     encoder = taef2.encoder
     base = AutoencoderModel("base", encoder, None)
-    eraser = AutoencoderModel("eraser", nn.Sequential(TowardsGray(), encoder), None)
+    erasing = nn.Sequential(TowardsGray(), encoder)
+    erasing.downsampling = encoder.downsampling  # what AutoencoderModel reads its encoder's multiple from
+    eraser = AutoencoderModel("eraser", erasing, None)
     return EvalModel("base", "base", base), EvalModel("eraser", "eraser", eraser)
 
 
