@@ -198,7 +198,8 @@ def test_a_tenant_sees_only_its_own_patterns(server: str, served_registry: Path)
         hidden = intruder.get(f"/v1/patterns/{pattern_id}")
         missing = intruder.get(f"/v1/patterns/{'0' * 64}")
         assert hidden.status_code == missing.status_code == 404
-        assert intruder.get("/v1/patterns").json() == {"patterns": []}
+        assert intruder.get("/v1/patterns").json() == {"patterns": [], "next_after": None}
+        assert intruder.get("/v1/patterns", params={"after": pattern_id}).status_code == 404, "nor does its cursor"
         before = pattern_count(served_registry)
         # The same image, method and seed: the same picture, recorded as the intruder's own pattern.
         duplicate = immunize(intruder, image, method="noise")
