@@ -10,10 +10,11 @@ run sees exactly the samples the interrupted one would have seen, and ``w`` proc
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,9 +23,6 @@ from PIL import Image
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
-
-if TYPE_CHECKING:
-    from forwardguard.registry import PatternRecord
 
 CROP_MULTIPLE = 8
 """A crop's side is a multiple of the encoders' 8. Where a pattern crop starts is the plant config's
@@ -192,13 +190,50 @@ class PlantingSample:
     pattern_id: str
 
 
-class SnapshotPatterns:
-    """The patterns a snapshot froze, read from the registry once (the read verifies the blob's hash) and kept."""
+PIXEL_CACHE_BYTES = 256 * 2**20
+"""The pixels of recently drawn patterns a process keeps: 256 MiB (about 2,700 pairs of 128x128
+images, 40 of 1024x1024). Planting memory does not grow with the number of patterns beyond their
+records; a pattern that left the cache is read again (and its hash verified again) when drawn."""
 
-    def __init__(self, registry, snapshot: str) -> None:  # noqa: ANN001 (Registry)
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+class PixelCache:
+    """The least recently used (immunized, clean) pixel pairs, by pattern index, within ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._pairs: OrderedDict[int, Pair] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def get(self, index: int, load: Callable[[], Pair]) -> Pair:
+        if index in self._pairs:
+            self._pairs.move_to_end(index)
+            return self._pairs[index]
+        pair = load()
+        self._pairs[index] = pair
+        self.bytes += _nbytes(pair)
+        while self.bytes > self.max_bytes:
+            _, oldest = self._pairs.popitem(last=False)
+            self.bytes -= _nbytes(oldest)
+        return pair
+
+
+def _nbytes(pair: Pair) -> int:
+    return sum(array.nbytes for array in pair)
+
+
+class SnapshotPatterns:
+    """The patterns a snapshot froze: their records, and the pixels of the recently drawn ones
+    (:class:`PixelCache`, ``cache_bytes``), each read from the registry with its blob's hash verified."""
+
+    def __init__(self, registry, snapshot: str, *, cache_bytes: int = PIXEL_CACHE_BYTES) -> None:  # noqa: ANN001 (Registry)
         self.registry = registry
         self.records = registry.snapshot_patterns(snapshot)
-        self._pixels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.cache = PixelCache(cache_bytes)
         if not self.records:
             raise ForwardguardError(f"snapshot {snapshot!r} holds no patterns: nothing to plant")
         unsupported = [record for record in self.records if record.target != "gray"]
@@ -213,16 +248,17 @@ class SnapshotPatterns:
         return len(self.records)
 
     def verify(self) -> None:
-        """Read every pattern once, so that a corrupted blob stops the run before training."""
+        """Read every pattern once, keeping none, so that a corrupted blob stops the run before training."""
         for record in self.records:
-            self.pixels(record)
+            self.registry.load_sample(record)
 
-    def pixels(self, record: PatternRecord) -> tuple[np.ndarray, np.ndarray]:
-        """A pattern's (immunized, clean) pixels, read from the registry (hash verified) the first time only."""
-        if record.id not in self._pixels:
-            sample = self.registry.load_sample(record)
-            self._pixels[record.id] = (sample.immunized, sample.clean)
-        return self._pixels[record.id]
+    def pixels(self, index: int) -> Pair:
+        """The (immunized, clean) pixels of pattern ``index`` of :attr:`records`."""
+        return self.cache.get(index, lambda: self._read(index))
+
+    def _read(self, index: int) -> Pair:
+        sample = self.registry.load_sample(self.records[index])
+        return sample.immunized, sample.clean
 
     @property
     def max_eps(self) -> float:
@@ -233,6 +269,6 @@ class SnapshotPatterns:
         return min(min(record.width, record.height) for record in self.records)
 
     def crop(self, position: int, seed: int, size: int, grid: int = CROP_MULTIPLE) -> PlantingSample:
-        record = self.records[index_at(position, len(self.records), seed + 1)]
-        immunized, clean = paired_crop(list(self.pixels(record)), size, sample_generator(seed, position), grid)
-        return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=record.id)
+        index = index_at(position, len(self.records), seed + 1)
+        immunized, clean = paired_crop(list(self.pixels(index)), size, sample_generator(seed, position), grid)
+        return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=self.records[index].id)

@@ -94,7 +94,7 @@ class PlantingProbe:
         chosen = torch.randperm(len(patterns), generator=generator)[:samples].tolist()
         pairs = []
         for index in sorted(chosen):
-            immunized, clean = (to_tensor(_grid_centre(rgb, PAIR_SIDE))[None] for rgb in patterns.pixels(patterns.records[index]))
+            immunized, clean = (to_tensor(_grid_centre(rgb, PAIR_SIDE))[None] for rgb in patterns.pixels(index))
             pairs.append((immunized, clean))
         synthetic = [
             synthetic_image(VALIDATION_SIZE, sample_generator(seed + VALIDATION_SEED_OFFSET, position))[None]
