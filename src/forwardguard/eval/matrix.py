@@ -21,7 +21,7 @@ protection threshold: the mean hides a few unprotected images, this rate counts 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,7 +81,7 @@ def _transform(transform: AnyTransform | None, images: torch.Tensor, seed: int) 
 @torch.no_grad()
 def evaluate_cell(
     model: EvalModel,
-    images: list[EvalImage],
+    images: Iterable[EvalImage],
     settings: EvalSettings,
     *,
     reference: EvalModel | None = None,

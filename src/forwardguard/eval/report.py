@@ -30,8 +30,9 @@ from forwardguard.eval.schema import (
 if TYPE_CHECKING:
     import torch  # gate reads reports without torch
 
-    from forwardguard.eval.matrix import EvalImage, EvalModel
+    from forwardguard.eval.matrix import EvalModel
     from forwardguard.eval.settings import EvalRequest
+    from forwardguard.eval.snapshot_images import SnapshotImages
     from forwardguard.registry import PatternRecord, SnapshotRecord
 
 REPORT_FILE = "report.json"
@@ -118,7 +119,7 @@ def build_report(
     snapshots: dict[str, SnapshotRecord],
     made_against: dict[str, list[str]],
     attacks: dict[str, list[Attack]],
-    images: dict[str, list[EvalImage]],
+    images: dict[str, SnapshotImages],
     cells: list[Cell],
     clean: list[CleanUtility],
     grids: list[GridRow],
@@ -157,7 +158,7 @@ def build_report(
                 patterns=record.pattern_count,
                 evaluated=len(images[name]),
                 made_against=made_against[name],
-                eps=max(image.eps for image in images[name]),
+                eps=images[name].eps,
                 attacks=attacks[name],
             )
             for name, record in snapshots.items()

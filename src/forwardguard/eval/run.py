@@ -14,15 +14,16 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.eval.clean import clean_utility
 from forwardguard.eval.distribution import CellDistribution, DistributionScorer
 from forwardguard.eval.edits import edits_not_computed
-from forwardguard.eval.matrix import EvalImage, EvalModel, evaluate_cell
+from forwardguard.eval.matrix import EvalModel, evaluate_cell
 from forwardguard.eval.report import attack_descriptions, build_report, not_computed, save_grid_image, write_report
 from forwardguard.eval.schema import Cell
 from forwardguard.eval.settings import EvalRequest, ModelArg
+from forwardguard.eval.snapshot_images import SnapshotImages
 from forwardguard.models import load_model
 from forwardguard.models.stable_diffusion import DiffusionModel
 
 if TYPE_CHECKING:
-    from forwardguard.registry import PatternRecord, Registry
+    from forwardguard.registry import Registry
 
 
 def _load_models(args: tuple[ModelArg, ...], registry: Registry, device: torch.device) -> list[EvalModel]:
@@ -81,17 +82,6 @@ def _references(
     return references
 
 
-def _snapshot_images(registry: Registry, name: str, records: list[PatternRecord]) -> list[EvalImage]:
-    """``records``, the evaluated patterns of snapshot ``name``, as images; an empty snapshot is refused."""
-    if not records:
-        raise ForwardguardError(f"snapshot {name!r} holds no patterns: nothing to evaluate")
-    images = []
-    for record in records:
-        sample = registry.load_sample(record)
-        images.append(EvalImage(record.id, sample.immunized, sample.clean, float(record.params.get("eps", 16 / 255))))
-    return images
-
-
 def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Callable[[int, int], None] | None = None) -> Path:
     """Evaluate and write the report; returns the path of ``report.json``.
 
@@ -119,74 +109,74 @@ def run_eval(request: EvalRequest, *, overwrite: bool = False, on_progress: Call
         snapshots = {name: registry.get_snapshot(name) for name in snapshot_names}
         patterns = {name: registry.snapshot_patterns(name) for name in snapshot_names}
         evaluated = {name: patterns[name][: request.settings.max_images] for name in snapshot_names}
-        images = {name: _snapshot_images(registry, name, evaluated[name]) for name in snapshot_names}
+        images = {name: SnapshotImages(registry, name, evaluated[name]) for name in snapshot_names}
         made_against = {name: sorted({r.model_fingerprint for r in patterns[name]}) for name in snapshot_names}
         attacks = {name: attack_descriptions(evaluated[name]) for name in snapshot_names}
         makers = {fingerprint for fingerprints in made_against.values() for fingerprint in fingerprints}
         models = _newest_first(_load_models(request.models, registry, device), makers)
         references = _references(models, request.references, registry, device)
 
-    total = sum(len(images[name]) for name in snapshot_names) * len(models) + len(clean_images) * len(models)
-    done = 0
+        total = sum(len(images[name]) for name in snapshot_names) * len(models) + len(clean_images) * len(models)
+        done = 0
 
-    def advance() -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(done, total)
+        def advance() -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
 
-    out.mkdir(parents=True, exist_ok=True)
-    cells, grids = [], []
-    for snapshot in snapshot_names:
-        for model in models:
+        out.mkdir(parents=True, exist_ok=True)
+        cells, grids = [], []
+        for snapshot in snapshot_names:
+            for model in models:
 
-            def keep(index: int, kind: str, tensors: dict[str, torch.Tensor], snapshot=snapshot, model=model) -> None:
-                grids.append(save_grid_image(out, snapshot, model.name, index, kind, tensors))
+                def keep(index: int, kind: str, tensors: dict[str, torch.Tensor], snapshot=snapshot, model=model) -> None:
+                    grids.append(save_grid_image(out, snapshot, model.name, index, kind, tensors))
 
-            collector = CellDistribution(scorer, prompted=isinstance(model.model, DiffusionModel)) if scorer else None
-            by_transform = evaluate_cell(
-                model,
-                images[snapshot],
-                request.settings,
-                reference=references.get(model.name),
-                on_image=advance,
-                keep_grid=keep,
-                on_edit=collector.add if collector else None,
-            )
-            distribution = collector.results() if collector else {}
-            relation = "backward" if model.fingerprint in made_against[snapshot] else "forward"
-            for transform, numbers in by_transform.items():
-                cells.append(
-                    Cell(
-                        snapshot=snapshot,
-                        model=model.name,
-                        relation=relation,
-                        transform=transform,
-                        **numbers,
-                        edits_not_computed=edits_not_computed(model.model),
-                        distribution=distribution.get(transform),
-                    )
+                collector = CellDistribution(scorer, prompted=isinstance(model.model, DiffusionModel)) if scorer else None
+                by_transform = evaluate_cell(
+                    model,
+                    images[snapshot],
+                    request.settings,
+                    reference=references.get(model.name),
+                    on_image=advance,
+                    keep_grid=keep,
+                    on_edit=collector.add if collector else None,
                 )
-    eps = max((image.eps for name in snapshot_names for image in images[name]), default=16 / 255)
-    clean = (
-        [
-            clean_utility(model, references.get(model.name), clean_images, request.settings, eps=eps, on_image=advance)
-            for model in models
-        ]
-        if clean_images
-        else []
-    )
-    report = build_report(
-        request=request,
-        models=models,
-        references=references,
-        snapshots=snapshots,
-        made_against=made_against,
-        attacks=attacks,
-        images=images,
-        cells=cells,
-        clean=clean,
-        grids=grids,
-        not_computed=not_computed(cells, inception=request.inception is not None, clip=request.clip is not None),
-    )
-    return write_report(report, out)
+                distribution = collector.results() if collector else {}
+                relation = "backward" if model.fingerprint in made_against[snapshot] else "forward"
+                for transform, numbers in by_transform.items():
+                    cells.append(
+                        Cell(
+                            snapshot=snapshot,
+                            model=model.name,
+                            relation=relation,
+                            transform=transform,
+                            **numbers,
+                            edits_not_computed=edits_not_computed(model.model),
+                            distribution=distribution.get(transform),
+                        )
+                    )
+        eps = max(images[name].eps for name in snapshot_names)
+        clean = (
+            [
+                clean_utility(model, references.get(model.name), clean_images, request.settings, eps=eps, on_image=advance)
+                for model in models
+            ]
+            if clean_images
+            else []
+        )
+        report = build_report(
+            request=request,
+            models=models,
+            references=references,
+            snapshots=snapshots,
+            made_against=made_against,
+            attacks=attacks,
+            images=images,
+            cells=cells,
+            clean=clean,
+            grids=grids,
+            not_computed=not_computed(cells, inception=request.inception is not None, clip=request.clip is not None),
+        )
+        return write_report(report, out)
