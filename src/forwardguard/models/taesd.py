@@ -134,10 +134,18 @@ class TAEEncoder(_Layers):
     """The first conv's output channels: what tells the families' weights apart."""
     BLOCKS: ClassVar[tuple[int, ...]]
     LAST: ClassVar[int]
+    STEM: ClassVar[tuple[tuple[int, int, int], ...]]
+    """The convs (in, out, stride) before the first index that the loop of ``__init__`` builds."""
+    STEM_RELU: ClassVar[bool]
+    """Whether each stem conv is followed by a ReLU."""
 
     def __init__(self, latent_channels: int = 4, pool_blocks: Iterable[int] = ()) -> None:
         pools = _pool_set(pool_blocks, self.BLOCKS, "encoder")
-        layers = self._stem()
+        layers: list[nn.Module] = []
+        for n_in, n_out, stride in self.STEM:
+            layers.append(_conv(n_in, n_out, stride=stride))
+            if self.STEM_RELU:
+                layers.append(nn.ReLU())
         for index in range(len(layers), self.LAST):
             if index in self.BLOCKS:
                 layers.append(Block(use_pool=index in pools))
@@ -147,11 +155,6 @@ class TAEEncoder(_Layers):
         super().__init__(*layers)
         self.latent_channels = latent_channels
         self.pool_blocks = pools
-
-    @staticmethod
-    def _stem() -> list[nn.Module]:
-        """The layers before the first index that the loop of ``__init__`` builds."""
-        raise NotImplementedError
 
     @classmethod
     def from_state_dict(cls: type[EncoderT], state_dict: Mapping[str, Tensor], source: str = "state dict") -> EncoderT:
@@ -169,9 +172,8 @@ class TAESDEncoder(TAEEncoder):
     BLOCKS = ENCODER_BLOCKS
     LAST = ENCODER_LAST
 
-    @staticmethod
-    def _stem() -> list[nn.Module]:
-        return [_conv(3, WIDTH)]
+    STEM = ((3, WIDTH, 1),)
+    STEM_RELU = False
 
 
 class TAESANAEncoder(TAEEncoder):
@@ -183,9 +185,8 @@ class TAESANAEncoder(TAEEncoder):
     BLOCKS = TAESANA_BLOCKS
     LAST = TAESANA_LAST
 
-    @staticmethod
-    def _stem() -> list[nn.Module]:
-        return [_conv(3, TAESANA_FIRST_WIDTH, stride=2), nn.ReLU(), _conv(TAESANA_FIRST_WIDTH, WIDTH, stride=2), nn.ReLU()]
+    STEM = ((3, TAESANA_FIRST_WIDTH, 2), (TAESANA_FIRST_WIDTH, WIDTH, 2))
+    STEM_RELU = True
 
 
 ENCODER_FAMILIES: tuple[type[TAEEncoder], ...] = (TAESDEncoder, TAESANAEncoder)
