@@ -10,6 +10,7 @@ from test_registry_cli import _assert_one_line_error, cli
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.registry import Registry, maintenance
+from forwardguard.registry.patterns import patterns_query
 
 PATTERNS = 12
 
@@ -107,3 +108,23 @@ def test_keyset_pages_list_every_pattern_once_in_order(registry: Registry) -> No
     assert registry.list_patterns(after=everything[-1]) == []
     with pytest.raises(ForwardguardError, match="no pattern"):
         registry.list_patterns(after="ab" * 32)
+
+
+@pytest.mark.parametrize("filters", [{"tenant": "acme"}, {"tenant": "acme", "after": "first"}])
+def test_a_tenants_pages_are_read_by_its_own_index(registry: Registry, filters: dict) -> None:
+    """One tenant's listing (``GET /v1/patterns``, ``list --tenant``) seeks to that tenant in the
+    ``(tenant, created_at, id)`` index: walking the table's order instead skips every other tenant's rows."""
+    first = registry.record_pattern(**random_image(0).record_args(tenant="acme"))
+    if filters.get("after") == "first":
+        filters = {**filters, "after": first.id}
+    storage = registry._storage
+    query = patterns_query(storage, **filters, limit=10)
+    sql = str(query.compile(storage.engine, compile_kwargs={"literal_binds": True}))
+    with storage.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SET enable_seqscan = off"))  # a table of one row is read whole otherwise
+            plan = connection.execute(sa.text(f"EXPLAIN {sql}")).scalars().all()
+        else:
+            plan = [row[-1] for row in connection.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}"))]
+    assert any("ix_patterns_tenant_created_at_id" in line for line in plan), plan
+    assert not any("TEMP B-TREE" in line or line.lstrip("-> ").startswith("Sort") for line in plan), plan

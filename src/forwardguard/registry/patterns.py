@@ -115,6 +115,16 @@ def get_pattern(storage: Storage, pattern_id: str) -> PatternRecord:
 
 def iter_patterns(storage: Storage, *, batch_size: int = 1000, **filters: Unpack[PatternFilter]) -> Iterator[PatternRecord]:
     """The patterns that ``filters`` select, streamed in batches of ``batch_size`` rows."""
+    query = patterns_query(storage, **filters)
+    with storage.read() as connection:
+        result = connection.execution_options(yield_per=batch_size).execute(query)
+        for row in result.mappings():
+            yield PatternRecord.from_row(row)
+
+
+def patterns_query(storage: Storage, **filters: Unpack[PatternFilter]) -> sa.Select:
+    """The SELECT of :func:`iter_patterns` (read by the indexes ``(created_at, id)``, or
+    ``(tenant, created_at, id)`` for one tenant)."""
     query = sa.select(patterns)
     snapshot = filters.get("snapshot")
     if snapshot is not None:
@@ -138,11 +148,7 @@ def iter_patterns(storage: Storage, *, batch_size: int = 1000, **filters: Unpack
             > sa.tuple_(sa.literal(last.created_at, patterns.c.created_at.type), sa.literal(last.id, patterns.c.id.type))
         )
     query = query.order_by(patterns.c.created_at, patterns.c.id)
-    query = query.limit(filters.get("limit")).offset(filters.get("offset", 0))
-    with storage.read() as connection:
-        result = connection.execution_options(yield_per=batch_size).execute(query)
-        for row in result.mappings():
-            yield PatternRecord.from_row(row)
+    return query.limit(filters.get("limit")).offset(filters.get("offset", 0))
 
 
 def load_blobs(storage: Storage, record: PatternRecord) -> tuple[bytes, bytes]:

@@ -57,6 +57,7 @@ patterns = sa.Table(
     *(sa.Index(f"ix_patterns_phash_band{band}", f"phash_band{band}", "phash") for band in range(PHASH_BANDS)),
     sa.Index("ix_patterns_model_fingerprint", "model_fingerprint"),
     sa.Index("ix_patterns_created_at_id", "created_at", "id"),
+    sa.Index("ix_patterns_tenant_created_at_id", "tenant", "created_at", "id"),
 )
 
 snapshots = sa.Table(
