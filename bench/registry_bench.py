@@ -244,7 +244,8 @@ def lookups(registry: Registry, picks: list[int], size: int, hashes: np.ndarray 
 def commands_memory(location: str, workdir: Path) -> dict[str, float]:
     """The peak resident memory (MiB) of each registry command, run as its own process on the filled
     registry: the whole listing (to /dev/null), a sampled verify, a dry-run gc, and a snapshot of the
-    sampled tenant and its export."""
+    sampled tenant and its export; and, as "NAME (anonymous)", the peak of its anonymous memory alone
+    (see ``PEAK_LAUNCHER``)."""
     commands = {
         "stats": ["stats"],
         "list": ["list"],
@@ -262,19 +263,33 @@ def commands_memory(location: str, workdir: Path) -> dict[str, float]:
         # The bulk-loaded rows have no blobs: a sample that reaches them says so, and exits 1.
         if code != 0 and not (name == "verify" and code == 1):
             raise SystemExit(f"benchmark: `forwardguard registry {name}` failed ({code}):\n{log.read_text()}")
-        peaks[name] = round(int(peak_file.read_text()) / 1024, 1)
+        resident, anonymous = (round(int(kib) / 1024, 1) for kib in peak_file.read_text().split())
+        peaks[name] = resident
+        peaks[f"{name} (anonymous)"] = anonymous
     return peaks
 
 
 # Linux carries the peak of a process's address space across exec, so a command's own ru_maxrss
 # would count this benchmark's memory: each command is started by a small process, which writes
-# that command's peak (ru_maxrss, KiB) to the file argv[1] and exits with its status.
+# that command's peak (ru_maxrss, KiB) to the file argv[1] and exits with its status. It also writes
+# the peak of the command's anonymous memory (RssAnon, read every 10 ms): ru_maxrss counts the pages
+# of memory-mapped files too (an export's Arrow files), which the kernel drops when memory is short.
 PEAK_LAUNCHER = """
-import os, sys
+import os, sys, time
 pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
-_, status, usage = os.wait4(pid, 0)
+anonymous = 0
+while True:
+    ended, status, usage = os.wait4(pid, os.WNOHANG)
+    if ended:
+        break
+    try:
+        with open(f"/proc/{pid}/status") as lines:
+            anonymous = max([anonymous] + [int(line.split()[1]) for line in lines if line.startswith("RssAnon:")])
+    except OSError:
+        pass
+    time.sleep(0.01)
 with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
+    out.write(f"{usage.ru_maxrss} {anonymous}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 

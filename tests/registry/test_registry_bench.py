@@ -50,8 +50,10 @@ def test_smallest_run_reports_every_measure(backend: str, request: pytest.Fixtur
     assert 0 < result["serve_lookup"]["p50_ms"] <= result["serve_lookup"]["p99_ms"]
     assert set(result["found_own_pattern"]) == {"jpeg75", "resize0.5", "shift1"}
     memory = result["memory_mib"]
-    assert set(memory) == {"stats", "list", "verify", "gc", "snapshot", "export", "serve"}
+    commands = {"stats", "list", "verify", "gc", "snapshot", "export"}
+    assert set(memory) == {"serve", *commands, *(f"{command} (anonymous)" for command in commands)}
     assert all(peak > 0 for peak in memory.values())
+    assert all(memory[f"{command} (anonymous)"] <= memory[command] for command in commands)
     assert list(workdir.iterdir()) == []  # its scratch folder is removed
 
 
