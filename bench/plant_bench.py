@@ -59,6 +59,9 @@ UNREGISTERED = ("camera", "immunohistochemistry")
 CLEAN_TRAINING = ("brick", "hubble_deep_field", "grass", "gravel", "moon", "coins", "clock", "astronaut", "coffee", "chelsea")
 """Clean photos planting distills on; --clean-photos N takes the first N (the first two are none of the registered ones)."""
 HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel", "page", "text")
+HELD_OUT += ("horse", "logo", "phantom", "chessboard_RGB")
+"""Held-out images for clean drift: photos, a colour wheel, text; then a binary silhouette, a logo, a
+dark medical phantom and a colour chessboard, kinds unlike every clean training photo."""
 FREE_EDITS = (
     "none",
     *(f"shift_{pixels}" for pixels in range(1, 8)),
