@@ -1,7 +1,7 @@
 """Planting at scale: ratios, clean drift, throughput and peak memory of planting N registered patterns.
 
     .venv/bin/python bench/plant_scale.py --n 10,100 --max-steps 100 --attack-steps 10
-    .venv/bin/python bench/plant_scale.py --n 100,1000 --size 64 --attack-steps 5 --max-steps 20   # memory only
+    .venv/bin/python bench/plant_scale.py --n 100,1000 --size 64 --attack-steps 5 --max-steps 20 --measure 20   # memory only
     .venv/bin/python bench/plant_scale.py --base taesd:../shared/models/taesana/taesana_encoder.pth
     .venv/bin/python bench/plant_scale.py --device cuda --json scale.json
 

@@ -15,11 +15,12 @@ service's workers would: the insert rate and latency. Then --lookups lookups of 
 exact (their PNG bytes) and perceptual (a JPEG quality-75 copy, a 0.5x resize and a 1-pixel shift,
 in turn), each perceptual answer compared with a full scan of every recorded hash (the run fails
 when they differ). Then the same lookups again while --writers processes keep recording new
-patterns; then a snapshot of every pattern, and an export of the sampled ones (the rows that have
-blobs). Then memory: `forwardguard serve` (--serve-model, default TAEF2) is started on the registry
+patterns; then a snapshot of every pattern, the first page (100) of the sampled tenant's patterns
+and a snapshot of them (a small tenant among millions of rows: `tenant_page_ms`,
+`tenant_snapshot_s`), and an export of that snapshot (the rows that have blobs). Then memory: `forwardguard serve` (--serve-model, default TAEF2) is started on the registry
 and sent the sampled images through POST /v1/lookup (their latency), and its peak resident memory
 read (VmHWM); then each registry command runs as its own process, and its peak resident memory is
-taken (ru_maxrss): `stats`, `list` of every pattern (to /dev/null), `verify --sample 100`,
+taken (ru_maxrss, and the peak of its anonymous memory): `stats`, `list` of every pattern (to /dev/null), `verify --sample 100`,
 `gc --dry-run`, and a `snapshot` of the sampled tenant and its `export`.
 PostgreSQL runs in a fresh schema of FORWARDGUARD_TEST_POSTGRES_URL (or --postgres-url), VACUUM
 ANALYZEd after the bulk load as autovacuum would, and dropped afterwards. Prints one JSON object
@@ -405,7 +406,12 @@ def run(
         start = time.perf_counter()
         registry.create_snapshot("bench")
         result["snapshot_s"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        registry.list_patterns(tenant=SAMPLED_TENANT, limit=100)
+        result["tenant_page_ms"] = round((time.perf_counter() - start) * 1000, 2)
+        start = time.perf_counter()
         registry.create_snapshot("sampled", tenant=SAMPLED_TENANT)
+        result["tenant_snapshot_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         exported = registry.export("sampled", workdir / "export")
         result["export_rows_per_s"] = round(exported.rows / (time.perf_counter() - start), 1)

@@ -44,6 +44,7 @@ def test_smallest_run_reports_every_measure(backend: str, request: pytest.Fixtur
     assert (result["backend"], result["records"], result["sampled"], result["writers"]) == (backend, 30, 6, 2)
     assert result["bulk_load_rows_per_s"] > 0 and result["insert_per_s"] > 0 and result["export_rows_per_s"] > 0
     assert result["while_writing"]["insert_per_s"] > 0
+    assert result["tenant_page_ms"] > 0 and result["tenant_snapshot_s"] > 0
     for measures in (result, result["while_writing"]):
         for measure in ("lookup_exact", "lookup_perceptual"):
             assert 0 < measures[measure]["p50_ms"] <= measures[measure]["p99_ms"]
