@@ -11,10 +11,11 @@ run sees exactly the samples the interrupted one would have seen, and ``w`` proc
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from PIL import Image
 from forwardguard.errors import ForwardguardError
 from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.images import DEFAULT_MAX_PIXELS, iter_image_files, read_image, to_tensor
+
+if TYPE_CHECKING:
+    from forwardguard.registry import PatternRecord
 
 CROP_MULTIPLE = 8
 """A crop's side is a multiple of the encoders' 8. Where a pattern crop starts is the plant config's
@@ -226,23 +230,56 @@ def _nbytes(pair: Pair) -> int:
     return sum(array.nbytes for array in pair)
 
 
+class SnapshotRecords:
+    """A snapshot's pattern records by index (the registry's order: oldest first), without holding
+    them: 32 bytes of id per pattern (32 MB for a million, where the records would take about a
+    kilobyte each), a record read again by its id when asked for. Iterating streams the records from
+    the registry a page at a time."""
+
+    def __init__(self, registry, snapshot: str, ids: bytes) -> None:  # noqa: ANN001 (Registry)
+        self.registry = registry
+        self.snapshot = snapshot
+        self.ids = np.frombuffer(ids, dtype="S32")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def id(self, index: int) -> str:
+        return self.ids[index].hex()
+
+    def __getitem__(self, index: int) -> PatternRecord:
+        return self.registry.get_pattern(self.id(index))
+
+    def __iter__(self) -> Iterator[PatternRecord]:
+        return self.registry.iter_patterns(snapshot=self.snapshot)
+
+
 class SnapshotPatterns:
-    """The patterns a snapshot froze: their records, and the pixels of the recently drawn ones
-    (:class:`PixelCache`, ``cache_bytes``), each read from the registry with its blob's hash verified."""
+    """The patterns a snapshot froze: their ids (:class:`SnapshotRecords`), and the pixels of the
+    recently drawn ones (:class:`PixelCache`, ``cache_bytes``), each read from the registry with its
+    blob's hash verified. One pass over the snapshot's records, streamed, checks their targets and
+    takes the figures planting needs of all of them (the largest eps, the smallest side)."""
 
     def __init__(self, registry, snapshot: str, *, cache_bytes: int = PIXEL_CACHE_BYTES) -> None:  # noqa: ANN001 (Registry)
         self.registry = registry
-        self.records = registry.snapshot_patterns(snapshot)
         self.cache = PixelCache(cache_bytes)
-        if not self.records:
+        ids = bytearray()
+        max_eps, smallest_side = 0.0, None
+        for record in registry.iter_patterns(snapshot=snapshot):
+            if record.target != "gray":
+                raise ForwardguardError(
+                    f"pattern {record.id[:12]} has target {record.target!r}: planting supports gray targets only"
+                    " (the registry keeps no target images)"
+                )
+            ids += bytes.fromhex(record.id)
+            max_eps = max(max_eps, float(record.params.get("eps", 16 / 255)))
+            side = min(record.width, record.height)
+            smallest_side = side if smallest_side is None else min(smallest_side, side)
+        if smallest_side is None:
             raise ForwardguardError(f"snapshot {snapshot!r} holds no patterns: nothing to plant")
-        unsupported = [record for record in self.records if record.target != "gray"]
-        if unsupported:
-            record = unsupported[0]
-            raise ForwardguardError(
-                f"pattern {record.id[:12]} has target {record.target!r}: planting supports gray targets only"
-                " (the registry keeps no target images)"
-            )
+        self.records = SnapshotRecords(registry, snapshot, bytes(ids))
+        self.max_eps: float = max_eps
+        self.smallest_side: int = smallest_side
 
     def __len__(self) -> int:
         return len(self.records)
@@ -260,15 +297,7 @@ class SnapshotPatterns:
         sample = self.registry.load_sample(self.records[index])
         return sample.immunized, sample.clean
 
-    @property
-    def max_eps(self) -> float:
-        return max(float(record.params.get("eps", 16 / 255)) for record in self.records)
-
-    @property
-    def smallest_side(self) -> int:
-        return min(min(record.width, record.height) for record in self.records)
-
     def crop(self, position: int, seed: int, size: int, grid: int = CROP_MULTIPLE) -> PlantingSample:
         index = index_at(position, len(self.records), seed + 1)
         immunized, clean = paired_crop(list(self.pixels(index)), size, sample_generator(seed, position), grid)
-        return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=self.records[index].id)
+        return PlantingSample(immunized=to_tensor(immunized), clean=to_tensor(clean), pattern_id=self.records.id(index))

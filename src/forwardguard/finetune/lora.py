@@ -149,7 +149,7 @@ class LoRAPlanting:
     patterns, a diffusion pattern without edit settings, and target modules the UNet does not have.
     """
 
-    def __init__(self, model: ImageModel, records: Sequence, settings: UNetLoRA, seed: int) -> None:
+    def __init__(self, model: ImageModel, records: Iterable, settings: UNetLoRA, seed: int) -> None:
         from diffusers import DDIMScheduler
 
         if not isinstance(model, DiffusionModel):
