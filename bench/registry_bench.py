@@ -17,11 +17,12 @@ in turn), each perceptual answer compared with a full scan of every recorded has
 when they differ). Then the same lookups again while --writers processes keep recording new
 patterns; then a snapshot of every pattern, the first page (100) of the sampled tenant's patterns
 and a snapshot of them (a small tenant among millions of rows: `tenant_page_ms`,
-`tenant_snapshot_s`), and an export of that snapshot (the rows that have blobs). Then memory: `forwardguard serve` (--serve-model, default TAEF2) is started on the registry
-and sent the sampled images through POST /v1/lookup (their latency), and its peak resident memory
-read (VmHWM); then each registry command runs as its own process, and its peak resident memory is
-taken (ru_maxrss, and the peak of its anonymous memory): `stats`, `list` of every pattern (to /dev/null), `verify --sample 100`,
-`gc --dry-run`, and a `snapshot` of the sampled tenant and its `export`.
+`tenant_snapshot_s`), and an export of that snapshot (the rows that have blobs). Then memory:
+`forwardguard serve` (--serve-model, default TAEF2) is started on the registry and sent the sampled
+images through POST /v1/lookup (their latency), and its peak resident memory read (VmHWM); then each
+registry command runs as its own process, and its peak resident memory is taken (ru_maxrss, and the
+peak of its anonymous memory): `stats`, `list` of every pattern (to /dev/null), `verify --sample
+100`, `gc --dry-run`, and a `snapshot` of the sampled tenant and its `export`.
 PostgreSQL runs in a fresh schema of FORWARDGUARD_TEST_POSTGRES_URL (or --postgres-url), VACUUM
 ANALYZEd after the bulk load as autovacuum would, and dropped afterwards. Prints one JSON object
 per backend.
