@@ -58,12 +58,12 @@ from forwardguard.registry import PHASH_MAX_DISTANCE, Registry
 from forwardguard.registry.database import create_engine
 from forwardguard.registry.images import hamming_distances, perceptual_hash
 from forwardguard.registry.location import Location
-from forwardguard.registry.phash_index import phash_bands
-from forwardguard.registry.tables import patterns
+from forwardguard.registry.tables import PHASH_BAND_BITS, PHASH_BANDS, patterns, phash_postings
 
 FINGERPRINT = "0" * 64
 SAMPLED_TENANT = "sampled"
 BULK_BATCH = 10_000
+POSTINGS_TRIGGER = "patterns_phash_postings"
 # Where the patterns recorded while lookups run are numbered from: after every sampled one.
 LOAD_INDEX_BASE = 1 << 40
 
@@ -116,16 +116,61 @@ def postgres_schema(base_url: str) -> Iterator[str]:
 def bulk_load(registry: Registry, count: int) -> np.ndarray:
     """Insert ``count`` rows with random perceptual hashes and no blobs, a transaction per
     ``BULK_BATCH`` rows, made as they are written: on PostgreSQL by COPY, on SQLite by an
-    executemany INSERT. Return their hashes."""
+    executemany INSERT. The trigger that appends each row's hash to its postings (four upserts a row)
+    is off meanwhile; the postings are written after, from the hashes. Return the hashes."""
     rng = np.random.default_rng(2**32)
     hashes = rng.integers(-(2**63), 2**63 - 1, size=count, dtype=np.int64, endpoint=True)
     created = datetime.now(timezone.utc)
     write = insert_rows if registry.location.is_sqlite else copy_rows
-    for start in range(0, count, BULK_BATCH):
-        indices = range(start, min(start + BULK_BATCH, count))
+    with postings_trigger_off(registry):
+        for start in range(0, count, BULK_BATCH):
+            indices = range(start, min(start + BULK_BATCH, count))
+            with registry.write() as connection:
+                write(connection, (bulk_row(index, int(hashes[index]), created) for index in indices))
         with registry.write() as connection:
-            write(connection, (bulk_row(index, int(hashes[index]), created) for index in indices))
+            write_postings(connection, hashes)
     return hashes
+
+
+@contextmanager
+def postings_trigger_off(registry: Registry) -> Iterator[None]:
+    """Without the trigger of migration 0005 (SQLite cannot disable one: it is dropped and made again)."""
+    with registry.write() as connection:
+        if registry.location.is_sqlite:
+            made = connection.exec_driver_sql(f"SELECT sql FROM sqlite_master WHERE name = '{POSTINGS_TRIGGER}'").scalar_one()
+            connection.exec_driver_sql(f"DROP TRIGGER {POSTINGS_TRIGGER}")
+        else:
+            connection.exec_driver_sql(f"ALTER TABLE patterns DISABLE TRIGGER {POSTINGS_TRIGGER}")
+    yield
+    with registry.write() as connection:
+        connection.exec_driver_sql(
+            made if registry.location.is_sqlite else f"ALTER TABLE patterns ENABLE TRIGGER {POSTINGS_TRIGGER}"
+        )
+
+
+def write_postings(connection: sa.Connection, hashes: np.ndarray) -> None:
+    """The postings of ``hashes`` (the table is empty before), as the trigger stores them."""
+    postgresql = connection.dialect.name == "postgresql"
+    for band in range(PHASH_BANDS):
+        values = (hashes >> (64 - PHASH_BAND_BITS * (band + 1))) & ((1 << PHASH_BAND_BITS) - 1)
+        order = np.argsort(values, kind="stable")
+        raw = hashes[order].astype(">i8").tobytes()
+        encoded, width = (raw, 8) if postgresql else (raw.hex().encode("ascii"), 16)
+        present, starts = np.unique(values[order], return_index=True)
+        ends = [*starts[1:].tolist(), len(hashes)]
+        rows = [
+            {"band": band, "value": int(value), "hashes": encoded[start * width : end * width]}
+            for value, start, end in zip(present.tolist(), starts.tolist(), ends, strict=True)
+        ]
+        if postgresql:
+            with (
+                connection.connection.driver_connection.cursor() as cursor,
+                cursor.copy("COPY phash_postings (band, value, hashes) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row([row["band"], row["value"], row["hashes"]])
+        else:
+            connection.execute(phash_postings.insert(), rows)
 
 
 def bulk_row(index: int, phash: int, created: datetime) -> dict[str, Any]:
@@ -143,7 +188,6 @@ def bulk_row(index: int, phash: int, created: datetime) -> dict[str, Any]:
         "pixel_sha256": key,
         "delta_blob_sha256": key,
         "phash": phash,
-        **phash_bands(phash),
         "width": 64,
         "height": 64,
         "has_alpha": False,
@@ -169,11 +213,11 @@ def copy_rows(connection: sa.Connection, rows: Iterable[dict[str, Any]]) -> None
 
 
 def vacuum_analyze(location: Location) -> None:
-    """What autovacuum does to a grown table: its statistics, and the visibility map that lets the
-    band indexes answer without reading the table."""
+    """What autovacuum does to grown tables: their statistics, and the visibility map that lets an
+    index answer without reading the table."""
     engine = create_engine(location)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.exec_driver_sql("VACUUM ANALYZE patterns")
+        connection.exec_driver_sql("VACUUM ANALYZE patterns, phash_postings")
     engine.dispose()
 
 

@@ -24,7 +24,6 @@ from forwardguard.registry.images import (
     perceptual_hash,
     pixel_sha256,
 )
-from forwardguard.registry.phash_index import phash_bands
 from forwardguard.registry.records import PatternRecord, PatternSample
 from forwardguard.registry.snapshots import get_snapshot
 from forwardguard.registry.storage import Storage, now
@@ -87,7 +86,6 @@ def record_pattern(storage: Storage, **pattern: Unpack[NewPattern]) -> PatternRe
         "model_spec": validation.check_text(pattern["model_spec"], "model_spec"),
         "pixel_sha256": pixel_sha256(pixels.rgb),
         "phash": phash,
-        **phash_bands(phash),
         "width": pixels.rgb.shape[1],
         "height": pixels.rgb.shape[0],
         "has_alpha": pixels.alpha is not None,

@@ -1,24 +1,26 @@
 """The perceptual-hash index: Hamming search over 64-bit hashes by multi-index hashing, in SQL.
 
-Each pattern's hash is cut into ``BANDS`` = 4 bands of 16 bits (most significant first), stored in
-the columns ``phash_band0..3`` of its row, written by the same INSERT as the hash and held equal to
-its bits by CHECK constraints: the index is the database's own, so it is consistent under any number
-of writer processes and servers sharing one PostgreSQL, and there is nothing to rebuild. Each band
-is indexed with the hash, ``(phash_bandI, phash)``, so that candidates are read from the indexes
-alone.
+Each pattern's hash is cut into ``BANDS`` = 4 bands of 16 bits (most significant first). The table
+``phash_postings`` holds, for each band and each of its 65,536 values, the hashes of every pattern
+whose band takes that value, concatenated in one row. The database writes them itself, by a trigger
+on INSERT into ``patterns`` (migration 0005), in the transaction of the row: the index is consistent
+under any number of writer processes and servers sharing one PostgreSQL, and there is nothing to
+rebuild.
 
 Why it finds every hash within ``r`` bits (pigeonhole): write ``r = 4a + b`` with ``0 <= b < 4``. If
 each of the bands 0..b differed in more than ``a`` bits and each of the others in more than ``a - 1``,
-the hashes would differ in at least ``(b + 1)(a + 1) + (3 - b)a = r + 1`` bits. So a search looks up,
-in bands 0..b, every 16-bit value within ``a`` bits of the query's band, and in the others every value
-within ``a - 1`` bits, then checks each candidate's full distance. At the default ``r`` = 10: 137
-values in each of three bands and 17 in the fourth, 428 index probes, and 428/65,536 = 0.65% of the
-patterns as candidates (for hashes spread evenly: about 6,500 of a million).
+the hashes would differ in at least ``(b + 1)(a + 1) + (3 - b)a = r + 1`` bits. So a search reads, in
+bands 0..b, the postings of every 16-bit value within ``a`` bits of the query's band, and in the others
+those within ``a - 1`` bits, then checks each candidate's full distance in numpy. At the default ``r`` =
+10: 137 values in each of three bands and 17 in the fourth, 428 rows holding 428/65,536 = 0.65% of the
+patterns as candidates (for hashes spread evenly: about 65,000 of ten million, 0.5 MB).
 
-Why 4 x 16 bits: narrower bands hold many more patterns per value (11 bands of 6 bits, exact, would
-make a tenth of the table candidates); wider ones need many more probes (3 bands of 21 bits: 3,588).
-Past ``INDEXED_MAX_DISTANCE`` the candidates would be a sizeable share of the table (15% at 16 bits),
-and the search reads every hash instead.
+Why postings rather than an index of ``(band, phash)`` per band (revision 0003): each candidate was
+then an index tuple with a visibility check of its own, about 0.4 us each on PostgreSQL, 28 ms per
+search at ten million patterns; 428 rows cost a few ms. Why 4 x 16 bits: narrower bands hold many more
+patterns per value (11 bands of 6 bits, exact, would make a tenth of the table candidates); wider ones
+need many more rows (3 bands of 21 bits: 3,378). Past ``INDEXED_MAX_DISTANCE`` the candidates would be
+a sizeable share of the table (15% at 16 bits), and the search reads every hash instead.
 """
 
 from __future__ import annotations
@@ -28,18 +30,18 @@ from functools import cache
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, BIT
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from forwardguard.registry.images import hamming_distances
-from forwardguard.registry.tables import PHASH_BAND_BITS, PHASH_BANDS, patterns
+from forwardguard.registry.tables import PHASH_BAND_BITS, PHASH_BANDS, patterns, phash_postings
 
 INDEXED_MAX_DISTANCE = 15
 _BAND_MASK = (1 << PHASH_BAND_BITS) - 1
 
 
-def phash_bands(phash: int) -> dict[str, int]:
-    """The band columns of a signed 64-bit hash, as a row's ``phash_band0..3`` values."""
-    return {f"phash_band{i}": (phash >> (64 - PHASH_BAND_BITS * (i + 1))) & _BAND_MASK for i in range(PHASH_BANDS)}
+def phash_bands(phash: int) -> list[int]:
+    """The band values of a signed 64-bit hash, band 0 (the most significant bits) first."""
+    return [(phash >> (64 - PHASH_BAND_BITS * (band + 1))) & _BAND_MASK for band in range(PHASH_BANDS)]
 
 
 def band_radii(max_distance: int) -> list[int]:
@@ -56,48 +58,41 @@ def _masks(radius: int) -> np.ndarray:
 
 
 def close_hashes(connection: sa.Connection, query_hash: int, max_distance: int) -> list[int]:
-    """The distinct recorded hashes within ``max_distance`` bits of ``query_hash`` (of every tenant).
-
-    PostgreSQL checks the distance itself (``bit_count``, PostgreSQL 14+) on each band's index-only
-    scan; SQLite has no bit count, so its candidates are checked in numpy.
-    """
+    """The distinct recorded hashes within ``max_distance`` bits of ``query_hash`` (of every tenant)."""
     postgresql = connection.dialect.name == "postgresql"
-    params: dict[str, object] = {"query": query_hash, "max_distance": max_distance}
-    if max_distance <= INDEXED_MAX_DISTANCE:
-        radii = [radius for radius in band_radii(max_distance) if radius >= 0]  # the skipped bands are the last
-        for (column, value), radius in zip(phash_bands(query_hash).items(), radii, strict=False):
-            near = (_masks(radius) ^ value).tolist()
-            params[column] = near if postgresql else json.dumps(near)
-        statement = _search(postgresql, len(radii))
+    if max_distance > INDEXED_MAX_DISTANCE:
+        scanned = connection.execute(sa.select(patterns.c.phash).distinct()).scalars()
+        found = np.fromiter(scanned, dtype=np.int64)
     else:
-        statement = _search(postgresql, 0)
-    found = np.fromiter(connection.execute(statement, params).scalars(), dtype=np.int64)
-    if not postgresql:
-        found = found[hamming_distances(query_hash, found) <= max_distance]
-    return found.tolist()
+        params: dict[str, object] = {}
+        radii = [radius for radius in band_radii(max_distance) if radius >= 0]  # the skipped bands are the last
+        for band, (value, radius) in enumerate(zip(phash_bands(query_hash), radii, strict=False)):
+            near = (_masks(radius) ^ value).tolist()
+            params[f"band{band}"] = near if postgresql else json.dumps(near)
+        postings = connection.execute(_postings(postgresql, len(radii)), params).scalars()
+        found = decode_postings(b"".join(postings), postgresql)
+    return np.unique(found[hamming_distances(query_hash, found) <= max_distance]).tolist()
+
+
+def decode_postings(data: bytes, postgresql: bool) -> np.ndarray:
+    """The hashes of concatenated postings, as stored on PostgreSQL (8 bytes big-endian each) or on
+    SQLite (16 hex digits each)."""
+    raw = data if postgresql else bytes.fromhex(data.decode("ascii"))
+    return np.frombuffer(raw, dtype=">i8").astype(np.int64)
 
 
 @cache
-def _search(postgresql: bool, bands: int) -> sa.Executable:
-    """The distinct hashes whose band 0..``bands``-1 takes one of the values of its parameter
-    ``phash_bandI`` (a PostgreSQL array; on SQLite a JSON list): a union of index lookups, one per
-    band. With ``bands`` 0, every hash (a scan). On PostgreSQL, only those within ``max_distance``
-    bits of ``query``. Each list is one parameter: 428 values bound one by one cost more than the
-    search itself."""
-
-    def hashes(*where: sa.ColumnElement[bool]) -> sa.Select:
-        query = sa.select(patterns.c.phash).where(*where)
-        if postgresql:
-            difference = patterns.c.phash.op("#")(sa.bindparam("query", type_=sa.BigInteger))
-            query = query.where(sa.func.bit_count(sa.cast(difference, BIT(64))) <= sa.bindparam("max_distance"))
-        return query
+def _postings(postgresql: bool, bands: int) -> sa.Executable:
+    """The postings of bands 0..``bands``-1 at the values of their parameters ``bandI`` (a PostgreSQL
+    array; on SQLite a JSON list): a lookup of the primary key per value. Each list is one
+    parameter: 428 values bound one by one cost more than the search itself."""
 
     def one_of(band: int) -> sa.ColumnElement[bool]:
-        column = patterns.c[f"phash_band{band}"]
+        name = f"band{band}"
         if postgresql:
-            return column == sa.any_(sa.bindparam(column.name, type_=ARRAY(sa.Integer)))
-        return column.in_(sa.select(sa.column("value", sa.Integer)).select_from(sa.func.json_each(sa.bindparam(column.name))))
+            return phash_postings.c.value == sa.any_(sa.bindparam(name, type_=ARRAY(sa.Integer)))
+        values = sa.select(sa.column("value", sa.Integer)).select_from(sa.func.json_each(sa.bindparam(name)))
+        return phash_postings.c.value.in_(values)
 
-    if bands == 0:
-        return hashes().distinct()
-    return sa.union(*(hashes(one_of(band)) for band in range(bands))) if bands > 1 else hashes(one_of(0)).distinct()
+    selects = [sa.select(phash_postings.c.hashes).where(phash_postings.c.band == band, one_of(band)) for band in range(bands)]
+    return sa.union_all(*selects) if bands > 1 else selects[0]

@@ -9,15 +9,9 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-# The perceptual hash's index (see phash_index): its 64 bits cut into 4 bands of 16, each a column.
+# The perceptual hash's index (see phash_index): its 64 bits cut into 4 bands of 16.
 PHASH_BANDS = 4
 PHASH_BAND_BITS = 16
-
-
-def phash_band_check(band: int) -> str:
-    """The CHECK that holds band column ``band`` equal to its bits of the hash (most significant first)."""
-    return f"phash_band{band} = ((phash >> {64 - PHASH_BAND_BITS * (band + 1)}) & {(1 << PHASH_BAND_BITS) - 1})"
-
 
 patterns = sa.Table(
     "patterns",
@@ -38,10 +32,6 @@ patterns = sa.Table(
     sa.Column("delta_blob_sha256", sa.String(64), nullable=False),
     # 64-bit perceptual hash of the RGB pixels, stored as a signed integer.
     sa.Column("phash", sa.BigInteger, nullable=False),
-    sa.Column("phash_band0", sa.Integer, nullable=False),
-    sa.Column("phash_band1", sa.Integer, nullable=False),
-    sa.Column("phash_band2", sa.Integer, nullable=False),
-    sa.Column("phash_band3", sa.Integer, nullable=False),
     sa.Column("width", sa.Integer, nullable=False),
     sa.Column("height", sa.Integer, nullable=False),
     sa.Column("has_alpha", sa.Boolean, nullable=False),
@@ -49,15 +39,25 @@ patterns = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("status IN ('active', 'retired')", name="ck_patterns_status"),
-    *(sa.CheckConstraint(phash_band_check(band), name=f"ck_patterns_phash_band{band}") for band in range(PHASH_BANDS)),
     sa.Index("ix_patterns_image_sha256", "image_sha256"),
     sa.Index("ix_patterns_pixel_sha256", "pixel_sha256"),
     sa.Index("ix_patterns_delta_blob_sha256", "delta_blob_sha256"),
     sa.Index("ix_patterns_phash", "phash"),
-    *(sa.Index(f"ix_patterns_phash_band{band}", f"phash_band{band}", "phash") for band in range(PHASH_BANDS)),
     sa.Index("ix_patterns_model_fingerprint", "model_fingerprint"),
     sa.Index("ix_patterns_created_at_id", "created_at", "id"),
     sa.Index("ix_patterns_tenant_created_at_id", "tenant", "created_at", "id"),
+)
+
+# The perceptual hash's postings (see phash_index): for each band and each of its 65,536 values, the
+# hashes of every pattern whose band takes that value, concatenated (a pattern's hash once per
+# pattern). Written by the database itself: a trigger on INSERT into patterns (migration 0005).
+phash_postings = sa.Table(
+    "phash_postings",
+    metadata,
+    sa.Column("band", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("value", sa.Integer, primary_key=True, autoincrement=False),
+    # PostgreSQL: 8 bytes per hash, big-endian (int8send). SQLite: 16 hex digits per hash, as bytes.
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
 )
 
 snapshots = sa.Table(
