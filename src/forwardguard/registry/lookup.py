@@ -67,7 +67,7 @@ def lookup(
     exact = [patterns.c.pixel_sha256 == pixel_sha256(rgb)]
     if image_sha is not None:
         exact.append(patterns.c.image_sha256 == image_sha)
-    with storage.read() as connection:
+    with storage.read(statements_apart=True) as connection:  # the hot path: no BEGIN and COMMIT round trips
         for row in connection.execute(sa.select(patterns).where(sa.or_(*exact), *tenant_filter)).mappings():
             add(PatternRecord.from_row(row), "bytes" if row["image_sha256"] == image_sha else "pixels", 0)
         # A featureless image would "match" every other one.

@@ -68,9 +68,10 @@ class Storage:
         return self.location.display()
 
     @contextmanager
-    def read(self) -> Iterator[sa.Connection]:
-        """A read transaction; a driver error leaves it as one ForwardguardError line."""
-        with database_errors(self.location), read_transaction(self.engine) as connection:
+    def read(self, *, statements_apart: bool = False) -> Iterator[sa.Connection]:
+        """A read transaction (with ``statements_apart``, on PostgreSQL, none: see
+        :func:`.database.read_transaction`); a driver error leaves it as one ForwardguardError line."""
+        with database_errors(self.location), read_transaction(self.engine, statements_apart=statements_apart) as connection:
             yield connection
 
     @contextmanager
