@@ -58,7 +58,8 @@ from forwardguard.registry import PHASH_MAX_DISTANCE, Registry
 from forwardguard.registry.database import create_engine
 from forwardguard.registry.images import hamming_distances, perceptual_hash
 from forwardguard.registry.location import Location
-from forwardguard.registry.tables import PHASH_BAND_BITS, PHASH_BANDS, patterns, phash_postings
+from forwardguard.registry.phash_index import encode_postings, phash_bands
+from forwardguard.registry.tables import patterns, phash_postings
 
 FINGERPRINT = "0" * 64
 SAMPLED_TENANT = "sampled"
@@ -151,11 +152,10 @@ def postings_trigger_off(registry: Registry) -> Iterator[None]:
 def write_postings(connection: sa.Connection, hashes: np.ndarray) -> None:
     """The postings of ``hashes`` (the table is empty before), as the trigger stores them."""
     postgresql = connection.dialect.name == "postgresql"
-    for band in range(PHASH_BANDS):
-        values = (hashes >> (64 - PHASH_BAND_BITS * (band + 1))) & ((1 << PHASH_BAND_BITS) - 1)
+    for band, values in enumerate(phash_bands(hashes)):
         order = np.argsort(values, kind="stable")
-        raw = hashes[order].astype(">i8").tobytes()
-        encoded, width = (raw, 8) if postgresql else (raw.hex().encode("ascii"), 16)
+        encoded = encode_postings(hashes[order], postgresql)
+        width = len(encoded) // len(hashes)
         present, starts = np.unique(values[order], return_index=True)
         ends = [*starts[1:].tolist(), len(hashes)]
         rows = [

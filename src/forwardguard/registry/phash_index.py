@@ -39,8 +39,9 @@ INDEXED_MAX_DISTANCE = 15
 _BAND_MASK = (1 << PHASH_BAND_BITS) - 1
 
 
-def phash_bands(phash: int) -> list[int]:
-    """The band values of a signed 64-bit hash, band 0 (the most significant bits) first."""
+def phash_bands(phash: int | np.ndarray) -> list:
+    """The band values of a signed 64-bit hash (or of an int64 array of them, band by band), band 0
+    (the most significant bits) first."""
     return [(phash >> (64 - PHASH_BAND_BITS * (band + 1))) & _BAND_MASK for band in range(PHASH_BANDS)]
 
 
@@ -72,6 +73,13 @@ def close_hashes(connection: sa.Connection, query_hash: int, max_distance: int) 
         postings = connection.execute(_postings(postgresql, len(radii)), params).scalars()
         found = decode_postings(b"".join(postings), postgresql)
     return np.unique(found[hamming_distances(query_hash, found) <= max_distance]).tolist()
+
+
+def encode_postings(hashes: np.ndarray, postgresql: bool) -> bytes:
+    """``hashes`` as postings store them (the trigger of migration 0005 writes the same): 8 bytes
+    big-endian each on PostgreSQL, 16 hex digits each on SQLite."""
+    raw = hashes.astype(">i8").tobytes()
+    return raw if postgresql else raw.hex().encode("ascii")
 
 
 def decode_postings(data: bytes, postgresql: bool) -> np.ndarray:
