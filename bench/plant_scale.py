@@ -13,8 +13,10 @@ recorded, are the unregistered ones. Reported, as median, p90 and max, for the p
 the base: the disruption ratio of the registered crops (at most ``--measure`` of them) and of the
 unregistered ones; the latent relative MSE to the base on held-out images of every kind (photos of
 other subjects, dark, flat, graphics and text, gray); the ratio of those images plus uniform noise of
-eps, gray left out (it is the target; a low ratio is a false trigger). Also the planting's samples per
-second (between its first and last logged steps) and wall seconds.
+eps, gray left out (it is the target; a low ratio is a false trigger), by kind too; the unregistered
+ratio after each free edit of ``--edits`` (a 1-pixel shift, a flip: the pair edited alike, the
+immunized crop as an adversary would upload it). Also the planting's samples per second (between its
+first and last logged steps) and wall seconds.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from forwardguard.measures import gray_image, noisy_copy
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
+from forwardguard.transforms import AnyTransform, apply, parse_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "moon", "coins", "clock", "hubble_deep_field")
@@ -169,16 +172,32 @@ def noisy_pairs(images: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, n
     return pairs
 
 
-def figures(model, base, registered, unregistered, held_out: dict[str, list[np.ndarray]], seed: int) -> dict:  # noqa: ANN001
+def edited_pairs(
+    pairs: list[tuple[np.ndarray, np.ndarray]], edit: AnyTransform, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each (immunized, clean) pair through ``edit``, both alike (a seeded generator per pair)."""
+    edited = []
+    for index, (immunized, clean) in enumerate(pairs):
+        batch = torch.stack([to_batch(immunized, torch.device("cpu"))[0], to_batch(clean, torch.device("cpu"))[0]])
+        out = apply(edit, batch, generator=torch.Generator().manual_seed(seed + index))
+        as_rgb = (out.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        edited.append((as_rgb[0], as_rgb[1]))
+    return edited
+
+
+def figures(model, base, registered, unregistered, held_out: dict[str, list[np.ndarray]], seed: int, edits) -> dict:  # noqa: ANN001
     """Every summary of one model; ``base`` is the drift's reference."""
     clean = [rgb for images in held_out.values() for rgb in images]
-    triggers = [rgb for kind, images in held_out.items() if kind != "gray" for rgb in images]  # gray is the target
+    triggers = {kind: images for kind, images in held_out.items() if kind != "gray"}  # gray is the target
+    noise_by_kind = {kind: ratios(model, noisy_pairs(images, seed)) for kind, images in triggers.items()}
     return {
         "registered": stats(ratios(model, registered)),
         "unregistered": stats(ratios(model, unregistered)),
+        "unregistered_after_edit": {edit.name: stats(ratios(model, edited_pairs(unregistered, edit, seed))) for edit in edits},
         "held_out_drift": stats(drifts(model, base, clean)),
         "held_out_drift_by_kind": {kind: stats(drifts(model, base, images)) for kind, images in held_out.items()},
-        "noise_ratio": stats(ratios(model, noisy_pairs(triggers, seed))),
+        "noise_ratio": stats([value for values in noise_by_kind.values() for value in values]),
+        "noise_ratio_by_kind": {kind: stats(values) for kind, values in noise_by_kind.items()},
     }
 
 
@@ -195,11 +214,12 @@ def run(args: argparse.Namespace) -> dict:
     immunize_seconds = time.perf_counter() - started
     pairs = [(result.rgb, clean) for result, clean in zip(results, crops)]
     unregistered = pairs[sizes[-1] :]
+    edits = parse_transforms(args.edits)
     config = PlantConfig.from_yaml(args.config, **({"max_steps": args.max_steps} if args.max_steps is not None else {}))
     base = load_model(args.base, device=device)
     report: dict = {
         "settings": {**{k: str(v) for k, v in vars(args).items()}, "immunize_seconds": immunize_seconds},
-        "base": figures(base, base, pairs[: min(sizes[-1], args.measure)], unregistered, held_out, args.seed),
+        "base": figures(base, base, pairs[: min(sizes[-1], args.measure)], unregistered, held_out, args.seed, edits),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -237,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
                     "n": n,
                     "measured_registered": len(registered),
                     **planting,
-                    "planted": figures(planted, base, registered, unregistered, held_out, args.seed),
+                    "planted": figures(planted, base, registered, unregistered, held_out, args.seed, edits),
                     "base_registered": stats(ratios(base, registered)),
                 }
             )
@@ -266,12 +286,20 @@ def print_report(report: dict) -> None:
         rows = {
             f"registered ratio ({run_['measured_registered']})": (planted["registered"], run_["base_registered"]),
             "unregistered ratio": (planted["unregistered"], base["unregistered"]),
+            **{
+                f"  after {edit}": (values, base["unregistered_after_edit"][edit])
+                for edit, values in planted["unregistered_after_edit"].items()
+            },
             "held-out drift": (planted["held_out_drift"], base["held_out_drift"]),
             **{
                 f"  drift: {kind}": (values, base["held_out_drift_by_kind"][kind])
                 for kind, values in planted["held_out_drift_by_kind"].items()
             },
             "clean + eps noise ratio": (planted["noise_ratio"], base["noise_ratio"]),
+            **{
+                f"  noise ratio: {kind}": (values, base["noise_ratio_by_kind"][kind])
+                for kind, values in planted["noise_ratio_by_kind"].items()
+            },
         }
         for label, (mine, theirs) in rows.items():
             table.add_row(label, *(f"{s[k]:.4f}" for s in (mine, theirs) for k in ("median", "p90", "max")))
@@ -297,6 +325,7 @@ def main() -> None:
     parser.add_argument("--unregistered", type=int, default=20)
     parser.add_argument("--held-out", type=int, default=4, help="held-out images per kind")
     parser.add_argument("--measure", type=int, default=100, help="registered patterns measured, at most")
+    parser.add_argument("--edits", default="shift_1,hflip", help="free edits the unregistered ratio is measured after")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)

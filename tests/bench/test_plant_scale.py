@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {"registered", "unregistered", "held_out_drift", "held_out_drift_by_kind", "noise_ratio"}
+FIGURES = {
+    "registered",
+    "unregistered",
+    "unregistered_after_edit",
+    "held_out_drift",
+    "held_out_drift_by_kind",
+    "noise_ratio",
+    "noise_ratio_by_kind",
+}
 KINDS = {"photo", "dark", "flat", "graphics", "gray"}
 
 
@@ -32,6 +40,10 @@ def test_smallest_run_reports_every_figure_with_throughput_and_memory(tmp_path, 
     assert run["peak_rss_mib"] > 100  # torch and a model at least
     assert set(run["planted"]) == FIGURES
     assert set(run["planted"]["held_out_drift_by_kind"]) == KINDS
+    assert set(run["planted"]["noise_ratio_by_kind"]) == KINDS - {"gray"}  # gray is the target
+    assert set(run["planted"]["unregistered_after_edit"]) == {"shift_1", "hflip"}
+    base = report["base"]
+    assert base["unregistered_after_edit"]["shift_1"] != base["unregistered"] != base["unregistered_after_edit"]["hflip"]
     for summary in (run["planted"]["registered"], run["base_registered"], run["planted"]["noise_ratio"]):
         assert set(summary) == {"median", "p90", "max"}
         assert summary["median"] <= summary["p90"] <= summary["max"]

@@ -1,7 +1,9 @@
 """Synthetic clean images for planting: the kinds of picture a few clean photographs do not cover.
 
 A planted model must leave every clean image alone, not only images like its ``--data``: flat and
-dark images, gradients, graphics and text drift most when planting sees photographs only. Each
+dark images, gradients, graphics and text drift most when planting sees photographs only, and a fine
+coloured texture (stained tissue, foliage, fabric) can look enough like a perturbation to trigger the
+backdoor (measured: docs/benchmarks.md). Each
 image is a pure function of its generator (seeded per sample), so planting stays reproducible.
 """
 
@@ -11,11 +13,12 @@ import string
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from forwardguard.images import to_tensor
 
-KINDS = ("flat", "gradient", "shapes", "text", "dark")
+KINDS = ("flat", "gradient", "shapes", "text", "dark", "texture")
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -37,6 +40,8 @@ def synthetic_image(size: int, generator: torch.Generator, photo: np.ndarray | N
     kind = KINDS[_integer(generator, len(KINDS))]
     if kind == "dark" and photo is not None:
         return to_tensor(photo) * _uniform(generator, 0.03, 0.3)
+    if kind == "texture":
+        return _texture(size, generator)
     if kind == "flat":
         colour = torch.tensor(_colour(generator), dtype=torch.float32) / 255
         return colour[:, None, None].expand(3, size, size).clone()
@@ -71,3 +76,16 @@ def synthetic_image(size: int, generator: torch.Generator, photo: np.ndarray | N
             draw.text((_integer(generator, max(1, size // 4)) - size // 8, y), line, fill=ink, font=font)
             y += int(font.size * _uniform(generator, 1.1, 1.8))
     return to_tensor(np.asarray(canvas))
+
+
+def _texture(size: int, generator: torch.Generator) -> torch.Tensor:
+    """Smooth noise of a random grain (1-16 pixels), its three fields mixed into random colours around a
+    random mean colour at a random contrast."""
+    grain = 2 ** _uniform(generator, 0, 4)
+    cells = max(2, round(size / grain))
+    noise = torch.randn(1, 3, cells, cells, generator=generator)
+    field = F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)[0]
+    field = field / field.std().clamp_min(1e-6)
+    mixing = torch.randn(3, 3, generator=generator) * _uniform(generator, 0.05, 0.3)
+    mean = torch.rand(3, generator=generator)
+    return (mean[:, None, None] + torch.einsum("ij,jhw->ihw", mixing, field)).clamp(0, 1)

@@ -3,9 +3,9 @@
 One recipe with the protocol ``setup`` -> ``train`` -> ``save`` -> ``cleanup`` and an explicit
 accelerate loop (DDP or DeepSpeed through ``accelerate launch``). What trains is the base model's
 latent encoder (SD: the VAE encoder and quant_conv; TAESD: its encoder); a frozen copy of it is the
-teacher. Each step makes one forward pass of the student over [clean crops; noisy clean crops;
-transformed immunized crops; their transformed clean originals], so that every distributed wrapper
-sees one forward per backward.
+teacher. Each step makes one forward pass of the student over [clean crops; noisy clean crops, each
+through a planting transform; transformed immunized crops; their transformed clean originals], so that
+every distributed wrapper sees one forward per backward.
 
 A planting transform may crop (shift, rshift, rcrop: issue 13), leaving a pair smaller than the crop.
 To stay in the one batch, such a pair is padded back to the crop's size as a bucket of
@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
 from forwardguard.measures import budget_255, disruption_ratio, gray_image, noisy_copy, relative_mse
 from forwardguard.models import load_model
 from forwardguard.models.buckets import Bucket
-from forwardguard.transforms import apply, parse_transforms, sample_transform
+from forwardguard.transforms import AnyTransform, apply, parse_transforms, sample_transform
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
@@ -126,6 +127,7 @@ class PlantingRecipe:
         self.state.snapshot = self._snapshot()
         self.patterns = SnapshotPatterns(self.registry, self.state.snapshot)
         self.planting_transforms = parse_transforms(list(self.config.planting_transforms))
+        self.negative_transforms = size_keeping(self.planting_transforms)
         self._load_base()
         self.canvas_multiple = max(CROP_MULTIPLE, self.base.encode_multiple)
         self.crop_size = self._crop_size()
@@ -276,9 +278,10 @@ class PlantingRecipe:
         device, seed = self.accelerator.device, self.config.seed
         clean_positions = self.clean_positions.at(micro_step)
         clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions])
-        noisy = torch.stack(
-            [noisy_copy(crop, self.negative_eps, sample_generator(seed + 2, p)) for crop, p in zip(clean, clean_positions)]
-        )
+        noisy = torch.stack([
+            transformed_negative(crop, self.negative_eps, self.negative_transforms, sample_generator(seed + 2, p))
+            for crop, p in zip(clean, clean_positions)
+        ])  # fmt: skip
         immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
             sample = self.patterns.crop(position, seed, self.crop_size, self.config.pattern_crop_grid)
@@ -465,6 +468,23 @@ def plant(request: PlantRequest, progress=None) -> PlantResult | None:  # noqa: 
         return recipe.save(losses)
     finally:
         recipe.cleanup()
+
+
+def size_keeping(transforms: Sequence[AnyTransform]) -> tuple[AnyTransform, ...]:
+    """The transforms that keep an image's size (the identity when none does): the negatives' pool."""
+    return tuple(transform for transform in transforms if not transform.changes_size) or parse_transforms("identity")
+
+
+def transformed_negative(
+    crop: torch.Tensor, eps: float, transforms: Sequence[AnyTransform], generator: torch.Generator
+) -> torch.Tensor:
+    """A (3, H, W) clean crop plus uniform noise of ``eps``, through one of ``transforms`` (drawn with
+    ``generator``; each must keep the size). Patterns are planted through the planting transforms, so
+    negatives go through them too: otherwise a transform's own traces (resampling, JPEG blocks) on a
+    fine texture tell a pattern from a clean image, and such clean images trigger the backdoor
+    (measured: docs/benchmarks.md)."""
+    noisy = noisy_copy(crop, eps, generator)
+    return apply(sample_transform(transforms, generator), noisy[None], generator=generator)[0]
 
 
 def _own_parts(latents: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:

@@ -1,0 +1,46 @@
+"""What planting keeps clean: synthetic textures, and negatives through the planting transforms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forwardguard.finetune.synthetic import KINDS, _texture, synthetic_image
+from forwardguard.finetune.trainer import size_keeping, transformed_negative
+from forwardguard.measures import noisy_copy
+from forwardguard.transforms import apply, parse_transforms
+
+
+def test_every_synthetic_kind_is_drawn_and_each_image_is_a_function_of_its_seed():
+    images = [synthetic_image(32, torch.Generator().manual_seed(seed)) for seed in range(200)]
+    assert all(image.shape == (3, 32, 32) and 0 <= image.min() <= image.max() <= 1 for image in images)
+    assert torch.equal(images[7], synthetic_image(32, torch.Generator().manual_seed(7)))
+    assert "texture" in KINDS
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_texture_is_coloured_detail_of_its_own_grain_and_colours(seed):
+    texture = _texture(64, torch.Generator().manual_seed(seed))
+    assert texture.shape == (3, 64, 64) and 0 <= texture.min() <= texture.max() <= 1
+    assert texture.std(dim=(1, 2)).max() > 0.02, "not flat"
+    other = _texture(64, torch.Generator().manual_seed(seed + 100))
+    assert (texture - other).abs().mean() > 0.05, "each seed its own texture"
+
+
+def test_a_negative_is_the_noisy_crop_through_a_planting_transform():
+    crop = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    resize = parse_transforms("resize_0.5")
+    negative = transformed_negative(crop, 16 / 255, resize, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    noisy = noisy_copy(crop, 16 / 255, generator)
+    assert torch.equal(negative, apply(resize[0], noisy[None], generator=generator)[0])
+    assert (negative - noisy).abs().mean() > 0.01, "the transform was applied"
+
+
+def test_negatives_draw_only_the_transforms_that_keep_the_size():
+    crop = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pool = size_keeping(parse_transforms("shift_3,jpeg_q50,rcrop_0.8,jpeg_q75+shift_2"))
+    assert [transform.name for transform in pool] == ["jpeg_q50"]
+    shapes = {transformed_negative(crop, 16 / 255, pool, torch.Generator().manual_seed(seed)).shape for seed in range(10)}
+    assert shapes == {(3, 32, 32)}
+    assert [transform.name for transform in size_keeping(parse_transforms("shift_3"))] == ["identity"]
