@@ -3,8 +3,8 @@
 A planted model must leave every clean image alone, not only images like its ``--data``: flat and
 dark images, gradients, graphics and text drift most when planting sees photographs only, and a fine
 coloured texture (stained tissue, foliage, fabric) can look enough like a perturbation to trigger the
-backdoor (measured: docs/benchmarks.md). Each
-image is a pure function of its generator (seeded per sample), so planting stays reproducible.
+backdoor (measured: docs/benchmarks.md). Each image is a pure function of its generator (seeded per
+sample), so planting stays reproducible.
 """
 
 from __future__ import annotations
