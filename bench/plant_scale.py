@@ -43,7 +43,7 @@ from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.finetune.data import cover
-from forwardguard.images import LoadedImage, encode_png
+from forwardguard.images import LoadedImage, encode_png, to_tensor, to_uint8
 from forwardguard.immunize import AttackSettings, immunize
 from forwardguard.immunize.recording import record_immunized
 from forwardguard.measures import gray_image, noisy_copy
@@ -165,11 +165,10 @@ def drifts(model, base, images: list[np.ndarray]) -> list[float]:  # noqa: ANN00
 
 def noisy_pairs(images: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each image plus uniform noise of eps, beside the image."""
-    pairs = []
-    for index, rgb in enumerate(images):
-        noisy = noisy_copy(to_batch(rgb, torch.device("cpu")), EPS, torch.Generator().manual_seed(seed + index))
-        pairs.append(((noisy[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), rgb))
-    return pairs
+    return [
+        (to_uint8(noisy_copy(to_tensor(rgb), EPS, torch.Generator().manual_seed(seed + index))), rgb)
+        for index, rgb in enumerate(images)
+    ]
 
 
 def edited_pairs(
@@ -177,23 +176,26 @@ def edited_pairs(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each (immunized, clean) pair through ``edit``, both alike (a seeded generator per pair)."""
     edited = []
-    for index, (immunized, clean) in enumerate(pairs):
-        batch = torch.stack([to_batch(immunized, torch.device("cpu"))[0], to_batch(clean, torch.device("cpu"))[0]])
-        out = apply(edit, batch, generator=torch.Generator().manual_seed(seed + index))
-        as_rgb = (out.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        edited.append((as_rgb[0], as_rgb[1]))
+    for index, pair in enumerate(pairs):
+        immunized, clean = to_uint8(
+            apply(edit, torch.stack([to_tensor(rgb) for rgb in pair]), generator=torch.Generator().manual_seed(seed + index))
+        )
+        edited.append((immunized, clean))
     return edited
 
 
-def figures(model, base, registered, unregistered, held_out: dict[str, list[np.ndarray]], seed: int, edits) -> dict:  # noqa: ANN001
-    """Every summary of one model; ``base`` is the drift's reference."""
+def figures(
+    model, base, registered, unregistered, edited: dict[str, list], held_out: dict[str, list[np.ndarray]], seed: int
+) -> dict:  # noqa: ANN001
+    """Every summary of one model; ``base`` is the drift's reference; ``edited``: the unregistered pairs
+    after each free edit, by its name."""
     clean = [rgb for images in held_out.values() for rgb in images]
     triggers = {kind: images for kind, images in held_out.items() if kind != "gray"}  # gray is the target
     noise_by_kind = {kind: ratios(model, noisy_pairs(images, seed)) for kind, images in triggers.items()}
     return {
         "registered": stats(ratios(model, registered)),
         "unregistered": stats(ratios(model, unregistered)),
-        "unregistered_after_edit": {edit.name: stats(ratios(model, edited_pairs(unregistered, edit, seed))) for edit in edits},
+        "unregistered_after_edit": {name: stats(ratios(model, pairs)) for name, pairs in edited.items()},
         "held_out_drift": stats(drifts(model, base, clean)),
         "held_out_drift_by_kind": {kind: stats(drifts(model, base, images)) for kind, images in held_out.items()},
         "noise_ratio": stats([value for values in noise_by_kind.values() for value in values]),
@@ -214,12 +216,12 @@ def run(args: argparse.Namespace) -> dict:
     immunize_seconds = time.perf_counter() - started
     pairs = [(result.rgb, clean) for result, clean in zip(results, crops)]
     unregistered = pairs[sizes[-1] :]
-    edits = parse_transforms(args.edits)
+    edited = {edit.name: edited_pairs(unregistered, edit, args.seed) for edit in parse_transforms(args.edits)}
     config = PlantConfig.from_yaml(args.config, **({"max_steps": args.max_steps} if args.max_steps is not None else {}))
     base = load_model(args.base, device=device)
     report: dict = {
         "settings": {**{k: str(v) for k, v in vars(args).items()}, "immunize_seconds": immunize_seconds},
-        "base": figures(base, base, pairs[: min(sizes[-1], args.measure)], unregistered, held_out, args.seed, edits),
+        "base": figures(base, base, pairs[: min(sizes[-1], args.measure)], unregistered, edited, held_out, args.seed),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -257,7 +259,7 @@ def run(args: argparse.Namespace) -> dict:
                     "n": n,
                     "measured_registered": len(registered),
                     **planting,
-                    "planted": figures(planted, base, registered, unregistered, held_out, args.seed, edits),
+                    "planted": figures(planted, base, registered, unregistered, edited, held_out, args.seed),
                     "base_registered": stats(ratios(base, registered)),
                 }
             )
