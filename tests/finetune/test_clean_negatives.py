@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forwardguard.finetune.synthetic import KINDS, _texture, synthetic_image
+from forwardguard.finetune import synthetic
+from forwardguard.finetune.synthetic import KINDS, MAX_ZOOM, _texture, synthetic_image
 from forwardguard.finetune.trainer import size_keeping, transformed_negative
 from forwardguard.measures import noisy_copy
 from forwardguard.transforms import apply, parse_transforms
@@ -16,6 +17,22 @@ def test_every_synthetic_kind_is_drawn_and_each_image_is_a_function_of_its_seed(
     assert all(image.shape == (3, 32, 32) and 0 <= image.min() <= image.max() <= 1 for image in images)
     assert torch.equal(images[7], synthetic_image(32, torch.Generator().manual_seed(7)))
     assert "texture" in KINDS
+
+
+def test_synthetic_images_are_crops_of_canvases_up_to_max_zoom_times_their_side(monkeypatch):
+    """Planting trains on small crops; a crop of a large canvas is what a large image shows the encoder
+    (large letters, a gentle gradient)."""
+    canvases = []
+    draw = synthetic._draw
+
+    def recording(kind, size, generator):
+        canvases.append(size)
+        return draw(kind, size, generator)
+
+    monkeypatch.setattr(synthetic, "_draw", recording)
+    images = [synthetic_image(32, torch.Generator().manual_seed(seed)) for seed in range(100)]
+    assert all(image.shape == (3, 32, 32) and image.is_contiguous() for image in images)
+    assert 32 <= min(canvases) < 48 and 2.5 * 32 < max(canvases) <= MAX_ZOOM * 32
 
 
 @pytest.mark.parametrize("seed", range(8))

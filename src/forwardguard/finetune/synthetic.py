@@ -5,6 +5,11 @@ dark images, gradients, graphics and text drift most when planting sees photogra
 coloured texture (stained tissue, foliage, fabric) can look enough like a perturbation to trigger the
 backdoor (measured: docs/benchmarks.md). Each image is a pure function of its generator (seeded per
 sample), so planting stays reproducible.
+
+An image is drawn on a canvas up to ``MAX_ZOOM`` times its side and cropped at a random place: planting
+trains on small crops (48 pixels), and a crop of a large gradient, of large letters or of a coarse
+texture is what a clean image of hundreds of pixels shows the encoder. Drawn at the crop's side only,
+the gradients and text of 128-pixel images drifted 1.2-1.9% while 48-pixel ones stayed clean.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 from forwardguard.images import to_tensor
 
 KINDS = ("flat", "gradient", "shapes", "text", "dark", "texture")
+MAX_ZOOM = 4.0
+"""The largest canvas, as a multiple of the image's side."""
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -35,11 +42,19 @@ def _colour(generator: torch.Generator) -> tuple[int, int, int]:
 
 
 def synthetic_image(size: int, generator: torch.Generator, photo: np.ndarray | None = None) -> torch.Tensor:
-    """A (3, size, size) image in [0, 1] of a random kind (see ``KINDS``); "dark" darkens ``photo`` (an
-    (H, W, 3) uint8 crop of ``size``) and falls back to a gradient without one."""
+    """A (3, size, size) image in [0, 1] of a random kind (see ``KINDS``), a random crop of a canvas of
+    1 to ``MAX_ZOOM`` times ``size`` (module docstring); "dark" darkens ``photo`` (an (H, W, 3) uint8
+    crop of ``size``) and falls back to a gradient without one."""
     kind = KINDS[_integer(generator, len(KINDS))]
     if kind == "dark" and photo is not None:
         return to_tensor(photo) * _uniform(generator, 0.03, 0.3)
+    canvas = round(size * MAX_ZOOM ** _uniform(generator))
+    top, left = _integer(generator, canvas - size + 1), _integer(generator, canvas - size + 1)
+    return _draw(kind, canvas, generator)[:, top : top + size, left : left + size].contiguous()
+
+
+def _draw(kind: str, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A (3, size, size) image of ``kind`` ("dark" without a photo: a gradient)."""
     if kind == "texture":
         return _texture(size, generator)
     if kind == "flat":
