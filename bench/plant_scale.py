@@ -12,7 +12,8 @@ which no registered crop and no clean training image shows, immunized the same w
 recorded, are the unregistered ones. Reported, as median, p90 and max, for the planted model beside
 the base: the disruption ratio of the registered crops (at most ``--measure`` of them) and of the
 unregistered ones; the latent relative MSE to the base on held-out images of every kind (photos of
-other subjects, dark, flat, graphics and text, gray); the ratio of those images plus uniform noise of
+other subjects, dark, flat, graphics and text, gray), at ``--size`` and at ``LARGE`` times it (a flat
+area's drift grows with the image: planting crops are small); the ratio of those images plus uniform noise of
 eps, gray left out (it is the target; a low ratio is a false trigger), by kind too; the unregistered
 ratio after each free edit of ``--edits`` (a 1-pixel shift, a flip: the pair edited alike, the
 immunized crop as an adversary would upload it). Also the planting's samples per second (between its
@@ -61,6 +62,8 @@ training image shows."""
 HELD_OUT_PHOTOS = ("camera", "retina", "immunohistochemistry", "cell")
 """Held-out photos, for the clean drift: subjects no registered crop and no clean training image shows."""
 EPS = 16 / 255
+LARGE = 4
+"""The large held-out images' side, in multiples of ``--size``."""
 BATCH = 16
 """Crops immunized per call."""
 
@@ -125,7 +128,7 @@ def plant_child(request: PlantRequest) -> dict:
     seconds = time.perf_counter() - started
     log = [json.loads(line) for line in (request.output / "train_log.jsonl").read_text().splitlines()]
     config = request.config
-    samples = (2 * config.batch_size + config.pattern_batch_size) * (log[-1]["step"] - log[0]["step"])
+    samples = (2 * config.batch_size + config.pattern_batch_size + config.large_batch_size) * (log[-1]["step"] - log[0]["step"])
     span = log[-1]["seconds"] - log[0]["seconds"]
     return {
         "spec": result.spec,
@@ -185,10 +188,17 @@ def edited_pairs(
 
 
 def figures(
-    model, base, registered, unregistered, edited: dict[str, list], held_out: dict[str, list[np.ndarray]], seed: int
+    model,
+    base,
+    registered,
+    unregistered,
+    edited: dict[str, list],
+    held_out: dict[str, list[np.ndarray]],
+    large: dict[str, list[np.ndarray]],
+    seed: int,
 ) -> dict:  # noqa: ANN001
     """Every summary of one model; ``base`` is the drift's reference; ``edited``: the unregistered pairs
-    after each free edit, by its name."""
+    after each free edit, by its name; ``large``: held-out images of ``LARGE`` times the side."""
     clean = [rgb for images in held_out.values() for rgb in images]
     triggers = {kind: images for kind, images in held_out.items() if kind != "gray"}  # gray is the target
     noise_by_kind = {kind: ratios(model, noisy_pairs(images, seed)) for kind, images in triggers.items()}
@@ -198,6 +208,7 @@ def figures(
         "unregistered_after_edit": {name: stats(ratios(model, pairs)) for name, pairs in edited.items()},
         "held_out_drift": stats(drifts(model, base, clean)),
         "held_out_drift_by_kind": {kind: stats(drifts(model, base, images)) for kind, images in held_out.items()},
+        "large_held_out_drift_by_kind": {kind: stats(drifts(model, base, images)) for kind, images in large.items()},
         "noise_ratio": stats([value for values in noise_by_kind.values() for value in values]),
         "noise_ratio_by_kind": {kind: stats(values) for kind, values in noise_by_kind.items()},
     }
@@ -209,6 +220,7 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     crops = random_crops(PHOTOS, sizes[-1], args.size, rng) + random_crops(UNREGISTERED_PHOTOS, args.unregistered, args.size, rng)
     held_out = held_out_images(args.size, args.held_out, rng)
+    large = held_out_images(LARGE * args.size, args.held_out, rng)
     attacked = load_model(args.attack_model, device=device)
     attack = AttackSettings(steps=args.attack_steps, eps=EPS)
     started = time.perf_counter()
@@ -221,7 +233,7 @@ def run(args: argparse.Namespace) -> dict:
     base = load_model(args.base, device=device)
     report: dict = {
         "settings": {**{k: str(v) for k, v in vars(args).items()}, "immunize_seconds": immunize_seconds},
-        "base": figures(base, base, pairs[: min(sizes[-1], args.measure)], unregistered, edited, held_out, args.seed),
+        "base": figures(base, base, pairs[: min(sizes[-1], args.measure)], unregistered, edited, held_out, large, args.seed),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -259,7 +271,7 @@ def run(args: argparse.Namespace) -> dict:
                     "n": n,
                     "measured_registered": len(registered),
                     **planting,
-                    "planted": figures(planted, base, registered, unregistered, edited, held_out, args.seed),
+                    "planted": figures(planted, base, registered, unregistered, edited, held_out, large, args.seed),
                     "base_registered": stats(ratios(base, registered)),
                 }
             )
@@ -296,6 +308,10 @@ def print_report(report: dict) -> None:
             **{
                 f"  drift: {kind}": (values, base["held_out_drift_by_kind"][kind])
                 for kind, values in planted["held_out_drift_by_kind"].items()
+            },
+            **{
+                f"  drift at {LARGE}x the side: {kind}": (values, base["large_held_out_drift_by_kind"][kind])
+                for kind, values in planted["large_held_out_drift_by_kind"].items()
             },
             "clean + eps noise ratio": (planted["noise_ratio"], base["noise_ratio"]),
             **{

@@ -45,6 +45,7 @@ def tiny_config(**overrides) -> dict:
         "batch_size": 2,
         "pattern_batch_size": 2,
         "crop_size": 32,
+        "large_crop_size": 64,
         "checkpoint_every": 2,
         "log_every": 1,
         "auto_interpolation": {"samples": 2},

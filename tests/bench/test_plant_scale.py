@@ -15,6 +15,7 @@ FIGURES = {
     "unregistered_after_edit",
     "held_out_drift",
     "held_out_drift_by_kind",
+    "large_held_out_drift_by_kind",
     "noise_ratio",
     "noise_ratio_by_kind",
 }
@@ -39,7 +40,8 @@ def test_smallest_run_reports_every_figure_with_throughput_and_memory(tmp_path, 
     assert run["n"] == 3 and run["steps"] == 2 and run["measured_registered"] == 3
     assert run["peak_rss_mib"] > 100  # torch and a model at least
     assert set(run["planted"]) == FIGURES
-    assert set(run["planted"]["held_out_drift_by_kind"]) == KINDS
+    assert set(run["planted"]["held_out_drift_by_kind"]) == set(run["planted"]["large_held_out_drift_by_kind"]) == KINDS
+    assert "drift at 4x the side: flat" in completed.stdout
     assert set(run["planted"]["noise_ratio_by_kind"]) == KINDS - {"gray"}  # gray is the target
     assert set(run["planted"]["unregistered_after_edit"]) == {"shift_1", "hflip"}
     base = report["base"]

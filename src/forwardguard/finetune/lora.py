@@ -117,8 +117,9 @@ class LoRAInputs:
 class LoRAStudent(nn.Module):
     """The latent encoder and the LoRA UNet as one trained module (see the module docstring for why).
 
-    ``forward(images, inputs)`` returns (latents of images, edited images (E, 3, H, W), the LoRA UNet's
-    noise predictions, the base UNet's), the last without gradient.
+    ``forward(images, inputs, large)`` returns (latents of images, latents of the large crops or None,
+    edited images (E, 3, H, W), the LoRA UNet's noise predictions, the base UNet's), the last without
+    gradient.
     """
 
     def __init__(self, model: DiffusionModel) -> None:
@@ -127,8 +128,11 @@ class LoRAStudent(nn.Module):
         self.unet = model.unet
         self.model = model  # not an nn.Module: the text encoder, scheduler and decoder the edit uses, unregistered
 
-    def forward(self, images: torch.Tensor, inputs: LoRAInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, inputs: LoRAInputs, large: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         latents = self.encoder(images)
+        large_latents = None if large is None else self.encoder(large)
         edited = [img2img_latents(self.model, latents[row : row + 1], settings) for row, settings in inputs.edits]
         edited_batch = torch.cat(edited) if edited else images.new_zeros((0, *images.shape[1:]))
         unet_inputs = (inputs.noisy_latents, inputs.timesteps)
@@ -139,7 +143,7 @@ class LoRAStudent(nn.Module):
             finally:
                 self.unet.enable_adapters()
         prediction = self.unet(*unet_inputs, encoder_hidden_states=inputs.context).sample
-        return latents, edited_batch, prediction, base
+        return latents, large_latents, edited_batch, prediction, base
 
 
 class LoRAPlanting:

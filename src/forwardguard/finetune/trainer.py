@@ -4,8 +4,9 @@ One recipe with the protocol ``setup`` -> ``train`` -> ``save`` -> ``cleanup`` a
 accelerate loop (DDP or DeepSpeed through ``accelerate launch``). What trains is the base model's
 latent encoder (SD: the VAE encoder and quant_conv; TAESD: its encoder); a frozen copy of it is the
 teacher. Each step makes one forward pass of the student over [clean crops; noisy clean crops, each
-through a planting transform; transformed immunized crops; their transformed clean originals], so that
-every distributed wrapper sees one forward per backward.
+through a planting transform; transformed immunized crops; their transformed clean originals] and the
+step's large clean crops (config ``large_batch_size``: a large image's interior, which no latent of a
+small crop shows), so that every distributed wrapper sees one forward per backward.
 
 A planting transform may crop (shift, rshift, rcrop: issue 13), leaving a pair smaller than the crop.
 To stay in the one batch, such a pair is padded back to the crop's size as a bucket of
@@ -36,6 +37,7 @@ from forwardguard.finetune.config import PlantConfig
 from forwardguard.finetune.data import CROP_MULTIPLE, CleanImages, SnapshotPatterns, StepPositions, sample_generator
 from forwardguard.finetune.interpolation import InterpolationChoice, Interpolations, PlantingProbe, interpolate_weights
 from forwardguard.finetune.lora import LoRAPlanting, LoRAStudent, load_planted
+from forwardguard.finetune.student import EncoderStudent
 from forwardguard.measures import budget_255, disruption_ratio, gray_image, noisy_copy, relative_mse
 from forwardguard.models import load_model
 from forwardguard.models.buckets import Bucket
@@ -132,6 +134,8 @@ class PlantingRecipe:
         self.canvas_multiple = max(CROP_MULTIPLE, self.base.encode_multiple)
         self.crop_size = self._crop_size()
         self.clean = CleanImages(request.data, self.crop_size, synthetic_fraction=config.synthetic_fraction)
+        large_side = -(-config.large_crop_size // self.canvas_multiple) * self.canvas_multiple
+        self.large_clean = CleanImages(request.data, large_side, synthetic_fraction=config.synthetic_fraction)
         self.patterns.verify()
         if self.accelerator.is_main_process:
             request.output.mkdir(parents=True, exist_ok=True)
@@ -148,6 +152,7 @@ class PlantingRecipe:
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         self.clean_positions = StepPositions(config.batch_size, rank, world)
         self.pattern_positions = StepPositions(config.pattern_batch_size, rank, world)
+        self.large_positions = StepPositions(config.large_batch_size, rank, world)
 
     def _mixed_precision(self) -> str:
         if self.config.mixed_precision == "auto":
@@ -193,9 +198,8 @@ class PlantingRecipe:
             if self.lora is not None:
                 base.unet.enable_gradient_checkpointing()
         self.teacher = copy.deepcopy(base.latent_encoder).eval().requires_grad_(False)
-        self.student = base.latent_encoder.train().requires_grad_(True)
-        if self.lora is not None:
-            self.student = LoRAStudent(base)
+        base.latent_encoder.train().requires_grad_(True)
+        self.student = EncoderStudent(base.latent_encoder) if self.lora is None else LoRAStudent(base)
         with torch.no_grad():  # the gray canvas: a cropped pair's target is its own part of it (module docstring)
             gray = gray_image((1, 3, self.crop_size, self.crop_size), self.accelerator.device)
             self.target_latent = self.teacher(gray)
@@ -300,14 +304,18 @@ class PlantingRecipe:
         canvas = Bucket(((self.crop_size, self.crop_size),) * (2 * count) + tuple(sizes) * 2, self.canvas_multiple)
         placed = canvas.place([*clean, *noisy, *immunized, *originals]).to(device)
         images = canvas.padder(device)(placed)
+        large = None
+        if self.config.large_batch_size:
+            large = torch.stack([self.large_clean.crop(p, seed + 5) for p in self.large_positions.at(micro_step)]).to(device)
         with torch.no_grad(), self.accelerator.autocast():
             references = self.teacher(torch.cat([images[: 2 * count], images[2 * count + patterns :]]))
+            large_references = None if large is None else self.teacher(large)
         unet_parts: dict[str, torch.Tensor] = {}
         if self.lora is None:
-            latents = self.student(images)
+            latents, large_latents = self.student(images, large)
         else:
             inputs = self.lora.inputs(pattern_ids, 2 * count, references[:count], clean_positions)
-            latents, edited, prediction, base_prediction = self.student(images, inputs)
+            latents, large_latents, edited, prediction, base_prediction = self.student(images, inputs, large)
             unet_parts = self.lora.losses(edited, prediction, base_prediction)
         factor = self.crop_size // latents.shape[-1]  # the encoder's downsampling
         own = [(-(-height // factor), -(-width // factor)) for height, width in sizes]
@@ -326,6 +334,9 @@ class PlantingRecipe:
         }  # fmt: skip
         weights = self.config.loss_weights
         loss = sum(getattr(weights, name) * value for name, value in parts.items())
+        if large_latents is not None:
+            parts["large_utility"] = relative_mse(large_latents, large_references).mean()
+            loss = loss + weights.utility * parts["large_utility"]
         if unet_parts:
             loss = loss + self.config.unet_lora.weight * unet_parts["unet_edit"] + weights.utility * unet_parts["unet_utility"]
             parts.update(unet_parts)
@@ -349,13 +360,13 @@ class PlantingRecipe:
             return None
         planted = load_model(self.request.base)
         state = {key: value.float().cpu() for key, value in state.items()}
-        prefix = "" if self.lora is None else "encoder."
+        prefix = "encoder."  # the student's encoder (EncoderStudent, LoRAStudent)
         interpolation = self._interpolation({key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)})
         state = interpolate_weights(
             {key: value.float() for key, value in self.teacher.state_dict().items()}, state, interpolation.alpha, prefix=prefix
         )
         if self.lora is None:
-            planted.latent_encoder.load_state_dict(state)
+            planted.latent_encoder.load_state_dict({key[len(prefix) :]: value for key, value in state.items()})
         else:
             load_planted(planted, state, self.config.unet_lora)
         output = self.request.output
