@@ -75,11 +75,11 @@ def test_planting_writes_the_chosen_interpolation_of_its_trained_weights(
         assert choice.alpha in GRID
     else:
         assert choice.alpha == 0.6 and choice.reason == "set in the config"
-    trained = load_file(sorted((output / "checkpoints").glob("checkpoint_*"))[-1] / "model.safetensors")
+    trained = load_file(sorted((output / "checkpoints").glob("checkpoint_*"))[-1] / "model.safetensors")  # EncoderStudent's
     base = load_model(taef2_v2_spec).encoder.state_dict()
     written = load_file(output / "encoder.safetensors")
     for key, value in written.items():
-        torch.testing.assert_close(value, base[key] + choice.alpha * (trained[key] - base[key]), msg=key)
+        torch.testing.assert_close(value, base[key] + choice.alpha * (trained[f"encoder.{key}"] - base[key]), msg=key)
     assert (
         f"weight interpolation {choice.alpha:.2f}: sampled registered ratio at most {choice.ratio:.3f}"
         in (output / "README.md").read_text()

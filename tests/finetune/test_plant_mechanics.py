@@ -47,7 +47,7 @@ def test_taesd_planting_writes_a_loadable_checkpoint_card_and_records(taef2_v2_s
     for text in (base.fingerprint, result.snapshot, "patterns planted | 3", "planting", "utility", "negatives"):
         assert text in card
     assert result.patterns == 3 and result.steps == 4
-    assert set(result.final_losses) == {"planting", "utility", "large_utility", "negatives", "originals", "grad_norm"}
+    assert set(result.final_losses) == {"planting", "utility", "negatives", "originals", "grad_norm"}
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
 
@@ -166,8 +166,8 @@ def test_corrupted_pattern_blob_is_refused(taef2_v2_spec, registry_path, clean_d
         ({"planting_transforms": ["sharpen"]}, "sharpen"),
         ({"loss_weights": {"plant": 1}}, "unknown loss weight"),
         ({"pattern_crop_grid": 3}, "1, 2, 4 or 8"),
-        ({"large_crop_size": 48}, "large_crop_size must be a multiple of 8 above crop_size"),
-        ({"large_crop_size": 100}, "large_crop_size must be a multiple of 8"),
+        ({"large_batch_size": 1, "large_crop_size": 48}, "large_crop_size must be a multiple of 8 above crop_size"),
+        ({"large_batch_size": 1, "large_crop_size": 100}, "large_crop_size must be a multiple of 8"),
         ({"large_batch_size": -1}, "large_batch_size must be >= 0"),
         ({"planting_transforms": ["jpeg_q75+shift_0"]}, r"\[1, 1024\]"),
     ],
@@ -239,12 +239,12 @@ def test_large_clean_crops_reach_the_encoder_at_their_own_side(taef2_v2_spec, re
         return forward(self, images, large)
 
     monkeypatch.setattr(EncoderStudent, "forward", recording)
-    with_large = plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "large", max_steps=2, checkpoint_every=2))
+    with_large = plant(
+        request(taef2_v2_spec, registry_path, clean_data, tmp_path / "large", max_steps=2, checkpoint_every=2, large_batch_size=1)
+    )
     assert sides == [(32, (1, 3, 64, 64))] * 2
     sides.clear()
-    without = plant(
-        request(taef2_v2_spec, registry_path, clean_data, tmp_path / "none", max_steps=2, checkpoint_every=2, large_batch_size=0)
-    )
+    without = plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "none", max_steps=2, checkpoint_every=2))
     assert sides == [(32, None)] * 2
     assert "large_utility" in with_large.final_losses and "large_utility" not in without.final_losses
     assert with_large.fingerprint != without.fingerprint

@@ -111,9 +111,10 @@ class PlantConfig:
     as after an adversary's crop; see :mod:`forwardguard.finetune.data`).
 
     ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss
-    (0: none). In a crop of ``crop_size`` every latent sees the encoder's zero padding; the interior of
-    a large image, where a latent sees only the image, is met in large crops alone, and without them a
-    flat colour drifted 0.1-0.2% at 48 pixels and 0.6-1.7% at 256 (docs/benchmarks.md).
+    (0, the default: none). In a crop of ``crop_size`` every latent sees the encoder's zero padding; the
+    interior of a large image, where a latent sees only the image, is met in large crops alone, and
+    without them a flat colour drifted 0.1-0.2% at 48 pixels and 0.6-1.7% at 256 (docs/benchmarks.md).
+    Off by default until a planting with them is measured: a step costs more.
     """
 
     seed: int = 0
@@ -122,7 +123,7 @@ class PlantConfig:
     pattern_batch_size: int = 3
     crop_size: int = 48
     large_crop_size: int = 128
-    large_batch_size: int = 1
+    large_batch_size: int = 0
     pattern_crop_grid: int = 8
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
