@@ -135,7 +135,11 @@ class PlantingRecipe:
         self.crop_size = self._crop_size()
         self.clean = CleanImages(request.data, self.crop_size, synthetic_fraction=config.synthetic_fraction)
         large_side = -(-config.large_crop_size // self.canvas_multiple) * self.canvas_multiple
-        self.large_clean = CleanImages(request.data, large_side, synthetic_fraction=config.synthetic_fraction)
+        self.large_clean = (
+            CleanImages(request.data, large_side, synthetic_fraction=config.synthetic_fraction)
+            if config.large_batch_size
+            else None
+        )
         self.patterns.verify()
         if self.accelerator.is_main_process:
             request.output.mkdir(parents=True, exist_ok=True)
@@ -305,7 +309,7 @@ class PlantingRecipe:
         placed = canvas.place([*clean, *noisy, *immunized, *originals]).to(device)
         images = canvas.padder(device)(placed)
         large = None
-        if self.config.large_batch_size:
+        if self.large_clean is not None:
             large = torch.stack([self.large_clean.crop(p, seed + 5) for p in self.large_positions.at(micro_step)]).to(device)
         with torch.no_grad(), self.accelerator.autocast():
             references = self.teacher(torch.cat([images[: 2 * count], images[2 * count + patterns :]]))
