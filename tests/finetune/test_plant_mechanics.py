@@ -239,12 +239,12 @@ def test_large_clean_crops_reach_the_encoder_at_their_own_side(taef2_v2_spec, re
         return forward(self, images, large)
 
     monkeypatch.setattr(EncoderStudent, "forward", recording)
-    with_large = plant(
-        request(taef2_v2_spec, registry_path, clean_data, tmp_path / "large", max_steps=2, checkpoint_every=2, large_batch_size=1)
-    )
-    assert sides == [(32, (1, 3, 64, 64))] * 2
+    with_large = plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "large", max_steps=2, checkpoint_every=2))
+    assert sides == [(32, (1, 3, 64, 64))] * 2  # the default: one large crop per step
     sides.clear()
-    without = plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "none", max_steps=2, checkpoint_every=2))
+    without = plant(
+        request(taef2_v2_spec, registry_path, clean_data, tmp_path / "none", max_steps=2, checkpoint_every=2, large_batch_size=0)
+    )
     assert sides == [(32, None)] * 2
     assert "large_utility" in with_large.final_losses and "large_utility" not in without.final_losses
     assert with_large.fingerprint != without.fingerprint
