@@ -22,7 +22,8 @@ def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, regis
     configs = {}
     for name, per_process in (("one", 2), ("two", 1)):
         configs[name] = tmp_path / f"{name}.yaml"
-        configs[name].write_text(yaml.safe_dump(tiny_config(max_steps=3, batch_size=per_process, pattern_batch_size=per_process)))
+        config = tiny_config(max_steps=3, batch_size=per_process, pattern_batch_size=per_process, large_batch_size=per_process)
+        configs[name].write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run(
         [sys.executable, "-m", "forwardguard", *common, "--output", str(tmp_path / "one"), "--config", str(configs["one"])],
@@ -44,7 +45,7 @@ def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, regis
     one_log, two_log = ((tmp_path / name / "train_log.jsonl").read_text().splitlines() for name in ("one", "two"))
     for line_one, line_two in zip(one_log, two_log, strict=True):  # the same samples: the same losses and gradients
         a, b = json.loads(line_one), json.loads(line_two)
-        for key in ("planting", "utility", "negatives", "grad_norm"):
+        for key in ("planting", "utility", "negatives", "large_utility", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
     single = load_file(tmp_path / "one" / "encoder.safetensors")
     parallel = load_file(tmp_path / "two" / "encoder.safetensors")

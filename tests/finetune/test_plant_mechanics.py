@@ -47,7 +47,7 @@ def test_taesd_planting_writes_a_loadable_checkpoint_card_and_records(taef2_v2_s
     for text in (base.fingerprint, result.snapshot, "patterns planted | 3", "planting", "utility", "negatives"):
         assert text in card
     assert result.patterns == 3 and result.steps == 4
-    assert set(result.final_losses) == {"planting", "utility", "negatives", "originals", "grad_norm"}
+    assert set(result.final_losses) == {"planting", "utility", "negatives", "originals", "large_utility", "grad_norm"}
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
 
