@@ -169,6 +169,7 @@ def test_corrupted_pattern_blob_is_refused(taef2_v2_spec, registry_path, clean_d
         ({"large_batch_size": 1, "large_crop_size": 48}, "large_crop_size must be a multiple of 8 above crop_size"),
         ({"large_batch_size": 1, "large_crop_size": 100}, "large_crop_size must be a multiple of 8"),
         ({"large_batch_size": -1}, "large_batch_size must be >= 0"),
+        ({"crop_size": 128}, r"above crop_size \(128\), got 128 \(large_batch_size: 0 turns the large crops off\)"),
         ({"planting_transforms": ["jpeg_q75+shift_0"]}, r"\[1, 1024\]"),
     ],
 )

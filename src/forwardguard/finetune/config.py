@@ -166,6 +166,7 @@ class PlantConfig:
         if self.large_batch_size and (self.large_crop_size % 8 or self.large_crop_size <= self.crop_size):
             raise ForwardguardError(
                 f"plant config: large_crop_size must be a multiple of 8 above crop_size ({self.crop_size}), got {self.large_crop_size}"
+                " (large_batch_size: 0 turns the large crops off)"
             )
         if self.pattern_crop_grid not in (1, 2, 4, 8):
             raise ForwardguardError(f"plant config: pattern_crop_grid must be 1, 2, 4 or 8, got {self.pattern_crop_grid}")
