@@ -18,6 +18,7 @@ FIGURES = {
     "large_held_out_drift_by_kind",
     "noise_ratio",
     "noise_ratio_by_kind",
+    "noise_ratio_over_base",
 }
 KINDS = {"photo", "dark", "flat", "graphics", "gray"}
 
@@ -33,7 +34,7 @@ def test_smallest_run_reports_every_figure_with_throughput_and_memory(tmp_path, 
     env = {**os.environ, "FORWARDGUARD_SHARED": str(shared_dir)}
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, env=env)
     assert completed.returncode == 0, completed.stderr
-    assert "N=3: 2 steps" in completed.stdout and "peak RSS" in completed.stdout
+    assert "N=3: 2 steps" in completed.stdout and "peak RSS" in completed.stdout and "planted min" in completed.stdout
     report = json.loads(out.read_text())
     assert set(report["base"]) == FIGURES
     (run,) = report["runs"]
@@ -47,6 +48,7 @@ def test_smallest_run_reports_every_figure_with_throughput_and_memory(tmp_path, 
     base = report["base"]
     assert base["unregistered_after_edit"]["shift_1"] != base["unregistered"] != base["unregistered_after_edit"]["hflip"]
     for summary in (run["planted"]["registered"], run["base_registered"], run["planted"]["noise_ratio"]):
-        assert set(summary) == {"median", "p90", "max"}
-        assert summary["median"] <= summary["p90"] <= summary["max"]
+        assert set(summary) == {"min", "median", "p90", "max"}
+        assert summary["min"] <= summary["median"] <= summary["p90"] <= summary["max"]
     assert run["planted"]["held_out_drift"]["max"] > 0 == report["base"]["held_out_drift"]["max"]
+    assert set(base["noise_ratio_over_base"].values()) == {1.0}  # the base over itself, image by image
