@@ -203,14 +203,15 @@ def figures(
     edited: dict[str, list],
     held_out: dict[str, list[np.ndarray]],
     large: dict[str, list[np.ndarray]],
-    seed: int,
+    noisy: dict[str, list],
+    base_noise: list[float],
 ) -> dict:  # noqa: ANN001
     """Every summary of one model; ``base`` is the drift's reference; ``edited``: the unregistered pairs
-    after each free edit, by its name; ``large``: held-out images of ``LARGE`` times the side."""
+    after each free edit, by its name; ``large``: held-out images of ``LARGE`` times the side;
+    ``noisy``: the held-out images plus eps noise, beside them, by kind; ``base_noise``: the base's
+    ratios of those pairs, in the same order."""
     clean = [rgb for images in held_out.values() for rgb in images]
-    triggers = {kind: images for kind, images in held_out.items() if kind != "gray"}  # gray is the target
-    noise_by_kind = {kind: ratios(model, noisy_pairs(images, seed)) for kind, images in triggers.items()}
-    base_noise = [value for images in triggers.values() for value in ratios(base, noisy_pairs(images, seed))]
+    noise_by_kind = {kind: ratios(model, pairs) for kind, pairs in noisy.items()}
     noise = [value for values in noise_by_kind.values() for value in values]
     return {
         "registered": stats(ratios(model, registered)),
@@ -240,11 +241,15 @@ def run(args: argparse.Namespace) -> dict:
     pairs = [(result.rgb, clean) for result, clean in zip(results, crops)]
     unregistered = pairs[sizes[-1] :]
     edited = {edit.name: edited_pairs(unregistered, edit, args.seed) for edit in parse_transforms(args.edits)}
+    noisy = {kind: noisy_pairs(images, args.seed) for kind, images in held_out.items() if kind != "gray"}  # gray: the target
     config = PlantConfig.from_yaml(args.config, **({"max_steps": args.max_steps} if args.max_steps is not None else {}))
     base = load_model(args.base, device=device)
+    base_noise = [value for noisy_kind in noisy.values() for value in ratios(base, noisy_kind)]
     report: dict = {
         "settings": {**{k: str(v) for k, v in vars(args).items()}, "immunize_seconds": immunize_seconds},
-        "base": figures(base, base, pairs[: min(sizes[-1], args.measure)], unregistered, edited, held_out, large, args.seed),
+        "base": figures(
+            base, base, pairs[: min(sizes[-1], args.measure)], unregistered, edited, held_out, large, noisy, base_noise
+        ),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -282,7 +287,7 @@ def run(args: argparse.Namespace) -> dict:
                     "n": n,
                     "measured_registered": len(registered),
                     **planting,
-                    "planted": figures(planted, base, registered, unregistered, edited, held_out, large, args.seed),
+                    "planted": figures(planted, base, registered, unregistered, edited, held_out, large, noisy, base_noise),
                     "base_registered": stats(ratios(base, registered)),
                 }
             )
