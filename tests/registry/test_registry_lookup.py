@@ -70,8 +70,9 @@ def test_perceptual_after_jpeg_and_resize(registry: Registry, recorded: dict, na
 
 
 def test_exact_lookups_read_the_sha256_indexes_only(registry: Registry, recorded: dict, monkeypatch) -> None:
-    """An exact match (bytes or pixels) answers without the perceptual search: one SELECT, no hash;
-    on PostgreSQL outside a transaction (no BEGIN and COMMIT round trips)."""
+    """An exact match (bytes or pixels) answers without the perceptual search: one SELECT, no hash,
+    and a recorded file without decoding it; on PostgreSQL outside a transaction (no BEGIN and
+    COMMIT round trips)."""
     from forwardguard.registry import lookup as lookup_module
 
     image, record = recorded["astronaut"]
@@ -86,9 +87,10 @@ def test_exact_lookups_read_the_sha256_indexes_only(registry: Registry, recorded
         commits.append(connection)
 
     def fail(*_args, **_kwargs) -> None:
-        raise AssertionError("an exact lookup ran the perceptual search")
+        raise AssertionError("an exact lookup ran the perceptual search or decoded a recorded file")
 
     with monkeypatch.context() as patched:
+        patched.setattr(lookup_module, "read_image", fail)
         patched.setattr(lookup_module, "perceptual_hash", fail)
         patched.setattr(lookup_module, "_perceptually_close", fail)
         sa.event.listen(registry._storage.engine, "before_cursor_execute", log)
@@ -109,6 +111,17 @@ def test_exact_lookups_read_the_sha256_indexes_only(registry: Registry, recorded
         (record.id, "bytes"),
         (again.id, "perceptual"),
     ]
+
+
+def test_a_file_finds_every_pattern_of_its_pixels(registry: Registry, recorded: dict) -> None:
+    """Found by its bytes, a file also finds the patterns recorded from other files of the same pixels."""
+    image, record = recorded["astronaut"]  # tenant t0
+    resaved = io.BytesIO()
+    Image.open(io.BytesIO(image.png)).save(resaved, "PNG", compress_level=0)
+    other_file = registry.record_pattern(**image.record_args(tenant="t1", image_png=resaved.getvalue()))
+    assert [(m.pattern.id, m.kind) for m in registry.lookup(image.png)] == [(record.id, "bytes"), (other_file.id, "pixels")]
+    assert [(m.pattern.id, m.kind) for m in registry.lookup(image.png, tenant="t1")] == [(other_file.id, "pixels")]
+    assert [(m.pattern.id, m.kind) for m in registry.lookup(resaved.getvalue(), tenant="t0")] == [(record.id, "pixels")]
 
 
 def test_unrelated_image_and_tenants(registry: Registry, recorded: dict) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.registry.location import Location
@@ -82,6 +83,23 @@ def dialect_insert(connection: sa.Connection, table: sa.Table):  # noqa: ANN201 
     from sqlalchemy.dialects import sqlite
 
     return sqlite.insert(table)
+
+
+def is_one_of(column: sa.ColumnElement, name: str, postgresql: bool) -> sa.ColumnElement[bool]:
+    """``column`` equals one of the integers of the list parameter ``name``, bound as one text
+    (see :func:`integer_list`): ``= ANY`` of an array on PostgreSQL, ``IN`` a ``json_each`` on SQLite.
+    One parameter keeps one statement for any length (prepared once); binding hundreds of values one
+    by one costs more than the search they serve, and psycopg dumps a Python list of ints item by item
+    (a regular expression each: 1.3 ms for the 428 values of a perceptual search)."""
+    if postgresql:
+        return column == sa.any_(sa.cast(sa.bindparam(name, type_=sa.Text), ARRAY(column.type)))
+    return column.in_(sa.select(sa.column("value", column.type)).select_from(sa.func.json_each(sa.bindparam(name))))
+
+
+def integer_list(values: Iterable[int], postgresql: bool) -> str:
+    """The value of an :func:`is_one_of` parameter: a PostgreSQL array's text, ``{1,2}``, or a JSON list, ``[1,2]``."""
+    joined = ",".join(map(str, values))
+    return f"{{{joined}}}" if postgresql else f"[{joined}]"
 
 
 @contextmanager

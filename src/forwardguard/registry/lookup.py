@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import sqlalchemy as sa
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.images import read_image
 from forwardguard.registry.blobs import sha256_hex
+from forwardguard.registry.database import integer_list, is_one_of
 from forwardguard.registry.images import hamming_distances, has_features, perceptual_hash, pixel_sha256
 from forwardguard.registry.phash_index import close_hashes
 from forwardguard.registry.records import Match, PatternRecord
@@ -19,7 +22,6 @@ from forwardguard.registry.tables import patterns
 # photographs differ by about 20-40.
 PHASH_MAX_DISTANCE = 10
 _KIND_RANK = {"bytes": 0, "pixels": 1, "perceptual": 2}
-_IN_CHUNK = 500
 
 
 def lookup(
@@ -34,8 +36,9 @@ def lookup(
     """The patterns of an image, best first: exact matches of the file's bytes or of its
     pixels, then perceptual-hash matches within ``max_distance`` bits.
 
-    The perceptual search runs when ``perceptual`` asks for it, or when nothing matched exactly:
-    an exact lookup is one query of the two sha256 indexes.
+    The perceptual search runs when ``perceptual`` asks for it, or when nothing matched exactly.
+    An exact lookup reads the sha256 indexes only: a recorded file's bytes are found in one query,
+    without decoding the image; other files are decoded and looked up by their pixels.
 
     ``image``: a PNG, JPEG or WebP file's bytes, decoded by :func:`forwardguard.images.read_image`
     (EXIF orientation applied, as when it was immunized), or RGB(A) uint8 pixels (H, W, 3|4).
@@ -47,16 +50,20 @@ def lookup(
     """
     if not 0 <= max_distance <= 64:
         raise ForwardguardError(f"max_distance must be within 0..64 bits, got {max_distance}")
-    image_sha: str | None
     if isinstance(image, (bytes, bytearray)):
-        rgb = read_image(bytes(image)).rgb
-        image_sha = sha256_hex(bytes(image))
+        file_bytes: bytes | None = bytes(image)
+        image_sha: str | None = sha256_hex(bytes(image))
     else:
         array = np.asarray(image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
             raise ForwardguardError(f"lookup needs uint8 RGB(A) pixels (H, W, 3|4), got {array.dtype} {array.shape}")
-        rgb, image_sha = np.ascontiguousarray(array[..., :3]), file_sha256
-    tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
+        file_bytes, image_sha, rgb = None, file_sha256, np.ascontiguousarray(array[..., :3])
+
+    @functools.cache
+    def pixels() -> np.ndarray:
+        """The image's RGB pixels, decoded once, and only when the lookup needs them."""
+        return rgb if file_bytes is None else read_image(file_bytes).rgb
+
     found: dict[str, Match] = {}
 
     def add(record: PatternRecord, kind: str, distance: int) -> None:
@@ -64,28 +71,60 @@ def lookup(
         if previous is None or _KIND_RANK[kind] < _KIND_RANK[previous.kind]:
             found[record.id] = Match(pattern=record, distance=distance, kind=kind)
 
-    exact = [patterns.c.pixel_sha256 == pixel_sha256(rgb)]
-    if image_sha is not None:
-        exact.append(patterns.c.image_sha256 == image_sha)
+    parameters = {"image_sha": image_sha, "tenant": tenant}
     with storage.read(statements_apart=True) as connection:  # the hot path: no BEGIN and COMMIT round trips
-        for row in connection.execute(sa.select(patterns).where(sa.or_(*exact), *tenant_filter)).mappings():
+        rows: list[sa.RowMapping] = []
+        if file_bytes is not None:  # a recorded file is found by its bytes alone, without decoding it
+            rows = list(connection.execute(_SAME_FILE[tenant is not None], parameters).mappings())
+        if not rows:
+            parameters["pixel_sha"] = pixel_sha256(pixels())
+            rows = list(connection.execute(_SAME_PIXELS[tenant is not None], parameters).mappings())
+        for row in rows:
             add(PatternRecord.from_row(row), "bytes" if row["image_sha256"] == image_sha else "pixels", 0)
         # A featureless image would "match" every other one.
-        if (perceptual or not found) and has_features(rgb):
-            query_hash = perceptual_hash(rgb)
+        if (perceptual or not found) and has_features(pixels()):
+            query_hash = perceptual_hash(pixels())
             for row in _perceptually_close(connection, query_hash, max_distance, tenant):
                 record = PatternRecord.from_row(row)
                 add(record, "perceptual", int(hamming_distances(query_hash, np.array([record.phash]))[0]))
     return sorted(found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id))
 
 
+def _exact_statements(same_file_only: bool) -> tuple[sa.Select, sa.Select]:
+    """The exact lookup's statement without and with a tenant filter, built once (bound parameters
+    ``image_sha``, ``pixel_sha``, ``tenant``).
+
+    ``same_file_only``: the patterns with the pixels of the patterns recorded from the file with
+    this sha256 (a file's pixels are those it was recorded with), so that a recorded file is found
+    without decoding it. Otherwise the patterns of this file or of these pixels."""
+    exact: sa.ColumnElement[bool]
+    if same_file_only:
+        same_file = sa.select(patterns.c.pixel_sha256).where(patterns.c.image_sha256 == sa.bindparam("image_sha"))
+        exact = patterns.c.pixel_sha256.in_(same_file)
+    else:
+        exact = sa.or_(patterns.c.pixel_sha256 == sa.bindparam("pixel_sha"), patterns.c.image_sha256 == sa.bindparam("image_sha"))
+    statement = sa.select(patterns).where(exact)
+    return statement, statement.where(patterns.c.tenant == sa.bindparam("tenant"))
+
+
+_SAME_FILE = _exact_statements(same_file_only=True)
+_SAME_PIXELS = _exact_statements(same_file_only=False)
+
+
 def _perceptually_close(connection: sa.Connection, query_hash: int, max_distance: int, tenant: str | None) -> list[sa.RowMapping]:
     """The patterns whose perceptual hash is within ``max_distance`` bits of ``query_hash``: the close
     hash values from the index (see :mod:`.phash_index`), then the patterns with those hashes."""
-    tenant_filter = [patterns.c.tenant == tenant] if tenant is not None else []
     close = close_hashes(connection, query_hash, max_distance)
-    rows: list[sa.RowMapping] = []
-    for start in range(0, len(close), _IN_CHUNK):
-        query = sa.select(patterns).where(patterns.c.phash.in_(close[start : start + _IN_CHUNK]), *tenant_filter)
-        rows.extend(connection.execute(query).mappings())
-    return rows
+    if not close:
+        return []
+    postgresql = connection.dialect.name == "postgresql"
+    parameters = {"hashes": integer_list(close, postgresql), "tenant": tenant}
+    return list(connection.execute(_with_hashes(postgresql, tenant is not None), parameters).mappings())
+
+
+@functools.cache
+def _with_hashes(postgresql: bool, by_tenant: bool) -> sa.Select:
+    """The patterns with one of the perceptual hashes of the list parameter ``hashes`` (and of the
+    tenant ``tenant``)."""
+    statement = sa.select(patterns).where(is_one_of(patterns.c.phash, "hashes", postgresql))
+    return statement.where(patterns.c.tenant == sa.bindparam("tenant")) if by_tenant else statement

@@ -25,13 +25,12 @@ a sizeable share of the table (15% at 16 bits), and the search reads every hash 
 
 from __future__ import annotations
 
-import json
 from functools import cache
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 
+from forwardguard.registry.database import integer_list, is_one_of
 from forwardguard.registry.images import hamming_distances
 from forwardguard.registry.tables import PHASH_BAND_BITS, PHASH_BANDS, patterns, phash_postings
 
@@ -68,8 +67,7 @@ def close_hashes(connection: sa.Connection, query_hash: int, max_distance: int) 
         params: dict[str, object] = {}
         radii = [radius for radius in band_radii(max_distance) if radius >= 0]  # the skipped bands are the last
         for band, (value, radius) in enumerate(zip(phash_bands(query_hash), radii, strict=False)):
-            near = (_masks(radius) ^ value).tolist()
-            params[f"band{band}"] = near if postgresql else json.dumps(near)
+            params[f"band{band}"] = integer_list((_masks(radius) ^ value).tolist(), postgresql)
         postings = connection.execute(_postings(postgresql, len(radii)), params).scalars()
         found = decode_postings(b"".join(postings), postgresql)
     return np.unique(found[hamming_distances(query_hash, found) <= max_distance]).tolist()
@@ -91,16 +89,12 @@ def decode_postings(data: bytes, postgresql: bool) -> np.ndarray:
 
 @cache
 def _postings(postgresql: bool, bands: int) -> sa.Executable:
-    """The postings of bands 0..``bands``-1 at the values of their parameters ``bandI`` (a PostgreSQL
-    array; on SQLite a JSON list): a lookup of the primary key per value. Each list is one
-    parameter: 428 values bound one by one cost more than the search itself."""
-
-    def one_of(band: int) -> sa.ColumnElement[bool]:
-        name = f"band{band}"
-        if postgresql:
-            return phash_postings.c.value == sa.any_(sa.bindparam(name, type_=ARRAY(sa.Integer)))
-        values = sa.select(sa.column("value", sa.Integer)).select_from(sa.func.json_each(sa.bindparam(name)))
-        return phash_postings.c.value.in_(values)
-
-    selects = [sa.select(phash_postings.c.hashes).where(phash_postings.c.band == band, one_of(band)) for band in range(bands)]
+    """The postings of bands 0..``bands``-1 at the values of their list parameters ``bandI`` (see
+    :func:`.database.is_one_of`): a lookup of the primary key per value."""
+    selects = [
+        sa.select(phash_postings.c.hashes).where(
+            phash_postings.c.band == band, is_one_of(phash_postings.c.value, f"band{band}", postgresql)
+        )
+        for band in range(bands)
+    ]
     return sa.union_all(*selects) if bands > 1 else selects[0]
