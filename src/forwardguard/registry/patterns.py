@@ -98,10 +98,13 @@ def record_pattern(storage: Storage, **pattern: Unpack[NewPattern]) -> PatternRe
     row["delta_blob_sha256"] = storage.blobs.put(delta_blob)
     row["id"] = pattern_id(row["image_sha256"], delta16, row["tenant"])
     with storage.write() as connection:
-        connection.execute(dialect_insert(connection, patterns).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+        insert = dialect_insert(connection, patterns).values(**row).on_conflict_do_nothing(index_elements=["id"])
+        written = connection.execute(insert.returning(*patterns.c)).mappings().first()
+        if written is None:  # recorded before: the row as it was first written
+            written = connection.execute(sa.select(patterns).where(patterns.c.id == row["id"])).mappings().one()
     storage.blobs.restore_if_missing(row["image_sha256"], image_png)
     storage.blobs.restore_if_missing(row["delta_blob_sha256"], delta_blob)
-    return get_pattern(storage, row["id"])
+    return PatternRecord.from_row(written)
 
 
 def get_pattern(storage: Storage, pattern_id: str) -> PatternRecord:
