@@ -11,7 +11,8 @@ A run fills a new registry with --records patterns: all but --sample of them bul
 PostgreSQL, by an executemany INSERT on SQLite), then --sample real ones
 (smooth synthetic --size px images, immunized with uniform noise) recorded through the public API,
 one transaction per pattern, blobs fsynced, by --writers processes at once (default 8), as a
-service's workers would: the insert rate and latency. Then --lookups lookups of the sampled images:
+service's workers would: the insert rate and latency (bench/registry_inserts.py measures them alone,
+into an empty registry, for any version of forwardguard). Then --lookups lookups of the sampled images:
 exact (their PNG bytes) and perceptual (a JPEG quality-75 copy, a 0.5x resize and a 1-pixel shift,
 in turn), each perceptual answer compared with a full scan of every recorded hash (the run fails
 when they differ). Then the same lookups again while --writers processes keep recording new
@@ -36,12 +37,9 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -52,6 +50,7 @@ import httpx
 import numpy as np
 import sqlalchemy as sa
 from PIL import Image
+from registry_inserts import FINGERPRINT, SAMPLED_TENANT, new_registry, percentiles, record, record_all, synthetic
 
 from forwardguard.images import read_image
 from forwardguard.registry import PHASH_MAX_DISTANCE, Registry
@@ -61,22 +60,10 @@ from forwardguard.registry.location import Location
 from forwardguard.registry.phash_index import encode_postings, phash_bands
 from forwardguard.registry.tables import patterns, phash_postings
 
-FINGERPRINT = "0" * 64
-SAMPLED_TENANT = "sampled"
 BULK_BATCH = 10_000
 POSTINGS_TRIGGER = "patterns_phash_postings"
 # Where the patterns recorded while lookups run are numbered from: after every sampled one.
 LOAD_INDEX_BASE = 1 << 40
-
-
-def synthetic(index: int, size: int) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """The immunized PNG, delta and immunized pixels of pattern ``index`` (deterministic): an 8 x 8
-    random picture upscaled (so that it has the low frequencies a perceptual hash sees), plus noise."""
-    rng = np.random.default_rng(index)
-    small = Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8))
-    clean = np.asarray(small.resize((size, size), Image.Resampling.BICUBIC))
-    immunized = np.clip(clean.astype(np.int16) + rng.integers(-16, 17, size=clean.shape), 0, 255).astype(np.uint8)
-    return _encode(immunized, "PNG"), immunized.astype(np.int16) - clean, immunized
 
 
 def _encode(pixels: np.ndarray, format: str, **options: Any) -> bytes:
@@ -93,25 +80,6 @@ VARIANTS: dict[str, Callable[[np.ndarray], bytes]] = {
     ),
     "shift1": lambda pixels: _encode(np.roll(pixels, 1, axis=1), "PNG"),
 }
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    values = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(values, 50)), 2), "p99_ms": round(float(np.percentile(values, 99)), 2)}
-
-
-@contextmanager
-def postgres_schema(base_url: str) -> Iterator[str]:
-    schema = f"fg_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{base_url}{'&' if '?' in base_url else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def bulk_load(registry: Registry, count: int) -> np.ndarray:
@@ -227,35 +195,13 @@ def vacuum_analyze(location: Location) -> None:
     engine.dispose()
 
 
-def _record(registry: Registry, index: int, size: int) -> tuple[float, int]:
-    png, delta, _ = synthetic(index, size)
-    start = time.perf_counter()
-    record = registry.record_pattern(
-        image_png=png,
-        delta=delta,
-        method="noise",
-        params={"eps": 16 / 255, "seed": index},
-        target="gray",
-        model_fingerprint=FINGERPRINT,
-        model_spec="bench",
-        tenant=SAMPLED_TENANT,
-    )
-    return time.perf_counter() - start, record.phash
-
-
-def record_share(location: str, indices: range, size: int) -> list[tuple[float, int]]:
-    """One writer process: record the patterns ``indices``; return each call's seconds and hash."""
-    with Registry.open(location) as registry:
-        return [_record(registry, index, size) for index in indices]
-
-
 def record_until(location: str, first: int, step: int, size: int, ready: Any, stop: Any) -> int:
     """One writer process: record patterns first, first + step, ... (saying ``ready`` after the first)
     until ``stop`` is set; return how many."""
     count = 0
     with Registry.open(location) as registry:
         while count == 0 or not stop.is_set():
-            _record(registry, first + count * step, size)
+            record(registry, first + count * step, size)
             count += 1
             if count == 1:
                 ready.put(first)
@@ -422,18 +368,15 @@ def run(
         if not registry.location.is_sqlite:
             vacuum_analyze(registry.location)
 
-    context = multiprocessing.get_context("spawn")
-    start = time.perf_counter()
-    with context.Pool(writers) as pool:
-        shares = [(location, range(w, sample, writers), size) for w in range(writers)]
-        recorded = [pair for share in pool.starmap(record_share, shares) for pair in share]
-    result["insert_per_s"] = round(sample / (time.perf_counter() - start), 1)
+    rate, recorded = record_all(location, sample, writers, size)
+    result["insert_per_s"] = round(rate, 1)
     result["insert_latency"] = percentiles([latency for latency, _ in recorded])
     hashes = np.concatenate([bulk_hashes, np.array([phash for _, phash in recorded], dtype=np.int64)])
 
     picks = np.random.default_rng(1).choice(sample, size=min(queries, sample), replace=False).tolist()
     with Registry.open(location) as registry:
         result |= lookups(registry, picks, size, hashes)
+        context = multiprocessing.get_context("spawn")
         manager = context.Manager()
         ready, stop = manager.Queue(), manager.Event()
         with context.Pool(writers) as pool:
@@ -503,17 +446,8 @@ def main() -> None:
         "serve_model": args.serve_model,
     }
     for backend in args.backend or ["sqlite"]:
-        workdir = Path(tempfile.mkdtemp(prefix=f"fg-bench-{backend}-", dir=args.workdir))
-        try:
-            if backend == "sqlite":
-                result = run(str(workdir / "reg.db"), workdir=workdir, **options)  # blobs in reg.blobs
-            else:
-                if not args.postgres_url:
-                    raise SystemExit("benchmark: give --postgres-url or set FORWARDGUARD_TEST_POSTGRES_URL")
-                with postgres_schema(args.postgres_url) as url:
-                    result = run(f"{url}&blobs={workdir / 'blobs'}", workdir=workdir, **options)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with new_registry(backend, args.postgres_url, args.workdir) as (location, workdir):
+            result = run(location, workdir=workdir, **options)
         print(json.dumps({"backend": backend} | result), flush=True)
 
 

@@ -16,9 +16,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH = REPO_ROOT / "bench" / "registry_bench.py"
+INSERTS = REPO_ROOT / "bench" / "registry_inserts.py"
 
 
-def _bench_module() -> ModuleType:
+def _bench_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # it imports registry_inserts from beside it
     spec = importlib.util.spec_from_file_location("registry_bench", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -58,11 +60,31 @@ def test_smallest_run_reports_every_measure(backend: str, request: pytest.Fixtur
     assert list(workdir.iterdir()) == []  # its scratch folder is removed
 
 
-def test_copy_writes_the_rows_an_insert_writes(postgres_schema_url: str) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_insert_rate_alone(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """registry_inserts.py: the insert rate of writers into an empty registry, with the public API only."""
+    if backend == "postgresql":
+        request.getfixturevalue("postgres_schema_url")
+    command = [
+        sys.executable, str(INSERTS), "--backend", backend,
+        "--patterns", "6", "--writers", "2", "--size", "16", "--workdir", str(tmp_path),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    [line] = completed.stdout.strip().splitlines()
+    result = json.loads(line)
+    assert (result["backend"], result["patterns"], result["writers"], result["image_size"]) == (backend, 6, 2, "16x16")
+    assert Path(result["forwardguard"]) == REPO_ROOT / "src" / "forwardguard"  # the version measured
+    assert result["insert_per_s"] > 0
+    assert 0 < result["insert_latency"]["p50_ms"] <= result["insert_latency"]["p99_ms"]
+    assert list(tmp_path.iterdir()) == []  # its scratch folder is removed
+
+
+def test_copy_writes_the_rows_an_insert_writes(postgres_schema_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from forwardguard.registry import Registry
     from forwardguard.registry.tables import patterns
 
-    bench = _bench_module()
+    bench = _bench_module(monkeypatch)
     created = datetime.now(timezone.utc)
     hashes = [-(2**63), -1, 0, 12345, 2**63 - 1]
     written = []
