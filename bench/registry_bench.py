@@ -32,7 +32,6 @@ afterwards. Prints one JSON object per backend.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing
 import os
@@ -50,7 +49,7 @@ import httpx
 import numpy as np
 import sqlalchemy as sa
 from PIL import Image
-from registry_inserts import FINGERPRINT, SAMPLED_TENANT, new_registry, percentiles, record, record_all, synthetic
+from registry_inserts import FINGERPRINT, SAMPLED_TENANT, encode, new_registry, percentiles, record, record_all, synthetic
 
 from forwardguard.images import read_image
 from forwardguard.registry import PHASH_MAX_DISTANCE, Registry
@@ -66,19 +65,13 @@ POSTINGS_TRIGGER = "patterns_phash_postings"
 LOAD_INDEX_BASE = 1 << 40
 
 
-def _encode(pixels: np.ndarray, format: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format, **options)
-    return buffer.getvalue()
-
-
 VARIANTS: dict[str, Callable[[np.ndarray], bytes]] = {
-    "jpeg75": lambda pixels: _encode(pixels, "JPEG", quality=75),
-    "resize0.5": lambda pixels: _encode(
+    "jpeg75": lambda pixels: encode(pixels, "JPEG", quality=75),
+    "resize0.5": lambda pixels: encode(
         np.asarray(Image.fromarray(pixels).resize((pixels.shape[1] // 2, pixels.shape[0] // 2), Image.Resampling.BICUBIC)),
         "PNG",
     ),
-    "shift1": lambda pixels: _encode(np.roll(pixels, 1, axis=1), "PNG"),
+    "shift1": lambda pixels: encode(np.roll(pixels, 1, axis=1), "PNG"),
 }
 
 

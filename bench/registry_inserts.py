@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -49,9 +50,14 @@ def synthetic(index: int, size: int) -> tuple[bytes, np.ndarray, np.ndarray]:
     small = Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8))
     clean = np.asarray(small.resize((size, size), Image.Resampling.BICUBIC))
     immunized = np.clip(clean.astype(np.int16) + rng.integers(-16, 17, size=clean.shape), 0, 255).astype(np.uint8)
+    return encode(immunized, "PNG"), immunized.astype(np.int16) - clean, immunized
+
+
+def encode(pixels: np.ndarray, format: str, **options: Any) -> bytes:
+    """``pixels`` (uint8 RGB) as a file of ``format`` (a Pillow format name) with Pillow's ``options``."""
     buffer = io.BytesIO()
-    Image.fromarray(immunized).save(buffer, "PNG")
-    return buffer.getvalue(), immunized.astype(np.int16) - clean, immunized
+    Image.fromarray(pixels).save(buffer, format, **options)
+    return buffer.getvalue()
 
 
 def record(registry: Registry, index: int, size: int) -> tuple[float, int]:

@@ -50,9 +50,11 @@ def lookup(
     """
     if not 0 <= max_distance <= 64:
         raise ForwardguardError(f"max_distance must be within 0..64 bits, got {max_distance}")
+    file_bytes: bytes | None
+    image_sha: str | None
     if isinstance(image, (bytes, bytearray)):
-        file_bytes: bytes | None = bytes(image)
-        image_sha: str | None = sha256_hex(bytes(image))
+        file_bytes = bytes(image)
+        image_sha = sha256_hex(file_bytes)
     else:
         array = np.asarray(image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
@@ -90,25 +92,27 @@ def lookup(
     return sorted(found.values(), key=lambda m: (m.distance, _KIND_RANK[m.kind], m.pattern.created_at, m.pattern.id))
 
 
-def _exact_statements(same_file_only: bool) -> tuple[sa.Select, sa.Select]:
-    """The exact lookup's statement without and with a tenant filter, built once (bound parameters
-    ``image_sha``, ``pixel_sha``, ``tenant``).
-
-    ``same_file_only``: the patterns with the pixels of the patterns recorded from the file with
-    this sha256 (a file's pixels are those it was recorded with), so that a recorded file is found
-    without decoding it. Otherwise the patterns of this file or of these pixels."""
-    exact: sa.ColumnElement[bool]
-    if same_file_only:
-        same_file = sa.select(patterns.c.pixel_sha256).where(patterns.c.image_sha256 == sa.bindparam("image_sha"))
-        exact = patterns.c.pixel_sha256.in_(same_file)
-    else:
-        exact = sa.or_(patterns.c.pixel_sha256 == sa.bindparam("pixel_sha"), patterns.c.image_sha256 == sa.bindparam("image_sha"))
-    statement = sa.select(patterns).where(exact)
+def _and_of_tenant(statement: sa.Select) -> tuple[sa.Select, sa.Select]:
+    """``statement`` without and with a filter on the tenant of the bound parameter ``tenant``:
+    indexed by whether a lookup names a tenant."""
     return statement, statement.where(patterns.c.tenant == sa.bindparam("tenant"))
 
 
-_SAME_FILE = _exact_statements(same_file_only=True)
-_SAME_PIXELS = _exact_statements(same_file_only=False)
+# The patterns with the pixels of those recorded from the file of sha256 ``image_sha`` (a recorded
+# file's pixels are those it was recorded with): a recorded file is found without decoding it.
+_SAME_FILE = _and_of_tenant(
+    sa.select(patterns).where(
+        patterns.c.pixel_sha256.in_(
+            sa.select(patterns.c.pixel_sha256).where(patterns.c.image_sha256 == sa.bindparam("image_sha"))
+        )
+    )
+)
+# The patterns of the file ``image_sha`` or of the pixels ``pixel_sha``.
+_SAME_PIXELS = _and_of_tenant(
+    sa.select(patterns).where(
+        sa.or_(patterns.c.pixel_sha256 == sa.bindparam("pixel_sha"), patterns.c.image_sha256 == sa.bindparam("image_sha"))
+    )
+)
 
 
 def _perceptually_close(connection: sa.Connection, query_hash: int, max_distance: int, tenant: str | None) -> list[sa.RowMapping]:
@@ -119,12 +123,11 @@ def _perceptually_close(connection: sa.Connection, query_hash: int, max_distance
         return []
     postgresql = connection.dialect.name == "postgresql"
     parameters = {"hashes": integer_list(close, postgresql), "tenant": tenant}
-    return list(connection.execute(_with_hashes(postgresql, tenant is not None), parameters).mappings())
+    return list(connection.execute(_with_hashes(postgresql)[tenant is not None], parameters).mappings())
 
 
 @functools.cache
-def _with_hashes(postgresql: bool, by_tenant: bool) -> sa.Select:
-    """The patterns with one of the perceptual hashes of the list parameter ``hashes`` (and of the
-    tenant ``tenant``)."""
-    statement = sa.select(patterns).where(is_one_of(patterns.c.phash, "hashes", postgresql))
-    return statement.where(patterns.c.tenant == sa.bindparam("tenant")) if by_tenant else statement
+def _with_hashes(postgresql: bool) -> tuple[sa.Select, sa.Select]:
+    """The patterns with one of the perceptual hashes of the list parameter ``hashes``, without and
+    with the tenant filter."""
+    return _and_of_tenant(sa.select(patterns).where(is_one_of(patterns.c.phash, "hashes", postgresql)))
