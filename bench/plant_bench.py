@@ -6,6 +6,7 @@
     .venv/bin/python bench/plant_bench.py --config my-recipe.yaml            # another recipe (a plant config)
     .venv/bin/python bench/plant_bench.py --config bench/recipes/plant-free-edits.yaml --no-throughput --attack-steps 200 \
         --registered motorcycle_left,retina,cell --unregistered motorcycle_right,microaneurysms   # other photos
+    .venv/bin/python bench/plant_bench.py --no-throughput --workdir run/   # keep the run for bench/plant_probe.py
 
 Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps as
 taef2-v2's MODEL.md measures, or ``--attack-steps``; 128x128). Four are recorded and planted into
@@ -62,6 +63,9 @@ HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel", "page", "t
 HELD_OUT += ("horse", "logo", "phantom", "chessboard_RGB")
 """Held-out images for clean drift: photos, a colour wheel, text; then a binary silhouette, a logo, a
 dark medical phantom and a colour chessboard, kinds unlike every clean training photo."""
+PAIRS = "pairs.npz"
+"""In a --workdir: every immunized photo and its clean original (``NAME/immunized``, ``NAME/clean``) and the
+names of the registered ones (``registered``), for bench/plant_probe.py."""
 FREE_EDITS = (
     "none",
     *(f"shift_{pixels}" for pixels in range(1, 8)),
@@ -82,6 +86,11 @@ def photo(name: str, size: int) -> np.ndarray:
     loader = getattr(data, name, None)
     pixels = loader() if callable(loader) else imread(next(Path(data.data_dir).glob(f"{name}.*")))
     return np.asarray(Image.fromarray(pixels).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+
+
+def taef2_v2(shared: Path) -> str:
+    """The spec of the base that planting starts from (its encoder; TAEF2's decoder)."""
+    return f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
 
 
 def ratio(model, immunized: np.ndarray, clean: np.ndarray, reference=None, edit: str = "none") -> float:  # noqa: ANN001
@@ -114,9 +123,7 @@ def quality(
     attack_steps: int,
 ) -> dict:
     v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
-    v2_spec = (
-        f"taesd:{shared / 'models' / 'taef2-v2' / 'encoder.safetensors'}:{shared / 'models' / 'taef2' / 'taef2_decoder.pth'}"
-    )
+    v2_spec = taef2_v2(shared)
     v1 = load_model(v1_spec)
     attack = AttackSettings(steps=attack_steps)
     pairs = {}
@@ -135,6 +142,8 @@ def quality(
                     model_spec=v1_spec,
                 )
         registry.create_snapshot("bench")
+    kept = {f"{name}/{part}": rgb for name, pair in pairs.items() for part, rgb in zip(("immunized", "clean"), pair)}
+    np.savez(work / PAIRS, registered=np.array(registered), **kept)
     (work / "clean").mkdir()
     for name in CLEAN_TRAINING[:clean_photos]:
         Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
@@ -249,10 +258,19 @@ def main() -> None:
         "--attack-steps", type=int, default=60, help="encoder attack steps against TAEF2 (the default attack: 200)"
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="a new folder to keep the run in (registry, clean photos, immunized pairs, planted model) for bench/plant_probe.py;"
+        " default: a temporary one",
+    )
     args = parser.parse_args()
+    if args.workdir is not None and args.workdir.exists():
+        parser.error(f"--workdir {args.workdir} exists: name a new folder")
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "crop_size": args.crop_size}.items() if v is not None}
     with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
+        work = args.workdir or Path(folder)
+        work.mkdir(parents=True, exist_ok=True)
         result = quality(
             args.shared,
             work,

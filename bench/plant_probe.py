@@ -1,0 +1,123 @@
+"""Where a kept planting run's protection and clean drift live: its weights at other interpolations,
+and with one encoder stage's change undone.
+
+    .venv/bin/python bench/plant_bench.py --workdir run/ ...     # a run kept in run/
+    .venv/bin/python bench/plant_probe.py run/
+    .venv/bin/python bench/plant_probe.py run/ --alphas 1.0,0.9,0.8 --no-stages
+
+A variant is taef2-v2's weights plus ``alpha`` times the run's change (the trained weights minus
+taef2-v2's; WiSE-FT), optionally only in some stages of the encoder: a stage is the layers at one
+resolution (a stride-2 convolution starts the next). For each: the worst ratio over the run's
+registered photos after each of plant_bench's free edits, and on its held-out photos the clean drift
+(latent relative MSE to taef2-v2) and how far the clean latent moved toward the gray target,
+||E'(x) - g'||^2 / ||E(x) - g||^2: below 1, the backdoor fires on a clean image (a false trigger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from plant_bench import FREE_EDITS, HELD_OUT, PAIRS, REPO, photo, ratio, taef2_v2
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import load_file
+from torch import nn
+
+from forwardguard.eval.matrix import to_batch
+from forwardguard.measures import gray_image, relative_mse, squared_norm
+from forwardguard.models import load_model
+from forwardguard.models.padding import encode
+
+
+def stages(encoder: nn.Sequential) -> list[list[str]]:
+    """The encoder's top-level layers grouped by resolution: a stride-2 convolution starts a stage."""
+    groups: list[list[str]] = [[]]
+    for name, layer in encoder.named_children():
+        if isinstance(layer, nn.Conv2d) and layer.stride == (2, 2):
+            groups.append([])
+        groups[-1].append(name)
+    return groups
+
+
+def variants(stage_names: list[list[str]], alphas: list[float], per_stage: bool) -> dict[str, tuple[float, set[str] | None]]:
+    """Label -> (alpha, the layers that get the change; None: all)."""
+    chosen: dict[str, tuple[float, set[str] | None]] = {f"alpha {alpha:g}": (alpha, None) for alpha in alphas}
+    if per_stage:
+        for index, layers in enumerate(stage_names):
+            others = {name for group in stage_names if group is not layers for name in group}
+            chosen[f"1/{2**index} undone"] = (1.0, others)
+            chosen[f"1/{2**index} only"] = (1.0, set(layers))
+    return chosen
+
+
+def measure(model, base, pairs: dict, registered: list[str]) -> dict:  # noqa: ANN001
+    worst = {edit: max(ratio(model, *pairs[name], edit=edit) for name in registered) for edit in FREE_EDITS}
+    held_out = {}
+    with torch.no_grad():
+        for name in (name for name in HELD_OUT if name not in pairs):
+            x = to_batch(photo(name, 128), model.device)
+            gray = gray_image(x.shape, x.device)
+            planted, before = encode(model, x), encode(base, x)
+            toward = squared_norm(planted - encode(model, gray)) / squared_norm(before - encode(base, gray))
+            held_out[name] = {"drift": float(relative_mse(planted, before)[0]), "toward_target": float(toward[0])}
+    return {"free_edits": worst, "held_out": held_out}
+
+
+def _index(path: Path) -> int:
+    return int(path.parent.name.removeprefix("checkpoint_"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path, help="a run kept by plant_bench.py --workdir")
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("FORWARDGUARD_SHARED", REPO.parent / "shared")))
+    parser.add_argument("--alphas", default="1.0,0.95,0.9", help="interpolations, comma-separated")
+    parser.add_argument("--no-stages", action="store_true", help="skip the variants with one stage's change undone or alone")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    checkpoints = sorted((args.workdir / "planted" / "checkpoints").glob("checkpoint_*/model.safetensors"), key=_index)
+    pairs_path = args.workdir / PAIRS
+    if not checkpoints or not pairs_path.is_file():
+        parser.error(f"{args.workdir}: not a run kept by plant_bench.py --workdir (no checkpoint or no {PAIRS})")
+    with np.load(pairs_path) as saved:
+        registered = [str(name) for name in saved["registered"]]
+        photos = {key.split("/")[0] for key in saved.files if "/" in key}
+        pairs = {name: (saved[f"{name}/immunized"], saved[f"{name}/clean"]) for name in photos}
+    base, model = load_model(taef2_v2(args.shared)), load_model(taef2_v2(args.shared))
+    before = {key: value.clone() for key, value in base.latent_encoder.state_dict().items()}
+    # The trained weights are the last checkpoint's (the written ones are interpolated); its keys are the student's.
+    trained = {key.removeprefix("encoder."): value for key, value in load_file(str(checkpoints[-1])).items()}
+    alphas = [float(value) for value in args.alphas.split(",")]
+    results = {}
+    for label, (alpha, layers) in variants(stages(base.latent_encoder), alphas, not args.no_stages).items():
+        weights = {
+            key: value + (alpha if layers is None or key.split(".")[0] in layers else 0.0) * (trained[key] - value)
+            for key, value in before.items()
+        }
+        model.latent_encoder.load_state_dict(weights)
+        results[label] = measure(model, base, pairs, registered)
+    table = Table("weights", "worst ratio, free edit", "none", "largest drift", "nearest to target", title=f"{args.workdir}")
+    for label, result in results.items():
+        edits, held_out = result["free_edits"], result["held_out"]
+        worst = max(edits, key=edits.get)
+        drifted = max(held_out, key=lambda name: held_out[name]["drift"])
+        nearest = min(held_out, key=lambda name: held_out[name]["toward_target"])
+        table.add_row(
+            label,
+            f"{edits[worst]:.3f} ({worst})",
+            f"{edits['none']:.3f}",
+            f"{held_out[drifted]['drift']:.2%} ({drifted})",
+            f"{held_out[nearest]['toward_target']:.3f} ({nearest})",
+        )
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""bench/plant_bench.py at its smallest (2 attack steps, 2 planting steps), the run kept in --workdir and
+probed by bench/plant_probe.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench(script: str, *arguments: str, shared: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "bench" / script), *arguments]
+    env = {**os.environ, "FORWARDGUARD_SHARED": str(shared)}
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=900, env=env)
+
+
+def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
+    work, out, recipe = tmp_path / "run", tmp_path / "plant.json", tmp_path / "full.yaml"
+    recipe.write_text("weight_interpolation: 1.0\n")  # the written weights are the trained ones: the probe's alpha 1
+    arguments = ("--no-throughput", "--attack-steps", "2", "--max-steps", "2", "--clean-photos", "2", "--registered", "astronaut")
+    arguments += ("--config", str(recipe))
+    completed = bench(
+        "plant_bench.py", *arguments, "--unregistered", "camera", "--workdir", str(work), "--json", str(out), shared=shared_dir
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(out.read_text())
+    assert set(report["free_edits"]) == {"astronaut", "camera"} and "hflip" in report["free_edits"]["astronaut"]
+    assert (work / "planted" / "encoder.safetensors").is_file() and (work / "reg.db").is_file()
+    again = bench("plant_bench.py", *arguments, "--workdir", str(work), shared=shared_dir)
+    assert again.returncode == 2 and "exists: name a new folder" in again.stderr
+
+    probe = bench(
+        "plant_probe.py", str(work), "--alphas", "1", "--no-stages", "--json", str(tmp_path / "probe.json"), shared=shared_dir
+    )
+    assert probe.returncode == 0, probe.stderr
+    (full,) = json.loads((tmp_path / "probe.json").read_text()).values()
+    assert set(full["free_edits"]) == set(report["free_edits"]["astronaut"])
+    assert full["free_edits"]["none"] == pytest.approx(report["ratios"]["astronaut"]["planted"], abs=1e-4)
+    for name, held_out in full["held_out"].items():  # alpha 1 of the trained weights is the written model here
+        assert held_out["drift"] == pytest.approx(report["held_out"][name]["relative_mse_to_v2"], rel=1e-3)
+        assert held_out["toward_target"] > 0
+    refused = bench("plant_probe.py", str(tmp_path), shared=shared_dir)
+    assert refused.returncode == 2 and "not a run kept by plant_bench.py --workdir" in refused.stderr
+
+
+def test_the_probe_undoes_one_stage_of_the_encoder_at_a_time(taef2_v2_spec, monkeypatch):
+    """TAEF2's encoder: full-resolution layers, then three stages that a stride-2 convolution starts."""
+    from forwardguard.models import load_model
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    from plant_probe import stages, variants
+
+    encoder = load_model(taef2_v2_spec).latent_encoder
+    groups = stages(encoder)
+    assert [group[0] for group in groups] == ["0", "2", "6", "10"] and sum(map(len, groups)) == len(encoder)
+    chosen = variants(groups, [1.0, 0.9], per_stage=True)
+    assert chosen["alpha 0.9"] == (0.9, None)
+    assert chosen["1/4 only"] == (1.0, set(groups[2]))
+    assert chosen["1/4 undone"] == (1.0, {name for group in groups for name in group} - set(groups[2]))
+    assert len(chosen) == 2 + 2 * len(groups)
