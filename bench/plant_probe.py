@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from forwardguard.eval.matrix import to_batch
+from forwardguard.finetune.interpolation import interpolate_weights
 from forwardguard.measures import gray_image, relative_mse, squared_norm
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
@@ -55,15 +56,23 @@ def variants(stage_names: list[list[str]], alphas: list[float], per_stage: bool)
     return chosen
 
 
-def measure(model, base, pairs: dict, registered: list[str]) -> dict:  # noqa: ANN001
+def held_out_references(base) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+    """Each held-out photo as a batch, with taef2-v2's latent of it and of gray: the same for every variant."""
+    references = {}
+    with torch.no_grad():
+        for name in HELD_OUT:
+            x = to_batch(photo(name, 128), base.device)
+            references[name] = (x, encode(base, x), encode(base, gray_image(x.shape, x.device)))
+    return references
+
+
+def measure(model, pairs: dict, registered: list[str], references: dict) -> dict:  # noqa: ANN001
     worst = {edit: max(ratio(model, *pairs[name], edit=edit) for name in registered) for edit in FREE_EDITS}
     held_out = {}
     with torch.no_grad():
-        for name in (name for name in HELD_OUT if name not in pairs):
-            x = to_batch(photo(name, 128), model.device)
-            gray = gray_image(x.shape, x.device)
-            planted, before = encode(model, x), encode(base, x)
-            toward = squared_norm(planted - encode(model, gray)) / squared_norm(before - encode(base, gray))
+        for name, (x, before, before_gray) in references.items():
+            planted = encode(model, x)
+            toward = squared_norm(planted - encode(model, gray_image(x.shape, x.device))) / squared_norm(before - before_gray)
             held_out[name] = {"drift": float(relative_mse(planted, before)[0]), "toward_target": float(toward[0])}
     return {"free_edits": worst, "held_out": held_out}
 
@@ -89,18 +98,16 @@ def main() -> None:
         photos = {key.split("/")[0] for key in saved.files if "/" in key}
         pairs = {name: (saved[f"{name}/immunized"], saved[f"{name}/clean"]) for name in photos}
     base, model = load_model(taef2_v2(args.shared)), load_model(taef2_v2(args.shared))
-    before = {key: value.clone() for key, value in base.latent_encoder.state_dict().items()}
+    before = base.latent_encoder.state_dict()
     # The trained weights are the last checkpoint's (the written ones are interpolated); its keys are the student's.
     trained = {key.removeprefix("encoder."): value for key, value in load_file(str(checkpoints[-1])).items()}
+    references = {name: value for name, value in held_out_references(base).items() if name not in pairs}
     alphas = [float(value) for value in args.alphas.split(",")]
     results = {}
     for label, (alpha, layers) in variants(stages(base.latent_encoder), alphas, not args.no_stages).items():
-        weights = {
-            key: value + (alpha if layers is None or key.split(".")[0] in layers else 0.0) * (trained[key] - value)
-            for key, value in before.items()
-        }
-        model.latent_encoder.load_state_dict(weights)
-        results[label] = measure(model, base, pairs, registered)
+        changed = {key: trained[key] if layers is None or key.split(".")[0] in layers else value for key, value in before.items()}
+        model.latent_encoder.load_state_dict(interpolate_weights(before, changed, alpha))
+        results[label] = measure(model, pairs, registered, references)
     table = Table("weights", "worst ratio, free edit", "none", "largest drift", "nearest to target", title=f"{args.workdir}")
     for label, result in results.items():
         edits, held_out = result["free_edits"], result["held_out"]
