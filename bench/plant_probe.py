@@ -4,8 +4,11 @@ and with one encoder stage's change undone.
     .venv/bin/python bench/plant_bench.py --workdir run/ ...     # a run kept in run/
     .venv/bin/python bench/plant_probe.py run/
     .venv/bin/python bench/plant_probe.py run/ --alphas 1.0,0.9,0.8 --no-stages
+    .venv/bin/python bench/plant_probe.py run/ --step 900 --alphas 1 --no-stages   # an earlier checkpoint
 
-A variant is taef2-v2's weights plus ``alpha`` times the run's change (the trained weights minus
+The trained weights are the last checkpoint's, or with ``--step`` those of the checkpoint taken at that
+training step (a run keeps ``checkpoints_total_limit`` of them: raise it in the recipe to follow a run's
+course). A variant is taef2-v2's weights plus ``alpha`` times the run's change (the trained weights minus
 taef2-v2's; WiSE-FT), optionally only in some stages of the encoder: a stage is the layers at one
 resolution (a stride-2 convolution starts the next). For each: the worst ratio over the run's
 registered photos after each of plant_bench's free edits, and on its held-out photos the clean drift
@@ -77,8 +80,12 @@ def measure(model, pairs: dict, registered: list[str], references: dict) -> dict
     return {"free_edits": worst, "held_out": held_out}
 
 
-def _index(path: Path) -> int:
-    return int(path.parent.name.removeprefix("checkpoint_"))
+def checkpoint_steps(workdir: Path) -> dict[int, Path]:
+    """The kept checkpoints' weights by the training step they were taken at."""
+    found = {}
+    for weights in (workdir / "planted" / "checkpoints").glob("checkpoint_*/model.safetensors"):
+        found[int(json.loads((weights.parent / "planting.json").read_text())["step"])] = weights
+    return dict(sorted(found.items()))
 
 
 def main() -> None:
@@ -87,20 +94,24 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("FORWARDGUARD_SHARED", REPO.parent / "shared")))
     parser.add_argument("--alphas", default="1.0,0.95,0.9", help="interpolations, comma-separated")
     parser.add_argument("--no-stages", action="store_true", help="skip the variants with one stage's change undone or alone")
+    parser.add_argument("--step", type=int, help="the checkpoint taken at this training step (default: the last)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    checkpoints = sorted((args.workdir / "planted" / "checkpoints").glob("checkpoint_*/model.safetensors"), key=_index)
+    checkpoints = checkpoint_steps(args.workdir)
     pairs_path = args.workdir / PAIRS
     if not checkpoints or not pairs_path.is_file():
         parser.error(f"{args.workdir}: not a run kept by plant_bench.py --workdir (no checkpoint or no {PAIRS})")
+    step = max(checkpoints) if args.step is None else args.step
+    if step not in checkpoints:
+        parser.error(f"--step {step}: no checkpoint at that step (kept: {', '.join(map(str, checkpoints))})")
     with np.load(pairs_path) as saved:
         registered = [str(name) for name in saved["registered"]]
         photos = {key.split("/")[0] for key in saved.files if "/" in key}
         pairs = {name: (saved[f"{name}/immunized"], saved[f"{name}/clean"]) for name in photos}
     base, model = load_model(taef2_v2(args.shared)), load_model(taef2_v2(args.shared))
     before = base.latent_encoder.state_dict()
-    # The trained weights are the last checkpoint's (the written ones are interpolated); its keys are the student's.
-    trained = {key.removeprefix("encoder."): value for key, value in load_file(str(checkpoints[-1])).items()}
+    # The trained weights are a checkpoint's (the written ones are interpolated); its keys are the student's.
+    trained = {key.removeprefix("encoder."): value for key, value in load_file(str(checkpoints[step])).items()}
     references = {name: value for name, value in held_out_references(base).items() if name not in pairs}
     alphas = [float(value) for value in args.alphas.split(",")]
     results = {}
@@ -108,7 +119,9 @@ def main() -> None:
         changed = {key: trained[key] if layers is None or key.split(".")[0] in layers else value for key, value in before.items()}
         model.latent_encoder.load_state_dict(interpolate_weights(before, changed, alpha))
         results[label] = measure(model, pairs, registered, references)
-    table = Table("weights", "worst ratio, free edit", "none", "largest drift", "nearest to target", title=f"{args.workdir}")
+    table = Table(
+        "weights", "worst ratio, free edit", "none", "largest drift", "nearest to target", title=f"{args.workdir}, step {step}"
+    )
     for label, result in results.items():
         edits, held_out = result["free_edits"], result["held_out"]
         worst = max(edits, key=edits.get)

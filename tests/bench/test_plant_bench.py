@@ -22,7 +22,8 @@ def bench(script: str, *arguments: str, shared: Path) -> subprocess.CompletedPro
 
 def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     work, out, recipe = tmp_path / "run", tmp_path / "plant.json", tmp_path / "full.yaml"
-    recipe.write_text("weight_interpolation: 1.0\n")  # the written weights are the trained ones: the probe's alpha 1
+    # The written weights are the trained ones (the probe's alpha 1), and both steps keep a checkpoint.
+    recipe.write_text("weight_interpolation: 1.0\ncheckpoint_every: 1\n")
     arguments = ("--no-throughput", "--attack-steps", "2", "--max-steps", "2", "--clean-photos", "2", "--registered", "astronaut")
     arguments += ("--config", str(recipe))
     completed = bench(
@@ -47,6 +48,14 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
         assert held_out["toward_target"] > 0
     refused = bench("plant_probe.py", str(tmp_path), shared=shared_dir)
     assert refused.returncode == 2 and "not a run kept by plant_bench.py --workdir" in refused.stderr
+
+    at_step_1 = ("--step", "1", "--alphas", "1", "--no-stages", "--json", str(tmp_path / "1.json"))
+    earlier = bench("plant_probe.py", str(work), *at_step_1, shared=shared_dir)
+    assert earlier.returncode == 0, earlier.stderr
+    (first,) = json.loads((tmp_path / "1.json").read_text()).values()
+    assert first["free_edits"]["none"] != full["free_edits"]["none"]  # one step of training less
+    missing = bench("plant_probe.py", str(work), "--step", "3", shared=shared_dir)
+    assert missing.returncode == 2 and "--step 3: no checkpoint at that step (kept: 1, 2)" in missing.stderr
 
 
 def test_the_probe_undoes_one_stage_of_the_encoder_at_a_time(taef2_v2_spec, monkeypatch):
