@@ -22,8 +22,5 @@ def test_free_edits_recipe_adds_every_grid_phase_and_the_geometric_edits_to_the_
     config, shipped = PlantConfig.from_yaml(RECIPES / "plant-free-edits.yaml"), PlantConfig()
     assert config.pattern_crop_grid == 1
     assert {t.name for t in (*PLANTING_POOL, *GEOMETRIC_PLANTING_POOL)} == set(config.planting_transforms)
-    assert (config.loss_weights, config.weight_interpolation, config.synthetic_fraction) == (
-        shipped.loss_weights,
-        shipped.weight_interpolation,
-        shipped.synthetic_fraction,
-    )
+    assert (config.loss_weights, config.synthetic_fraction) == (shipped.loss_weights, shipped.synthetic_fraction)
+    assert config.max_steps == 3 * shipped.max_steps and config.weight_interpolation == 0.93  # measured: docs/benchmarks.md
