@@ -11,7 +11,7 @@
 Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps as
 taef2-v2's MODEL.md measures, or ``--attack-steps``; 128x128). Four are recorded and planted into
 taef2-v2; two more are immunized the same way but not recorded (how far the planting generalizes);
-``--registered`` and ``--unregistered`` name others (a loader of ``skimage.data``, or the stem of a
+``--registered``, ``--unregistered`` and ``--held-out`` name others (a loader of ``skimage.data``, or the stem of a
 file of its data folder). Reported: the disruption ratio of each image under v1, taef2-v2 and the
 planted model (and the planted model's ratio with taef2-v2's clean latent as the denominator, which a
 model that erases the pictures cannot shrink); the latent relative MSE to taef2-v2 of the clean
@@ -64,8 +64,8 @@ HELD_OUT += ("horse", "logo", "phantom", "chessboard_RGB")
 """Held-out images for clean drift: photos, a colour wheel, text; then a binary silhouette, a logo, a
 dark medical phantom and a colour chessboard, kinds unlike every clean training photo."""
 PAIRS = "pairs.npz"
-"""In a --workdir: every immunized photo and its clean original (``NAME/immunized``, ``NAME/clean``) and the
-names of the registered ones (``registered``), for bench/plant_probe.py."""
+"""In a --workdir: every immunized photo and its clean original (``NAME/immunized``, ``NAME/clean``), the
+names of the registered ones (``registered``) and of the held-out photos (``held_out``), for bench/plant_probe.py."""
 FREE_EDITS = (
     "none",
     *(f"shift_{pixels}" for pixels in range(1, 8)),
@@ -120,6 +120,7 @@ def quality(
     clean_photos: int,
     registered: list[str],
     unregistered: list[str],
+    held_out: list[str],
     attack_steps: int,
 ) -> dict:
     v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
@@ -143,7 +144,7 @@ def quality(
                 )
         registry.create_snapshot("bench")
     kept = {f"{name}/{part}": rgb for name, pair in pairs.items() for part, rgb in zip(("immunized", "clean"), pair)}
-    np.savez(work / PAIRS, registered=np.array(registered), **kept)
+    np.savez(work / PAIRS, registered=np.array(registered), held_out=np.array(held_out), **kept)
     (work / "clean").mkdir()
     for name in CLEAN_TRAINING[:clean_photos]:
         Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
@@ -167,14 +168,14 @@ def quality(
         rows[name]["planted / taef2-v2 clean"] = ratio(planted, immunized, clean, reference=v2)
         rows[name]["clean original drift"] = drift(planted, v2, clean)
     free_edits = {name: {edit: ratio(planted, *pairs[name], edit=edit) for edit in FREE_EDITS} for name in pairs}
-    held_out = {}
+    clean_use = {}
     with torch.no_grad():
-        for index, name in enumerate(name for name in HELD_OUT if name not in pairs):
+        for index, name in enumerate(name for name in held_out if name not in pairs):
             clean = to_batch(photo(name, 128), planted.device)
             target = encode(planted, gray_image(clean.shape, clean.device))
             noisy = [noisy_copy(clean, 16 / 255, torch.Generator().manual_seed(index * 10 + d)) for d in range(3)]
             noise = [float(latent_disruption_ratio(encode(planted, x), encode(planted, clean), target)[0]) for x in noisy]
-            held_out[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)), "noise_ratio_min": min(noise)}
+            clean_use[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)), "noise_ratio_min": min(noise)}
     return {
         "recipe": str(recipe),
         "config": {**overrides},
@@ -186,7 +187,7 @@ def quality(
         "attack_steps": attack_steps,
         "registered": registered,
         "free_edits": free_edits,
-        "held_out": held_out,
+        "held_out": clean_use,
     }
 
 
@@ -254,6 +255,7 @@ def main() -> None:
     parser.add_argument("--clean-photos", type=int, default=len(CLEAN_TRAINING), help="clean photos planting distills on")
     parser.add_argument("--registered", default=",".join(REGISTERED), help="photos immunized and planted, comma-separated")
     parser.add_argument("--unregistered", default=",".join(UNREGISTERED), help="photos immunized alike but not planted")
+    parser.add_argument("--held-out", default=",".join(HELD_OUT), help="clean photos for drift and false triggers")
     parser.add_argument(
         "--attack-steps", type=int, default=60, help="encoder attack steps against TAEF2 (the default attack: 200)"
     )
@@ -279,6 +281,7 @@ def main() -> None:
             clean_photos=args.clean_photos,
             registered=names(args.registered),
             unregistered=names(args.unregistered),
+            held_out=names(args.held_out),
             attack_steps=args.attack_steps,
         )
         result["throughput"] = {} if args.no_throughput else throughput(work, args.shared, args.throughput_steps)

@@ -25,13 +25,12 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     # The written weights are the trained ones (the probe's alpha 1), and both steps keep a checkpoint.
     recipe.write_text("weight_interpolation: 1.0\ncheckpoint_every: 1\n")
     arguments = ("--no-throughput", "--attack-steps", "2", "--max-steps", "2", "--clean-photos", "2", "--registered", "astronaut")
-    arguments += ("--config", str(recipe))
-    completed = bench(
-        "plant_bench.py", *arguments, "--unregistered", "camera", "--workdir", str(work), "--json", str(out), shared=shared_dir
-    )
+    arguments += ("--config", str(recipe), "--unregistered", "camera", "--held-out", "camera,text,rocket")
+    completed = bench("plant_bench.py", *arguments, "--workdir", str(work), "--json", str(out), shared=shared_dir)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(out.read_text())
     assert set(report["free_edits"]) == {"astronaut", "camera"} and "hflip" in report["free_edits"]["astronaut"]
+    assert set(report["held_out"]) == {"text", "rocket"}  # camera is one of the immunized photos
     assert (work / "planted" / "encoder.safetensors").is_file() and (work / "reg.db").is_file()
     again = bench("plant_bench.py", *arguments, "--workdir", str(work), shared=shared_dir)
     assert again.returncode == 2 and "exists: name a new folder" in again.stderr
@@ -41,7 +40,7 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     )
     assert probe.returncode == 0, probe.stderr
     (full,) = json.loads((tmp_path / "probe.json").read_text()).values()
-    assert set(full["free_edits"]) == set(report["free_edits"]["astronaut"])
+    assert set(full["free_edits"]) == set(report["free_edits"]["astronaut"]) and set(full["held_out"]) == {"text", "rocket"}
     assert full["free_edits"]["none"] == pytest.approx(report["ratios"]["astronaut"]["planted"], abs=1e-4)
     for name, held_out in full["held_out"].items():  # alpha 1 of the trained weights is the written model here
         assert held_out["drift"] == pytest.approx(report["held_out"][name]["relative_mse_to_v2"], rel=1e-3)
