@@ -172,10 +172,13 @@ def quality(
     with torch.no_grad():
         for index, name in enumerate(name for name in held_out if name not in pairs):
             clean = to_batch(photo(name, 128), planted.device)
-            target = encode(planted, gray_image(clean.shape, clean.device))
+            latent, target = encode(planted, clean), encode(planted, gray_image(clean.shape, clean.device))
             noisy = [noisy_copy(clean, 16 / 255, torch.Generator().manual_seed(index * 10 + d)) for d in range(3)]
-            noise = [float(latent_disruption_ratio(encode(planted, x), encode(planted, clean), target)[0]) for x in noisy]
-            clean_use[name] = {"relative_mse_to_v2": drift(planted, v2, photo(name, 128)), "noise_ratio_min": min(noise)}
+            noise = [float(latent_disruption_ratio(encode(planted, x), latent, target)[0]) for x in noisy]
+            clean_use[name] = {
+                "relative_mse_to_v2": float(relative_mse(latent, encode(v2, clean))[0]),
+                "noise_ratio_min": min(noise),
+            }
     return {
         "recipe": str(recipe),
         "config": {**overrides},

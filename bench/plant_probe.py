@@ -33,6 +33,7 @@ from torch import nn
 
 from forwardguard.eval.matrix import to_batch
 from forwardguard.finetune.interpolation import interpolate_weights
+from forwardguard.finetune.trainer import CHECKPOINTS, STATE_FILE, TrainState
 from forwardguard.measures import gray_image, relative_mse, squared_norm
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
@@ -83,8 +84,10 @@ def measure(model, pairs: dict, registered: list[str], references: dict) -> dict
 def checkpoint_steps(workdir: Path) -> dict[int, Path]:
     """The kept checkpoints' weights by the training step they were taken at."""
     found = {}
-    for weights in (workdir / "planted" / "checkpoints").glob("checkpoint_*/model.safetensors"):
-        found[int(json.loads((weights.parent / "planting.json").read_text())["step"])] = weights
+    for weights in (workdir / "planted" / CHECKPOINTS).glob("checkpoint_*/model.safetensors"):
+        state = TrainState()
+        state.load_state_dict(json.loads((weights.parent / STATE_FILE).read_text()))
+        found[state.step] = weights
     return dict(sorted(found.items()))
 
 
