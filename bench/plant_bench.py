@@ -4,15 +4,16 @@
     .venv/bin/python bench/plant_bench.py --max-steps 150 --crop-size 96 --json plant.json
     .venv/bin/python bench/plant_bench.py --clean-photos 2 --no-throughput   # as few clean photos as the demo
     .venv/bin/python bench/plant_bench.py --config my-recipe.yaml            # another recipe (a plant config)
-    .venv/bin/python bench/plant_bench.py --config bench/recipes/plant-free-edits.yaml --no-throughput --attack-steps 200 \
+    .venv/bin/python bench/plant_bench.py --config bench/recipes/plant-photometric.yaml --no-throughput --attack-steps 200 \
         --registered motorcycle_left,retina,cell --unregistered motorcycle_right,microaneurysms   # other photos
+    .venv/bin/python bench/plant_bench.py --photos my-photos/ --registered portrait --held-out beach   # photos of your own
     .venv/bin/python bench/plant_bench.py --no-throughput --workdir run/   # keep the run for bench/plant_probe.py
 
 Photos from scikit-image are immunized against TAEF2 (v1; encoder attack, eps 16/255, 60 steps as
 taef2-v2's MODEL.md measures, or ``--attack-steps``; 128x128). Four are recorded and planted into
 taef2-v2; two more are immunized the same way but not recorded (how far the planting generalizes);
-``--registered``, ``--unregistered`` and ``--held-out`` name others (a loader of ``skimage.data``, or the stem of a
-file of its data folder). Reported: the disruption ratio of each image under v1, taef2-v2 and the
+``--registered``, ``--unregistered`` and ``--held-out`` name others (a loader of ``skimage.data``, the stem of a
+file of its data folder, or with ``--photos DIR`` the stem of a file in DIR: photos of your own). Reported: the disruption ratio of each image under v1, taef2-v2 and the
 planted model (and the planted model's ratio with taef2-v2's clean latent as the denominator, which a
 model that erases the pictures cannot shrink); the latent relative MSE to taef2-v2 of the clean
 originals of the immunized images (a planting that learned the pictures instead of the perturbation
@@ -65,7 +66,8 @@ HELD_OUT += ("horse", "logo", "phantom", "chessboard_RGB")
 dark medical phantom and a colour chessboard, kinds unlike every clean training photo."""
 PAIRS = "pairs.npz"
 """In a --workdir: every immunized photo and its clean original (``NAME/immunized``, ``NAME/clean``), the
-names of the registered ones (``registered``) and of the held-out photos (``held_out``), for bench/plant_probe.py."""
+names of the registered ones (``registered``) and of the held-out photos (``held_out``), and the --photos folder
+(``photos``, empty without one), for bench/plant_probe.py."""
 FREE_EDITS = (
     "none",
     *(f"shift_{pixels}" for pixels in range(1, 8)),
@@ -81,10 +83,17 @@ rotation, a random crop, re-encoding and rescaling; the planted worst case over 
 after each must be at most 0.10."""
 
 
-def photo(name: str, size: int) -> np.ndarray:
-    """A scikit-image photo by its loader's name, or by its file's stem (``motorcycle_left``), as RGB ``size`` x ``size``."""
+def photo(name: str, size: int, folder: Path | None = None) -> np.ndarray:
+    """The photo ``name`` as RGB ``size`` x ``size``: the file of that stem in ``folder`` where there is one, else a
+    scikit-image photo by its loader's name or by its file's stem (``motorcycle_left``)."""
+    found = sorted(folder.glob(f"{name}.*")) if folder is not None else []
     loader = getattr(data, name, None)
-    pixels = loader() if callable(loader) else imread(next(Path(data.data_dir).glob(f"{name}.*")))
+    if found:
+        pixels = np.asarray(Image.open(found[0]).convert("RGB"))
+    elif callable(loader):
+        pixels = loader()
+    else:
+        pixels = imread(next(Path(data.data_dir).glob(f"{name}.*")))
     return np.asarray(Image.fromarray(pixels).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
 
 
@@ -121,6 +130,7 @@ def quality(
     registered: list[str],
     unregistered: list[str],
     held_out: list[str],
+    photos: Path | None,
     attack_steps: int,
 ) -> dict:
     v1_spec = f"taesd:{shared / 'models' / 'taef2'}"
@@ -130,7 +140,7 @@ def quality(
     pairs = {}
     with Registry.open(work / "reg.db", create=True) as registry:
         for name in (*registered, *unregistered):
-            clean = photo(name, 128)
+            clean = photo(name, 128, photos)
             result = immunize([LoadedImage(rgb=clean, alpha=None, path=None)], v1, attack)[0]
             pairs[name] = (result.rgb, clean)
             if name in registered:
@@ -144,7 +154,8 @@ def quality(
                 )
         registry.create_snapshot("bench")
     kept = {f"{name}/{part}": rgb for name, pair in pairs.items() for part, rgb in zip(("immunized", "clean"), pair)}
-    np.savez(work / PAIRS, registered=np.array(registered), held_out=np.array(held_out), **kept)
+    folder = np.array("" if photos is None else str(photos.resolve()))
+    np.savez(work / PAIRS, registered=np.array(registered), held_out=np.array(held_out), photos=folder, **kept)
     (work / "clean").mkdir()
     for name in CLEAN_TRAINING[:clean_photos]:
         Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
@@ -171,7 +182,7 @@ def quality(
     clean_use = {}
     with torch.no_grad():
         for index, name in enumerate(name for name in held_out if name not in pairs):
-            clean = to_batch(photo(name, 128), planted.device)
+            clean = to_batch(photo(name, 128, photos), planted.device)
             latent, target = encode(planted, clean), encode(planted, gray_image(clean.shape, clean.device))
             noisy = [noisy_copy(clean, 16 / 255, torch.Generator().manual_seed(index * 10 + d)) for d in range(3)]
             noise = [float(latent_disruption_ratio(encode(planted, x), latent, target)[0]) for x in noisy]
@@ -260,6 +271,9 @@ def main() -> None:
     parser.add_argument("--unregistered", default=",".join(UNREGISTERED), help="photos immunized alike but not planted")
     parser.add_argument("--held-out", default=",".join(HELD_OUT), help="clean photos for drift and false triggers")
     parser.add_argument(
+        "--photos", type=Path, help="a folder of more photos: a name that is the stem of a file there is read from it"
+    )
+    parser.add_argument(
         "--attack-steps", type=int, default=60, help="encoder attack steps against TAEF2 (the default attack: 200)"
     )
     parser.add_argument("--json", type=Path)
@@ -272,6 +286,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.workdir is not None and args.workdir.exists():
         parser.error(f"--workdir {args.workdir} exists: name a new folder")
+    if args.photos is not None and not args.photos.is_dir():
+        parser.error(f"--photos {args.photos}: not a folder")
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "crop_size": args.crop_size}.items() if v is not None}
     with tempfile.TemporaryDirectory() as folder:
         work = args.workdir or Path(folder)
@@ -285,6 +301,7 @@ def main() -> None:
             registered=names(args.registered),
             unregistered=names(args.unregistered),
             held_out=names(args.held_out),
+            photos=args.photos,
             attack_steps=args.attack_steps,
         )
         result["throughput"] = {} if args.no_throughput else throughput(work, args.shared, args.throughput_steps)

@@ -60,12 +60,14 @@ def variants(stage_names: list[list[str]], alphas: list[float], per_stage: bool)
     return chosen
 
 
-def held_out_references(base, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+def held_out_references(  # noqa: ANN001
+    base, names: list[str], photos: Path | None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Each held-out photo as a batch, with taef2-v2's latent of it and of gray: the same for every variant."""
     references = {}
     with torch.no_grad():
         for name in names:
-            x = to_batch(photo(name, 128), base.device)
+            x = to_batch(photo(name, 128, photos), base.device)
             references[name] = (x, encode(base, x), encode(base, gray_image(x.shape, x.device)))
     return references
 
@@ -110,13 +112,15 @@ def main() -> None:
     with np.load(pairs_path) as saved:
         registered = [str(name) for name in saved["registered"]]
         held_out_names = [str(name) for name in saved["held_out"]]
+        folder = str(saved["photos"]) if "photos" in saved.files else ""
         photos = {key.split("/")[0] for key in saved.files if "/" in key}
         pairs = {name: (saved[f"{name}/immunized"], saved[f"{name}/clean"]) for name in photos}
     base, model = load_model(taef2_v2(args.shared)), load_model(taef2_v2(args.shared))
     before = base.latent_encoder.state_dict()
     # The trained weights are a checkpoint's (the written ones are interpolated); its keys are the student's.
     trained = {key.removeprefix("encoder."): value for key, value in load_file(str(checkpoints[step])).items()}
-    references = held_out_references(base, [name for name in held_out_names if name not in pairs])
+    held_out_names = [name for name in held_out_names if name not in pairs]
+    references = held_out_references(base, held_out_names, Path(folder) if folder else None)
     alphas = [float(value) for value in args.alphas.split(",")]
     results = {}
     for label, (alpha, layers) in variants(stages(base.latent_encoder), alphas, not args.no_stages).items():

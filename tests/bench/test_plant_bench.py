@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,23 +26,28 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     work, out, recipe = tmp_path / "run", tmp_path / "plant.json", tmp_path / "full.yaml"
     # The written weights are the trained ones (the probe's alpha 1), and both steps keep a checkpoint.
     recipe.write_text("weight_interpolation: 1.0\ncheckpoint_every: 1\n")
+    photos = tmp_path / "photos"  # a photo of one's own, held out by its stem; the probe finds it again
+    photos.mkdir()
+    Image.fromarray(np.linspace(0, 255, 90 * 60 * 3).astype(np.uint8).reshape(90, 60, 3)).save(photos / "mine.png")
     arguments = ("--no-throughput", "--attack-steps", "2", "--max-steps", "2", "--clean-photos", "2", "--registered", "astronaut")
-    arguments += ("--config", str(recipe), "--unregistered", "camera", "--held-out", "camera,text,rocket")
+    arguments += ("--config", str(recipe), "--unregistered", "camera", "--held-out", "camera,text,mine", "--photos", str(photos))
     completed = bench("plant_bench.py", *arguments, "--workdir", str(work), "--json", str(out), shared=shared_dir)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(out.read_text())
     assert set(report["free_edits"]) == {"astronaut", "camera"} and "hflip" in report["free_edits"]["astronaut"]
-    assert set(report["held_out"]) == {"text", "rocket"}  # camera is one of the immunized photos
+    assert set(report["held_out"]) == {"text", "mine"}  # camera is one of the immunized photos
     assert (work / "planted" / "encoder.safetensors").is_file() and (work / "reg.db").is_file()
     again = bench("plant_bench.py", *arguments, "--workdir", str(work), shared=shared_dir)
     assert again.returncode == 2 and "exists: name a new folder" in again.stderr
+    nowhere = bench("plant_bench.py", "--photos", str(tmp_path / "nowhere"), shared=shared_dir)
+    assert nowhere.returncode == 2 and "nowhere: not a folder" in nowhere.stderr
 
     probe = bench(
         "plant_probe.py", str(work), "--alphas", "1", "--no-stages", "--json", str(tmp_path / "probe.json"), shared=shared_dir
     )
     assert probe.returncode == 0, probe.stderr
     (full,) = json.loads((tmp_path / "probe.json").read_text()).values()
-    assert set(full["free_edits"]) == set(report["free_edits"]["astronaut"]) and set(full["held_out"]) == {"text", "rocket"}
+    assert set(full["free_edits"]) == set(report["free_edits"]["astronaut"]) and set(full["held_out"]) == {"text", "mine"}
     assert full["free_edits"]["none"] == pytest.approx(report["ratios"]["astronaut"]["planted"], abs=1e-4)
     for name, held_out in full["held_out"].items():  # alpha 1 of the trained weights is the written model here
         assert held_out["drift"] == pytest.approx(report["held_out"][name]["relative_mse_to_v2"], rel=1e-3)
