@@ -6,8 +6,8 @@
 Photographs from scikit-image are immunized against TAEF2 (v1) twice, with the plain encoder attack
 and with ``--robust`` (the default mix, or ``--mix``), both with the default step rule; each set is
 recorded in one registry under its own tenant and frozen as snapshot ``plain`` or ``robust``. Each
-snapshot is then planted into taef2-v2 with configs/plant.yaml (``--plant-steps``, ``--crop-size``
-shorten it), and ``forwardguard eval``'s Python API evaluates both snapshots on v1, taef2-v2 and the
+snapshot is then planted into taef2-v2 with configs/plant.yaml or ``--config`` (``--plant-steps``,
+``--crop-size`` shorten it), and ``forwardguard eval``'s Python API evaluates both snapshots on v1, taef2-v2 and the
 two planted models over the default gauntlet: ``--out`` gets the report (report.json, report.html
 with the robustness table). The script prints, per model and transform, the mean latent
 disruption ratio of the plain and the robust snapshot and their difference, and checks issue 8's
@@ -81,8 +81,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="PGD steps of both attacks")
     parser.add_argument("--mix", default=None, help="robust mix, comma-separated (default: the --robust default)")
     parser.add_argument("--draws", type=int, default=1, help="transforms per step of the robust attack")
-    parser.add_argument("--plant-steps", type=int, default=None, help="override configs/plant.yaml's max_steps")
-    parser.add_argument("--crop-size", type=int, default=None, help="override configs/plant.yaml's crop_size")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "plant.yaml", help="the plant recipe (YAML)")
+    parser.add_argument("--plant-steps", type=int, default=None, help="override the recipe's max_steps")
+    parser.add_argument("--crop-size", type=int, default=None, help="override the recipe's crop_size")
     parser.add_argument("--no-v2", action="store_true", help="v1 only: no planting, no taef2-v2")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 when a target is missed (a run too short to reach them)")
     args = parser.parse_args()
@@ -117,7 +118,7 @@ def main() -> int:
         for name in CLEAN_TRAINING:
             Image.fromarray(photo(name, 160)).save(clean / f"{name}.png")
         overrides = {key: value for key, value in (("max_steps", args.plant_steps), ("crop_size", args.crop_size)) if value}
-        config = PlantConfig.from_yaml(REPO / "configs" / "plant.yaml", **overrides)
+        config = PlantConfig.from_yaml(args.config, **overrides)
         for name in attacks:
             with console.status(f"planting snapshot {name} into taef2-v2"):
                 result = plant(

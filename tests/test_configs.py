@@ -88,8 +88,12 @@ def test_shipped_plant_config_is_the_built_in_default():
     assert PlantConfig.from_yaml(CONFIGS / "plant.yaml") == PlantConfig()
 
 
-def test_plant_config_default_transforms_are_the_planting_pool():
+def test_plant_config_default_plants_the_free_edits_at_every_grid_phase():
+    """Issue 13: the default draws the geometric edits beside the photometric ones, from any offset."""
     from forwardguard.finetune.config import PlantConfig
-    from forwardguard.transforms import PLANTING_POOL
+    from forwardguard.transforms import GEOMETRIC_PLANTING_POOL, PLANTING_POOL
 
-    assert PlantConfig().planting_transforms == tuple(transform.name for transform in PLANTING_POOL)
+    config = PlantConfig()
+    assert sorted(config.planting_transforms) == sorted(t.name for t in (*PLANTING_POOL, *GEOMETRIC_PLANTING_POOL))
+    assert config.planting_transforms[0] == "identity" and config.pattern_crop_grid == 1
+    assert (config.max_steps, config.weight_interpolation) == (2700, 0.93)  # measured: docs/benchmarks.md

@@ -272,14 +272,14 @@ PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
         "noise_0.02",
     ]
 )
-"""Cheap transforms that planting draws from, so that a planted trigger survives re-encoding."""
+"""Cheap photometric transforms that planting draws from, so that a planted trigger survives re-encoding."""
 
 GEOMETRIC_PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
     ["rshift_7", "rcrop_0.8", "hflip", "rrotate_5", "jpeg_q75+rshift_7"]
 )
 """Geometric edits that planting can draw as well (issue 13): random shifts of the 8-pixel grid, random
 crops, flips, small rotations, and a shift after re-encoding. The model side can be made invariant to
-them, which the image side cannot; a plant config names them in ``planting_transforms``."""
+them, which the image side cannot. The default recipe draws them beside ``PLANTING_POOL``."""
 
 ROBUST_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [

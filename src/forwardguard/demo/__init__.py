@@ -46,13 +46,15 @@ DEMO_INTERPOLATION = 0.85
 @dataclass(frozen=True)
 class DemoSettings:
     """The demo's flow; the defaults are what ``forwardguard demo`` runs (a few minutes on a 2-core CPU).
-    Planting uses the shipped recipe (``configs/plant.yaml``) with ``plant_steps`` steps, and writes the
-    weights at ``DEMO_INTERPOLATION`` instead of choosing the interpolation (``auto``): after a third of
-    the recipe's steps, ``auto`` finds synthetic validation images drifting beyond its budget and
-    lowers the interpolation to 0.66, where the registered photos' ratios reach 0.17 (mean 0.11) (docs/benchmarks.md).
-    It also leaves out the recipe's large clean crops (``large_batch_size: 0``), which make a step 1.5
-    times as long; at 0.85 the demo's held-out images drift 0.62% without them, within the gate's 1%
-    (they keep large flat colours clean: docs/benchmarks.md).
+    Planting uses the shipped recipe (``configs/plant.yaml``) cut to what a few minutes can train: the
+    photometric transforms on the photos' own grid phase (``PLANTING_POOL``, what the demo's eval
+    applies; every phase, mirrors and rotations take the recipe's 2,700 steps), ``plant_steps`` steps,
+    and the weights written at ``DEMO_INTERPOLATION``: after 300 steps, ``auto`` finds synthetic
+    validation images drifting beyond its budget and lowers the interpolation to 0.66, where the
+    registered photos' ratios reach 0.17 (mean 0.11) (docs/benchmarks.md). It also leaves out the
+    recipe's large clean crops (``large_batch_size: 0``), which make a step 1.5 times as long; at 0.85
+    the demo's held-out images drift 0.62% without them, within the gate's 1% (they keep large flat
+    colours clean: docs/benchmarks.md).
 
     ``references``: each eval model's reference for clean utility; v2 is its own (it is the model
     that would be released without planting), the planted v2's is v2, found through the registry.
@@ -109,6 +111,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     from forwardguard.immunize.runner import registry_recorder
     from forwardguard.models import load_model
     from forwardguard.registry import Registry
+    from forwardguard.transforms import PLANTING_POOL
 
     out = settings.out
     policy = load_policy(settings.policy)
@@ -146,6 +149,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
             "checkpoint_every": settings.plant_steps,
             "weight_interpolation": DEMO_INTERPOLATION,
             "large_batch_size": 0,
+            "pattern_crop_grid": 8,
+            "planting_transforms": [transform.name for transform in PLANTING_POOL],
         }
     )
     planted = plant(

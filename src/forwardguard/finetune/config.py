@@ -14,11 +14,14 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention proj
 
 
 def _planting_pool() -> tuple[str, ...]:
-    """The names of ``forwardguard.transforms.PLANTING_POOL``, the default planting transforms; imported
-    when a config is made, so that importing this module stays light (no torch)."""
-    from forwardguard.transforms import PLANTING_POOL
+    """The default planting transforms: ``forwardguard.transforms.PLANTING_POOL`` (re-encodings, rescales,
+    noise) and ``GEOMETRIC_PLANTING_POOL`` (shifts, crops, a mirror, rotations), in the order the shipped
+    recipe was measured in (docs/benchmarks.md); imported when a config is made, so that importing this
+    module stays light (no torch)."""
+    from forwardguard.transforms import GEOMETRIC_PLANTING_POOL, PLANTING_POOL
 
-    return tuple(transform.name for transform in PLANTING_POOL)
+    identity, *photometric = PLANTING_POOL
+    return tuple(transform.name for transform in (identity, *GEOMETRIC_PLANTING_POOL, *photometric))
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,12 @@ class PlantConfig:
     registered image's own phase of the encoders' 8-pixel grid, 1 lets it start anywhere (every phase,
     as after an adversary's crop; see :mod:`forwardguard.finetune.data`).
 
+    The defaults plant every grid phase, mirrors, rotations and crops as well as re-encodings for 2,700
+    steps, and write the weights at a fixed ``weight_interpolation`` of 0.93: measured into taef2-v2 on
+    photos no run had seen, no free edit of issue 13 left a registered photo above 0.077, where full
+    weights drift a fine-textured micrograph by 2-3.5% and ``auto``'s validation images miss it; at 0.93
+    it drifts 1.17%, and some clean images trigger the backdoor in part (docs/benchmarks.md).
+
     ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss
     (0: none). In a crop of ``crop_size`` every latent sees the encoder's zero padding; the interior of a
     large image, where a latent sees only the image, is met in large crops alone. Planting 10 patterns
@@ -119,13 +128,13 @@ class PlantConfig:
     """
 
     seed: int = 0
-    max_steps: int = 900
+    max_steps: int = 2700
     batch_size: int = 4
     pattern_batch_size: int = 3
     crop_size: int = 48
     large_crop_size: int = 128
     large_batch_size: int = 1
-    pattern_crop_grid: int = 8
+    pattern_crop_grid: int = 1
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -140,7 +149,7 @@ class PlantConfig:
     planting_transforms: tuple[str, ...] = field(default_factory=_planting_pool)
     negative_eps: float | None = None
     synthetic_fraction: float = 0.5
-    weight_interpolation: float | str = "auto"
+    weight_interpolation: float | str = 0.93
     auto_interpolation: AutoInterpolation = field(default_factory=AutoInterpolation)
     log_every: int = 10
     unet_lora: UNetLoRA | None = None
