@@ -86,14 +86,12 @@ after each must be at most 0.10."""
 def photo(name: str, size: int, folder: Path | None = None) -> np.ndarray:
     """The photo ``name`` as RGB ``size`` x ``size``: the file of that stem in ``folder`` where there is one, else a
     scikit-image photo by its loader's name or by its file's stem (``motorcycle_left``)."""
-    found = sorted(folder.glob(f"{name}.*")) if folder is not None else []
+    own = sorted(folder.glob(f"{name}.*")) if folder is not None else []
     loader = getattr(data, name, None)
-    if found:
-        pixels = np.asarray(Image.open(found[0]).convert("RGB"))
-    elif callable(loader):
+    if not own and callable(loader):
         pixels = loader()
     else:
-        pixels = imread(next(Path(data.data_dir).glob(f"{name}.*")))
+        pixels = imread((own or sorted(Path(data.data_dir).glob(f"{name}.*")))[0])
     return np.asarray(Image.fromarray(pixels).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
 
 
