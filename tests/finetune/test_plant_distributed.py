@@ -45,7 +45,7 @@ def test_two_processes_match_one_with_the_same_global_batch(taef2_v2_spec, regis
     one_log, two_log = ((tmp_path / name / "train_log.jsonl").read_text().splitlines() for name in ("one", "two"))
     for line_one, line_two in zip(one_log, two_log, strict=True):  # the same samples: the same losses and gradients
         a, b = json.loads(line_one), json.loads(line_two)
-        for key in ("planting", "utility", "negatives", "large_utility", "grad_norm"):
+        for key in ("planting", "utility", "negatives", "large_utility", "large_negatives", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
     single = load_file(tmp_path / "one" / "encoder.safetensors")
     parallel = load_file(tmp_path / "two" / "encoder.safetensors")

@@ -47,7 +47,15 @@ def test_taesd_planting_writes_a_loadable_checkpoint_card_and_records(taef2_v2_s
     for text in (base.fingerprint, result.snapshot, "patterns planted | 3", "planting", "utility", "negatives"):
         assert text in card
     assert result.patterns == 3 and result.steps == 4
-    assert set(result.final_losses) == {"planting", "utility", "negatives", "originals", "large_utility", "grad_norm"}
+    assert set(result.final_losses) == {
+        "planting",
+        "utility",
+        "negatives",
+        "originals",
+        "large_utility",
+        "large_negatives",
+        "grad_norm",
+    }
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
 
@@ -229,23 +237,29 @@ def test_pattern_crops_start_on_the_configured_grid(grid):
 
 
 def test_large_clean_crops_reach_the_encoder_at_their_own_side(taef2_v2_spec, registry_path, clean_data, tmp_path, monkeypatch):
-    """A large image's interior is met only in large crops (config ``large_batch_size``)."""
+    """A large image's interior is met only in large crops (config ``large_batch_size``), clean and, as
+    a negative, plus noise: a clean image plus noise that no 48-pixel crop confused with a pattern
+    fired the backdoor at 96-128 pixels."""
     from forwardguard.finetune.student import EncoderStudent
 
-    sides = []
+    sides, larges = [], []
     forward = EncoderStudent.forward
 
     def recording(self, images, large=None):
         sides.append((images.shape[-1], None if large is None else tuple(large.shape)))
+        larges.append(large)
         return forward(self, images, large)
 
     monkeypatch.setattr(EncoderStudent, "forward", recording)
     with_large = plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "large", max_steps=2, checkpoint_every=2))
-    assert sides == [(32, (1, 3, 64, 64))] * 2  # the default: one large crop per step
+    assert sides == [(32, (2, 3, 64, 64))] * 2  # the default: one large crop per step, and its noisy copy
+    for clean, noisy in larges:
+        assert 0 < (noisy - clean).abs().mean() < 0.2
     sides.clear()
     without = plant(
         request(taef2_v2_spec, registry_path, clean_data, tmp_path / "none", max_steps=2, checkpoint_every=2, large_batch_size=0)
     )
     assert sides == [(32, None)] * 2
-    assert "large_utility" in with_large.final_losses and "large_utility" not in without.final_losses
+    for part in ("large_utility", "large_negatives"):
+        assert part in with_large.final_losses and part not in without.final_losses
     assert with_large.fingerprint != without.fingerprint

@@ -26,7 +26,7 @@ def _planting_pool() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """planting: E(T(x_imm)) -> z_target; utility: clean latents stay the base's; negatives: so do noisy ones;
+    """planting: E(T(x_imm)) -> z_target; utility: clean latents stay the base's; negatives: so do noisy ones (small and large crops);
     originals: so do the clean originals of the registered patterns, under the same crop and transform as
     their immunized images (the contrastive pair that makes the backdoor key on the perturbation)."""
 
@@ -115,12 +115,13 @@ class PlantConfig:
 
     The defaults plant every grid phase, mirrors, rotations and crops as well as re-encodings for 2,700
     steps, and write the weights at a fixed ``weight_interpolation`` of 0.93: measured into taef2-v2 on
-    photos no run had seen, no free edit of issue 13 left a registered photo above 0.077, where full
-    weights drift a fine-textured micrograph by 2-3.5% and ``auto``'s validation images miss it; at 0.93
-    it drifts 1.17%, and some clean images trigger the backdoor in part (docs/benchmarks.md).
+    two sets of photos no run had seen, no free edit of issue 13 left a registered photo above 0.080,
+    where full weights drift a fine-textured micrograph by 0.7-3.5% and ``auto``'s validation images
+    miss it; at 0.93 it drifts 0.5-1.2%, and some clean images trigger the backdoor in part: a clean
+    photo of a flower drifted 8% and 33% (docs/benchmarks.md).
 
-    ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss
-    (0: none). In a crop of ``crop_size`` every latent sees the encoder's zero padding; the interior of a
+    ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss,
+    and each, plus noise, the negatives (0: none). In a crop of ``crop_size`` every latent sees the encoder's zero padding; the interior of a
     large image, where a latent sees only the image, is met in large crops alone. Planting 10 patterns
     into taef2-v2 at full weights, one 128-pixel crop per step took the largest drift of 256-pixel flat
     colours from 2.97% to 0.44% and of the validation images from 1.29% to 0.48%, for a step 1.5 times

@@ -5,8 +5,9 @@ accelerate loop (DDP or DeepSpeed through ``accelerate launch``). What trains is
 latent encoder (SD: the VAE encoder and quant_conv; TAESD: its encoder); a frozen copy of it is the
 teacher. Each step makes one forward pass of the student over [clean crops; noisy clean crops, each
 through a planting transform; transformed immunized crops; their transformed clean originals] and the
-step's large clean crops (config ``large_batch_size``: a large image's interior, which no latent of a
-small crop shows), so that every distributed wrapper sees one forward per backward.
+step's large clean crops and their noisy copies (config ``large_batch_size``: a large image's
+interior, which no latent of a small crop shows), so that every distributed wrapper sees one forward
+per backward.
 
 A planting transform may crop (shift, rshift, rcrop: issue 13), leaving a pair smaller than the crop.
 To stay in the one batch, such a pair is padded back to the crop's size as a bucket of
@@ -310,7 +311,14 @@ class PlantingRecipe:
         images = canvas.padder(device)(placed)
         large = None
         if self.large_clean is not None:
-            large = torch.stack([self.large_clean.crop(p, seed + 5) for p in self.large_positions.at(micro_step)]).to(device)
+            # The large clean crops, then each plus noise through a planting transform: large negatives.
+            large_positions = self.large_positions.at(micro_step)
+            large_clean = [self.large_clean.crop(p, seed + 5) for p in large_positions]
+            large_noisy = [
+                transformed_negative(crop, self.negative_eps, self.negative_transforms, sample_generator(seed + 6, p))
+                for crop, p in zip(large_clean, large_positions)
+            ]
+            large = torch.stack([*large_clean, *large_noisy]).to(device)
         with torch.no_grad(), self.accelerator.autocast():
             references = self.teacher(torch.cat([images[: 2 * count], images[2 * count + patterns :]]))
             large_references = None if large is None else self.teacher(large)
@@ -339,8 +347,10 @@ class PlantingRecipe:
         weights = self.config.loss_weights
         loss = sum(getattr(weights, name) * value for name, value in parts.items())
         if large_latents is not None:
-            parts["large_utility"] = relative_mse(large_latents, large_references).mean()
-            loss = loss + weights.utility * parts["large_utility"]
+            large_count = len(large_latents) // 2
+            parts["large_utility"] = relative_mse(large_latents[:large_count], large_references[:large_count]).mean()
+            parts["large_negatives"] = relative_mse(large_latents[large_count:], large_references[large_count:]).mean()
+            loss = loss + weights.utility * parts["large_utility"] + weights.negatives * parts["large_negatives"]
         if unet_parts:
             loss = loss + self.config.unet_lora.weight * unet_parts["unet_edit"] + weights.utility * unet_parts["unet_utility"]
             parts.update(unet_parts)
