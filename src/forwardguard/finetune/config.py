@@ -26,9 +26,10 @@ def _planting_pool() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """planting: E(T(x_imm)) -> z_target; utility: clean latents stay the base's; negatives: so do noisy ones (small and large crops);
-    originals: so do the clean originals of the registered patterns, under the same crop and transform as
-    their immunized images (the contrastive pair that makes the backdoor key on the perturbation)."""
+    """planting: E(T(x_imm)) -> z_target; utility: clean latents stay the base's; negatives: so do noisy
+    ones (small and large crops); originals: so do the clean originals of the registered patterns, under
+    the same crop and transform as their immunized images (the contrastive pair that makes the backdoor
+    key on the perturbation)."""
 
     planting: float = 1.0
     utility: float = 8.0
@@ -121,8 +122,9 @@ class PlantConfig:
     photo of a flower drifted 8% and 33% (docs/benchmarks.md).
 
     ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss,
-    and each, plus noise, the negatives (0: none). In a crop of ``crop_size`` every latent sees the encoder's zero padding; the interior of a
-    large image, where a latent sees only the image, is met in large crops alone. Planting 10 patterns
+    and each, plus noise, the negatives (0: none). In a crop of ``crop_size`` every latent sees the
+    encoder's zero padding; the interior of a large image, where a latent sees only the image, is met in
+    large crops alone. Planting 10 patterns
     into taef2-v2 at full weights, one 128-pixel crop per step took the largest drift of 256-pixel flat
     colours from 2.97% to 0.44% and of the validation images from 1.29% to 0.48%, for a step 1.5 times
     as long (docs/benchmarks.md).
