@@ -283,14 +283,18 @@ class PlantingRecipe:
                 self._save_checkpoint()
         return losses
 
+    def _negatives(self, crops: Sequence[torch.Tensor], positions: range, seed: int) -> list[torch.Tensor]:
+        """Each clean crop plus noise through a size-keeping planting transform, drawn by its position."""
+        return [
+            transformed_negative(crop, self.negative_eps, self.negative_transforms, sample_generator(seed, position))
+            for crop, position in zip(crops, positions)
+        ]
+
     def _loss(self, micro_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device, seed = self.accelerator.device, self.config.seed
         clean_positions = self.clean_positions.at(micro_step)
         clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions])
-        noisy = torch.stack([
-            transformed_negative(crop, self.negative_eps, self.negative_transforms, sample_generator(seed + 2, p))
-            for crop, p in zip(clean, clean_positions)
-        ])  # fmt: skip
+        noisy = torch.stack(self._negatives(clean, clean_positions, seed + 2))
         immunized, originals, pattern_ids = [], [], []
         for position in self.pattern_positions.at(micro_step):
             sample = self.patterns.crop(position, seed, self.crop_size, self.config.pattern_crop_grid)
@@ -314,11 +318,7 @@ class PlantingRecipe:
             # The large clean crops, then each plus noise through a planting transform: large negatives.
             large_positions = self.large_positions.at(micro_step)
             large_clean = [self.large_clean.crop(p, seed + 5) for p in large_positions]
-            large_noisy = [
-                transformed_negative(crop, self.negative_eps, self.negative_transforms, sample_generator(seed + 6, p))
-                for crop, p in zip(large_clean, large_positions)
-            ]
-            large = torch.stack([*large_clean, *large_noisy]).to(device)
+            large = torch.stack([*large_clean, *self._negatives(large_clean, large_positions, seed + 6)]).to(device)
         with torch.no_grad(), self.accelerator.autocast():
             references = self.teacher(torch.cat([images[: 2 * count], images[2 * count + patterns :]]))
             large_references = None if large is None else self.teacher(large)
