@@ -59,7 +59,8 @@ REPO = Path(__file__).resolve().parents[1]
 REGISTERED = ("astronaut", "coffee", "chelsea", "rocket")
 UNREGISTERED = ("camera", "immunohistochemistry")
 CLEAN_TRAINING = ("brick", "hubble_deep_field", "grass", "gravel", "moon", "coins", "clock", "astronaut", "coffee", "chelsea")
-"""Clean photos planting distills on; --clean-photos N takes the first N (the first two are none of the registered ones)."""
+"""Clean photos planting distills on, by default (--clean); --clean-photos N takes the first N of them (the first two
+are none of the registered ones)."""
 HELD_OUT = ("retina", "camera", "immunohistochemistry", "colorwheel", "page", "text")
 HELD_OUT += ("horse", "logo", "phantom", "chessboard_RGB")
 """Held-out images for clean drift: photos, a colour wheel, text; then a binary silhouette, a logo, a
@@ -124,7 +125,7 @@ def quality(
     recipe: Path,
     overrides: dict,
     *,
-    clean_photos: int,
+    clean_photos: list[str],
     registered: list[str],
     unregistered: list[str],
     held_out: list[str],
@@ -155,8 +156,8 @@ def quality(
     folder = np.array("" if photos is None else str(photos.resolve()))
     np.savez(work / PAIRS, registered=np.array(registered), held_out=np.array(held_out), photos=folder, **kept)
     (work / "clean").mkdir()
-    for name in CLEAN_TRAINING[:clean_photos]:
-        Image.fromarray(photo(name, 160)).save(work / "clean" / f"{name}.png")
+    for name in clean_photos:
+        Image.fromarray(photo(name, 160, photos)).save(work / "clean" / f"{name}.png")
     config = PlantConfig.from_yaml(recipe, **overrides)
     started = time.perf_counter()
     planted_result = plant(
@@ -191,7 +192,7 @@ def quality(
     return {
         "recipe": str(recipe),
         "config": {**overrides},
-        "clean_photos": list(CLEAN_TRAINING[:clean_photos]),
+        "clean_photos": clean_photos,
         "plant_seconds": seconds,
         "steps": planted_result.steps,
         "interpolation": planted_result.interpolation.describe(),
@@ -264,7 +265,8 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int)
     parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--no-throughput", action="store_true", help="skip the 1- and 2-process throughput runs")
-    parser.add_argument("--clean-photos", type=int, default=len(CLEAN_TRAINING), help="clean photos planting distills on")
+    parser.add_argument("--clean", default=",".join(CLEAN_TRAINING), help="clean photos planting distills on, comma-separated")
+    parser.add_argument("--clean-photos", type=int, help="take only the first N of --clean")
     parser.add_argument("--registered", default=",".join(REGISTERED), help="photos immunized and planted, comma-separated")
     parser.add_argument("--unregistered", default=",".join(UNREGISTERED), help="photos immunized alike but not planted")
     parser.add_argument("--held-out", default=",".join(HELD_OUT), help="clean photos for drift and false triggers")
@@ -286,6 +288,11 @@ def main() -> None:
         parser.error(f"--workdir {args.workdir} exists: name a new folder")
     if args.photos is not None and not args.photos.is_dir():
         parser.error(f"--photos {args.photos}: not a folder")
+    clean = names(args.clean)[: args.clean_photos]
+    if trained_on := set(clean) & set(names(args.held_out)):
+        parser.error(
+            f"--held-out {','.join(sorted(trained_on))}: also in --clean; held-out drift is of photos planting never saw"
+        )
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "crop_size": args.crop_size}.items() if v is not None}
     with tempfile.TemporaryDirectory() as folder:
         work = args.workdir or Path(folder)
@@ -295,7 +302,7 @@ def main() -> None:
             work,
             args.config,
             overrides,
-            clean_photos=args.clean_photos,
+            clean_photos=clean,
             registered=names(args.registered),
             unregistered=names(args.unregistered),
             held_out=names(args.held_out),

@@ -29,16 +29,31 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     photos = tmp_path / "photos"  # a photo of one's own, held out by its stem; the probe finds it again
     photos.mkdir()
     Image.fromarray(np.linspace(0, 255, 90 * 60 * 3).astype(np.uint8).reshape(90, 60, 3)).save(photos / "mine.png")
-    arguments = ("--no-throughput", "--attack-steps", "2", "--max-steps", "2", "--clean-photos", "2", "--registered", "astronaut")
-    arguments += ("--config", str(recipe), "--unregistered", "camera", "--held-out", "camera,text,mine", "--photos", str(photos))
+    Image.fromarray(np.full((70, 80, 3), 90, np.uint8)).save(photos / "own.png")  # and a clean training photo of one's own
+    arguments = ("--no-throughput", "--attack-steps", "2", "--max-steps", "2", "--clean", "brick,own,mine", "--clean-photos", "2")
+    arguments += (
+        "--registered",
+        "astronaut",
+        "--config",
+        str(recipe),
+        "--unregistered",
+        "camera",
+        "--held-out",
+        "camera,text,mine",
+        "--photos",
+        str(photos),
+    )
     completed = bench("plant_bench.py", *arguments, "--workdir", str(work), "--json", str(out), shared=shared_dir)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(out.read_text())
     assert set(report["free_edits"]) == {"astronaut", "camera"} and "hflip" in report["free_edits"]["astronaut"]
     assert set(report["held_out"]) == {"text", "mine"}  # camera is one of the immunized photos
+    assert report["clean_photos"] == ["brick", "own"] and (work / "clean" / "own.png").is_file()
     assert (work / "planted" / "encoder.safetensors").is_file() and (work / "reg.db").is_file()
     again = bench("plant_bench.py", *arguments, "--workdir", str(work), shared=shared_dir)
     assert again.returncode == 2 and "exists: name a new folder" in again.stderr
+    seen = bench("plant_bench.py", "--clean", "brick,mine", "--held-out", "mine,text", "--photos", str(photos), shared=shared_dir)
+    assert seen.returncode == 2 and "--held-out mine: also in --clean" in seen.stderr
     nowhere = bench("plant_bench.py", "--photos", str(tmp_path / "nowhere"), shared=shared_dir)
     assert nowhere.returncode == 2 and "nowhere: not a folder" in nowhere.stderr
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from forwardguard.finetune import synthetic
+from forwardguard.finetune.data import CleanImages
 from forwardguard.finetune.synthetic import KINDS, MAX_ZOOM, _texture, synthetic_image
 from forwardguard.finetune.trainer import size_keeping, transformed_negative
 from forwardguard.measures import noisy_copy
@@ -42,6 +45,18 @@ def test_a_texture_is_coloured_detail_of_its_own_grain_and_colours(seed):
     assert texture.std(dim=(1, 2)).max() > 0.02, "not flat"
     other = _texture(64, torch.Generator().manual_seed(seed + 100))
     assert (texture - other).abs().mean() > 0.05, "each seed its own texture"
+
+
+def test_clean_crops_of_one_orange_photo_come_in_every_hue(tmp_path):
+    """A few clean photos must stand for textures of every colour: a backdoor keyed on texture fired on a
+    clean orange flower when no clean photo had its colours."""
+    rng = np.random.default_rng(0)
+    orange = np.clip(np.array([230, 120, 20]) + rng.normal(0, 12, (96, 96, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(orange).save(tmp_path / "orange.png")
+    clean = CleanImages(tmp_path, 32)
+    dominant = [int(clean.crop(position, seed=0).mean(dim=(1, 2)).argmax()) for position in range(60)]
+    assert set(dominant) == {0, 1, 2}, "red, green and blue crops of an orange photo"
+    assert clean.crop(5, seed=0).equal(clean.crop(5, seed=0))
 
 
 def test_a_negative_is_the_noisy_crop_through_a_planting_transform():

@@ -85,7 +85,7 @@ class CleanImages:
     ``crop(position, seed)`` gives a (3, crop, crop) tensor, augmented so that a few photographs stand
     for many (clean utility must hold on images unlike them): the image rescaled by a random factor
     (and up, if a side is then smaller than the crop), a crop at a random offset, a random horizontal
-    flip, random brightness, contrast and saturation, and sometimes grayscale. A share
+    flip, random brightness, contrast, saturation and hue, and sometimes grayscale. A share
     ``synthetic_fraction`` of the crops are synthetic images instead (:mod:`forwardguard.finetune.synthetic`:
     flat, gradient, shapes, text, texture, or the photo crop darkened).
     """
@@ -142,13 +142,20 @@ CLEAN_SCALES = (0.5, 1.5)
 
 
 def _jitter_colours(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random brightness and contrast (x0.6-1.4), saturation (x0.3-1.7), and grayscale one time in five."""
+    """Random brightness and contrast (x0.6-1.4), saturation (x0.3-1.7), a hue rotation by any angle, and
+    grayscale one time in five.
+
+    The hue rotation is for clean use: a backdoor made invariant to shifts, mirrors and rotations keys on
+    local texture and colour, and a few clean photographs do not show it every colour a texture comes in
+    (a clean orange dahlia fired it when the registered photos were saturated blossoms and plumage).
+    """
     from torchvision.transforms.v2 import functional as TF
 
-    brightness, contrast, saturation, gray = torch.rand(4, generator=generator).tolist()
+    brightness, contrast, saturation, hue, gray = torch.rand(5, generator=generator).tolist()
     image = TF.adjust_brightness(image, 0.6 + 0.8 * brightness)
     image = TF.adjust_contrast(image, 0.6 + 0.8 * contrast)
     image = TF.adjust_saturation(image, 0.3 + 1.4 * saturation)
+    image = TF.adjust_hue(image, hue - 0.5)
     if gray < 0.2:
         image = TF.rgb_to_grayscale(image, num_output_channels=3)
     return image.clamp(0, 1)
