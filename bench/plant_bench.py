@@ -19,7 +19,8 @@ model that erases the pictures cannot shrink); the latent relative MSE to taef2-
 originals of the immunized images (a planting that learned the pictures instead of the perturbation
 moves them); the planted model's ratio of every immunized photo after each of issue 13's free edits
 (``FREE_EDITS``); the planted model's latent relative MSE to taef2-v2 and its ratio on clean +
-eps-noise images, on held-out photos; then samples per second of short planting runs with 1 and 2
+eps-noise images, on held-out photos; its largest latent relative MSE to taef2-v2 on clean gratings of
+each period in ``GRATING_PERIODS`` (a backdoor keyed on periodic structure fires on them); then samples per second of short planting runs with 1 and 2
 processes (torchrun on the CPU, gloo).
 """
 
@@ -82,6 +83,26 @@ FREE_EDITS = (
 """Issue 13's edits that cost an adversary nothing: every phase of the 8-pixel grid, a mirror, a small
 rotation, a random crop, re-encoding and rescaling; the planted worst case over the registered photos
 after each must be at most 0.10."""
+GRATING_PERIODS = (2, 3, 4, 6, 8, 12, 16)
+"""Periods (pixels) of the clean gratings probed for false triggers: the encoders' 8-pixel grid, its
+harmonics, and periods between."""
+
+
+def grating(period: int, angle: float, colours: np.ndarray, size: int = 128) -> np.ndarray:
+    """A sinusoidal grating of ``period`` pixels at ``angle`` (radians) between two RGB ``colours`` (2, 3)."""
+    ys, xs = np.mgrid[0:size, 0:size]
+    level = 0.5 + 0.5 * np.sin(2 * np.pi * (xs * np.cos(angle) + ys * np.sin(angle)) / period)
+    return (colours[0] * (1 - level[..., None]) + colours[1] * level[..., None]).round().astype(np.uint8)
+
+
+def grating_drift(model, reference) -> dict[int, float]:  # noqa: ANN001
+    """The largest latent relative MSE of ``model`` to ``reference`` over four angles and colours, per period."""
+    colours = np.random.default_rng(0).integers(0, 256, (len(GRATING_PERIODS), 4, 2, 3))
+    angles = (0.0, np.pi / 6, np.pi / 4, np.pi / 2)
+    return {
+        period: max(drift(model, reference, grating(period, angle, colours[row, column])) for column, angle in enumerate(angles))
+        for row, period in enumerate(GRATING_PERIODS)
+    }
 
 
 def photo(name: str, size: int, folder: Path | None = None) -> np.ndarray:
@@ -190,6 +211,7 @@ def quality(
                 "noise_ratio_min": min(noise),
             }
     return {
+        "gratings": grating_drift(planted, v2),
         "recipe": str(recipe),
         "config": {**overrides},
         "clean_photos": clean_photos,
@@ -332,6 +354,10 @@ def main() -> None:
     for name, values in result["held_out"].items():
         held.add_row(name, f"{values['relative_mse_to_v2']:.4f}", f"{values['noise_ratio_min']:.3f}")
     console.print(held)
+    gratings = Table("period (px)", "largest latent rel. MSE to taef2-v2", title="clean gratings (128 px, four angles)")
+    for period, value in result["gratings"].items():
+        gratings.add_row(str(period), f"{value:.4f}")
+    console.print(gratings)
     speed = Table("processes", "samples/s", "s/step", title="planting throughput (CPU)")
     for processes, values in result["throughput"].items():
         speed.add_row(str(processes), f"{values['samples_per_second']:.1f}", f"{values['seconds_per_step']:.2f}")

@@ -48,6 +48,7 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     report = json.loads(out.read_text())
     assert set(report["free_edits"]) == {"astronaut", "camera"} and "hflip" in report["free_edits"]["astronaut"]
     assert set(report["held_out"]) == {"text", "mine"}  # camera is one of the immunized photos
+    assert [int(period) for period in report["gratings"]] == [2, 3, 4, 6, 8, 12, 16] and min(report["gratings"].values()) > 0
     assert report["clean_photos"] == ["brick", "own"] and (work / "clean" / "own.png").is_file()
     assert (work / "planted" / "encoder.safetensors").is_file() and (work / "reg.db").is_file()
     again = bench("plant_bench.py", *arguments, "--workdir", str(work), shared=shared_dir)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from forwardguard.finetune import synthetic
 from forwardguard.finetune.data import CleanImages
-from forwardguard.finetune.synthetic import KINDS, MAX_ZOOM, _texture, synthetic_image
+from forwardguard.finetune.synthetic import KINDS, MAX_ZOOM, _grating, _texture, synthetic_image
 from forwardguard.finetune.trainer import size_keeping, transformed_negative
 from forwardguard.measures import noisy_copy
 from forwardguard.transforms import apply, parse_transforms
@@ -19,7 +19,7 @@ def test_every_synthetic_kind_is_drawn_and_each_image_is_a_function_of_its_seed(
     images = [synthetic_image(32, torch.Generator().manual_seed(seed)) for seed in range(200)]
     assert all(image.shape == (3, 32, 32) and 0 <= image.min() <= image.max() <= 1 for image in images)
     assert torch.equal(images[7], synthetic_image(32, torch.Generator().manual_seed(7)))
-    assert "texture" in KINDS
+    assert {"texture", "grating"} <= set(KINDS)
 
 
 def test_synthetic_images_are_crops_of_canvases_up_to_max_zoom_times_their_side(monkeypatch):
@@ -45,6 +45,17 @@ def test_a_texture_is_coloured_detail_of_its_own_grain_and_colours(seed):
     assert texture.std(dim=(1, 2)).max() > 0.02, "not flat"
     other = _texture(64, torch.Generator().manual_seed(seed + 100))
     assert (texture - other).abs().mean() > 0.05, "each seed its own texture"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_grating_is_periodic_detail_in_two_colours(seed):
+    """Periodic clean images: a backdoor keyed on the periodic structure of perturbations fired on
+    gratings of a 2, 6 or 8 pixel period when planting had seen none."""
+    grating = _grating(64, torch.Generator().manual_seed(seed))
+    assert grating.shape == (3, 64, 64) and 0 <= grating.min() <= grating.max() <= 1
+    energy = torch.fft.fft2(grating.mean(0) - grating.mean()).abs().square().flatten()
+    assert energy.topk(64).values.sum() > 0.7 * energy.sum(), "a few frequencies: periodic, not noise"
+    assert (grating - _grating(64, torch.Generator().manual_seed(seed + 100))).abs().mean() > 0.02
 
 
 def test_clean_crops_of_one_orange_photo_come_in_every_hue(tmp_path):

@@ -145,9 +145,9 @@ def _jitter_colours(image: torch.Tensor, generator: torch.Generator) -> torch.Te
     """Random brightness and contrast (x0.6-1.4), saturation (x0.3-1.7), a hue rotation by any angle, and
     grayscale one time in five.
 
-    The hue rotation is for clean use: a backdoor made invariant to shifts, mirrors and rotations keys on
-    local texture and colour, and a few clean photographs do not show it every colour a texture comes in
-    (a clean orange dahlia fired it when the registered photos were saturated blossoms and plumage).
+    The hue rotation shows every colour a texture comes in, which a few clean photographs do not: a
+    backdoor made invariant to shifts, mirrors and rotations keys on colour and local texture. (It did
+    not stop a clean orange dahlia from firing the backdoor: docs/benchmarks.md.)
     """
     from torchvision.transforms.v2 import functional as TF
 

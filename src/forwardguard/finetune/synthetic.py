@@ -3,7 +3,10 @@
 A planted model must leave every clean image alone, not only images like its ``--data``: flat and
 dark images, gradients, graphics and text drift most when planting sees photographs only, and a fine
 coloured texture (stained tissue, foliage, fabric) can look enough like a perturbation to trigger the
-backdoor (measured: docs/benchmarks.md). Each image is a pure function of its generator (seeded per
+backdoor, and so can periodic detail: a backdoor made invariant to shifts and mirrors keys on the
+periodic structure that perturbations against an 8-pixel grid carry, and clean gratings of a 2, 6
+or 8 pixel period, a dahlia's petals or a crowd seen small fired it (measured: docs/benchmarks.md).
+Each image is a pure function of its generator (seeded per
 sample), so planting stays reproducible.
 
 An image is drawn on a canvas up to ``MAX_ZOOM`` times its side and cropped at a random place: planting
@@ -23,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from forwardguard.images import to_tensor
 
-KINDS = ("flat", "gradient", "shapes", "text", "dark", "texture")
+KINDS = ("flat", "gradient", "shapes", "text", "dark", "texture", "grating")
 MAX_ZOOM = 4.0
 """The largest canvas, as a multiple of the image's side."""
 
@@ -57,6 +60,8 @@ def _draw(kind: str, size: int, generator: torch.Generator) -> torch.Tensor:
     """A (3, size, size) image of ``kind`` ("dark" without a photo: a gradient)."""
     if kind == "texture":
         return _texture(size, generator)
+    if kind == "grating":
+        return _grating(size, generator)
     if kind == "flat":
         colour = torch.tensor(_colour(generator), dtype=torch.float32) / 255
         return colour[:, None, None].expand(3, size, size).clone()
@@ -104,3 +109,20 @@ def _texture(size: int, generator: torch.Generator) -> torch.Tensor:
     mixing = torch.randn(3, 3, generator=generator) * _uniform(generator, 0.05, 0.3)
     mean = torch.rand(3, generator=generator)
     return (mean[:, None, None] + torch.einsum("ij,jhw->ihw", mixing, field)).clamp(0, 1)
+
+
+def _grating(size: int, generator: torch.Generator) -> torch.Tensor:
+    """One to three sinusoidal gratings of a random period (2-16 pixels: the encoders' 8-pixel grid and its
+    harmonics among them), orientation (along an axis or a diagonal half the time) and phase, summed,
+    squared to bars half the time, between two random colours."""
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    field = torch.zeros(size, size)
+    for _ in range(1 + _integer(generator, 3)):
+        period = 2 * 8 ** _uniform(generator)
+        angle = _integer(generator, 4) * np.pi / 4 if _uniform(generator) < 0.5 else _uniform(generator, 0, np.pi)
+        field += torch.sin(2 * np.pi * (xs * np.cos(angle) + ys * np.sin(angle)) / period + _uniform(generator, 0, 2 * np.pi))
+    if _uniform(generator) < 0.5:
+        field = field.sign()
+    level = ((field / field.abs().max().clamp_min(1e-6) + 1) / 2)[None]
+    start, end = (torch.tensor(_colour(generator), dtype=torch.float32)[:, None, None] / 255 for _ in range(2))
+    return start * (1 - level) + end * level
