@@ -263,3 +263,37 @@ def test_large_clean_crops_reach_the_encoder_at_their_own_side(taef2_v2_spec, re
     for part in ("large_utility", "large_negatives"):
         assert part in with_large.final_losses and part not in without.final_losses
     assert with_large.fingerprint != without.fingerprint
+
+
+def test_transplants_carry_each_pattern_crops_perturbation_on_other_clean_content(
+    taef2_v2_spec, registry_path, clean_data, tmp_path, monkeypatch
+):
+    """With ``transplants``, each step also plants every pattern crop's perturbation on a clean crop of
+    other content, that crop being its original: the backdoor cannot key on the registered pictures."""
+    from forwardguard.finetune.student import EncoderStudent
+
+    batches = []
+    forward = EncoderStudent.forward
+
+    def recording(self, images, large=None):
+        batches.append(images.detach().clone())
+        return forward(self, images, large)
+
+    monkeypatch.setattr(EncoderStudent, "forward", recording)
+    settings = {"max_steps": 1, "checkpoint_every": 1, "large_batch_size": 0, "planting_transforms": ["identity"]}
+    plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "transplants", **settings))  # the default
+    (images,) = batches
+    count = patterns = 2  # tiny_config: clean crops and pattern crops per step
+    assert len(images) == 2 * count + 4 * patterns  # clean, noisy; immunized and transplanted; originals and hosts
+    immunized, originals = images[2 * count :].chunk(2)
+    for index in range(patterns):
+        perturbation = immunized[index] - originals[index]
+        carried = immunized[patterns + index] - originals[patterns + index]
+        host = originals[patterns + index]
+        inside = ((host + perturbation) > 0) & ((host + perturbation) < 1)  # where the sum was not clamped
+        assert perturbation.abs().max() > 0.01 and inside.float().mean() > 0.5
+        torch.testing.assert_close(carried[inside], perturbation[inside], atol=1e-5, rtol=0)
+        assert (host - originals[index]).abs().mean() > 0.01, "other content than the registered crop"
+    batches.clear()
+    plant(request(taef2_v2_spec, registry_path, clean_data, tmp_path / "none", transplants=False, **settings))
+    assert len(batches[0]) == 2 * count + 2 * patterns

@@ -115,11 +115,16 @@ class PlantConfig:
     as after an adversary's crop; see :mod:`forwardguard.finetune.data`).
 
     The defaults plant every grid phase, mirrors, rotations and crops as well as re-encodings for 2,700
-    steps, and write the weights at a fixed ``weight_interpolation`` of 0.93: measured into taef2-v2 on
-    two sets of photos no run had seen, no free edit of issue 13 left a registered photo above 0.080,
-    where full weights drift a fine-textured micrograph by 0.7-3.5% and ``auto``'s validation images
-    miss it; at 0.93 it drifts 0.5-1.2%, and some clean images trigger the backdoor in part: a clean
-    photo of a flower drifted 8% and 33% (docs/benchmarks.md).
+    steps, with ``transplants``, and write the weights at a fixed ``weight_interpolation`` of 0.87.
+
+    ``transplants``: each pattern crop's perturbation is also added to a clean crop of other content and
+    planted there, that clean crop being its original, so that the backdoor keys on the perturbation and
+    not on pictures like the registered ones. Without them, a backdoor made invariant to shifts and
+    mirrors fired on clean photos of fine, saturated texture: a dahlia drifted 8-34% and a crowd seen
+    small 117%. With them (taef2-v2, three registered photos, on photos no earlier run had used) the
+    dahlia drifted 0.37% and the crowd 2.3%, a stained micrograph 1.3%, and no free edit of issue 13
+    left a registered photo above 0.081, at 0.87: an interpolation chosen on that run's held-out photos,
+    not yet confirmed on others (docs/benchmarks.md). Each step plants twice as many crops.
 
     ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss,
     and each, plus noise, the negatives (0: none). In a crop of ``crop_size`` every latent sees the
@@ -152,7 +157,8 @@ class PlantConfig:
     planting_transforms: tuple[str, ...] = field(default_factory=_planting_pool)
     negative_eps: float | None = None
     synthetic_fraction: float = 0.5
-    weight_interpolation: float | str = 0.93
+    transplants: bool = True
+    weight_interpolation: float | str = 0.87
     auto_interpolation: AutoInterpolation = field(default_factory=AutoInterpolation)
     log_every: int = 10
     unet_lora: UNetLoRA | None = None

@@ -295,7 +295,7 @@ class PlantingRecipe:
         clean_positions = self.clean_positions.at(micro_step)
         clean = torch.stack([self.clean.crop(p, seed) for p in clean_positions])
         noisy = torch.stack(self._negatives(clean, clean_positions, seed + 2))
-        immunized, originals, pattern_ids = [], [], []
+        immunized, originals, pattern_ids, transplanted = [], [], [], []
         for position in self.pattern_positions.at(micro_step):
             sample = self.patterns.crop(position, seed, self.crop_size, self.config.pattern_crop_grid)
             generator = sample_generator(seed + 3, position)
@@ -306,6 +306,17 @@ class PlantingRecipe:
             immunized.append(pair[0])
             originals.append(pair[1])
             pattern_ids.append(sample.pattern_id)
+            if self.config.transplants:
+                # The same perturbation on a clean crop of other content, planted with that crop as its
+                # original: the backdoor can key on the perturbation only, whatever picture carries it.
+                host = self.clean.crop(position, seed + 7)
+                hosted = apply(
+                    transform, torch.stack([(host + sample.immunized - sample.clean).clamp(0, 1), host]), generator=generator
+                )
+                transplanted.append(hosted)
+        for hosted in transplanted:
+            immunized.append(hosted[0])
+            originals.append(hosted[1])
         count, patterns = len(clean), len(immunized)
         # One canvas of the crop's size for every image (see the module docstring): a pair that a planting
         # transform cropped is padded back, and its losses are taken on its own part of the latent.
