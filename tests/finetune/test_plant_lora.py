@@ -191,7 +191,11 @@ def test_two_processes_plant_the_same_lora_as_one_with_the_same_global_batch(dif
     unet_file = "unet/diffusion_pytorch_model.safetensors"
     single, parallel = load_file(outputs["one"] / unet_file), load_file(outputs["two"] / unet_file)
     for key in single:
-        torch.testing.assert_close(parallel[key], single[key], atol=1e-5, rtol=1e-4)
+        # Reduced in another order, a near-zero gradient becomes a different Adam step, which the merged
+        # LoRA spreads along a row (measured: up to 1.2% of a layer's weights off by more than 2e-5, with
+        # every logged loss equal to 1e-4). A sharding error moves the losses above and most weights.
+        close = torch.isclose(parallel[key], single[key], atol=2e-5, rtol=1e-4)
+        assert close.float().mean() >= 0.95, (key, int((~close).sum()))
 
 
 def test_a_long_edit_is_cut_to_edit_steps_denoising_steps_from_about_the_same_noise_level():
