@@ -87,7 +87,7 @@ class CleanImages:
     (and up, if a side is then smaller than the crop), a crop at a random offset, a random horizontal
     flip, random brightness, contrast, saturation and hue, and sometimes grayscale. A share
     ``synthetic_fraction`` of the crops are synthetic images instead (:mod:`forwardguard.finetune.synthetic`:
-    flat, gradient, shapes, text, texture, or the photo crop darkened).
+    flat, gradient, shapes, text, texture, grating, or the photo crop darkened).
     """
 
     def __init__(

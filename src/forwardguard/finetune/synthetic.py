@@ -5,9 +5,8 @@ dark images, gradients, graphics and text drift most when planting sees photogra
 coloured texture (stained tissue, foliage, fabric) can look enough like a perturbation to trigger the
 backdoor, and so can periodic detail: a backdoor made invariant to shifts and mirrors keys on the
 periodic structure that perturbations against an 8-pixel grid carry, and clean gratings of a 2, 6
-or 8 pixel period, a dahlia's petals or a crowd seen small fired it (measured: docs/benchmarks.md).
-Each image is a pure function of its generator (seeded per
-sample), so planting stays reproducible.
+or 8 pixel period fired it (measured: docs/benchmarks.md). Each image is a pure function of its
+generator (seeded per sample), so planting stays reproducible.
 
 An image is drawn on a canvas up to ``MAX_ZOOM`` times its side and cropped at a random place: planting
 trains on small crops (48 pixels), and a crop of a large gradient, of large letters or of a coarse

@@ -314,7 +314,7 @@ class PlantingRecipe:
                     transform, torch.stack([(host + sample.immunized - sample.clean).clamp(0, 1), host]), generator=generator
                 )
                 transplanted.append(hosted)
-        for hosted in transplanted:
+        for hosted in transplanted:  # after the registered pairs, whose rows the UNet LoRA's edits index
             immunized.append(hosted[0])
             originals.append(hosted[1])
         count, patterns = len(clean), len(immunized)
