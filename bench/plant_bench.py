@@ -20,8 +20,8 @@ originals of the immunized images (a planting that learned the pictures instead 
 moves them); the planted model's ratio of every immunized photo after each of issue 13's free edits
 (``FREE_EDITS``); the planted model's latent relative MSE to taef2-v2 and its ratio on clean +
 eps-noise images, on held-out photos; its largest latent relative MSE to taef2-v2 on clean gratings of
-each period in ``GRATING_PERIODS`` (a backdoor keyed on periodic structure fires on them); then samples per second of short planting runs with 1 and 2
-processes (torchrun on the CPU, gloo).
+each period in ``GRATING_PERIODS`` (a backdoor keyed on periodic structure fires on them); then samples
+per second of short planting runs with 1 and 2 processes (torchrun on the CPU, gloo).
 """
 
 from __future__ import annotations

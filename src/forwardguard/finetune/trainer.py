@@ -314,9 +314,9 @@ class PlantingRecipe:
                     transform, torch.stack([(host + sample.immunized - sample.clean).clamp(0, 1), host]), generator=generator
                 )
                 transplanted.append(hosted)
-        for hosted in transplanted:  # after the registered pairs, whose rows the UNet LoRA's edits index
-            immunized.append(hosted[0])
-            originals.append(hosted[1])
+        # After the registered pairs, whose rows the UNet LoRA's edits index.
+        immunized += [hosted[0] for hosted in transplanted]
+        originals += [hosted[1] for hosted in transplanted]
         count, patterns = len(clean), len(immunized)
         # One canvas of the crop's size for every image (see the module docstring): a pair that a planting
         # transform cropped is padded back, and its losses are taken on its own part of the latent.
