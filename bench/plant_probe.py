@@ -11,9 +11,11 @@ training step (a run keeps ``checkpoints_total_limit`` of them: raise it in the 
 course). A variant is taef2-v2's weights plus ``alpha`` times the run's change (the trained weights minus
 taef2-v2's; WiSE-FT), optionally only in some stages of the encoder: a stage is the layers at one
 resolution (a stride-2 convolution starts the next). For each: the worst ratio over the run's
-registered photos after each of plant_bench's free edits, and on its held-out photos the clean drift
-(latent relative MSE to taef2-v2) and how far the clean latent moved toward the gray target,
-||E'(x) - g'||^2 / ||E(x) - g||^2: below 1, the backdoor fires on a clean image (a false trigger).
+registered photos after each of plant_bench's free edits; the clean drift (latent relative MSE to
+taef2-v2) of the registered photos' clean originals, of its held-out photos and of clean gratings
+(plant_bench's); on the held-out photos, how far the clean latent moved toward the gray target,
+||E'(x) - g'||^2 / ||E(x) - g||^2 (below 1, the backdoor fires on a clean image: a false trigger),
+and the lowest ratio of three copies with uniform noise of eps 16/255 (near 1: noise is no trigger).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from plant_bench import FREE_EDITS, PAIRS, REPO, photo, ratio, taef2_v2
+from plant_bench import FREE_EDITS, NOISE_EPS, PAIRS, REPO, drift, grating_drift, noise_ratio_min, photo, ratio, taef2_v2
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file
@@ -72,15 +74,20 @@ def held_out_references(  # noqa: ANN001
     return references
 
 
-def measure(model, pairs: dict, registered: list[str], references: dict) -> dict:  # noqa: ANN001
+def measure(model, base, pairs: dict, registered: list[str], references: dict) -> dict:  # noqa: ANN001
     worst = {edit: max(ratio(model, *pairs[name], edit=edit) for name in registered) for edit in FREE_EDITS}
     held_out = {}
     with torch.no_grad():
-        for name, (x, before, before_gray) in references.items():
+        for index, (name, (x, before, before_gray)) in enumerate(references.items()):
             planted = encode(model, x)
             toward = squared_norm(planted - encode(model, gray_image(x.shape, x.device))) / squared_norm(before - before_gray)
-            held_out[name] = {"drift": float(relative_mse(planted, before)[0]), "toward_target": float(toward[0])}
-    return {"free_edits": worst, "held_out": held_out}
+            held_out[name] = {
+                "drift": float(relative_mse(planted, before)[0]),
+                "toward_target": float(toward[0]),
+                "noise_ratio_min": noise_ratio_min(model, x, index),
+            }
+    originals = {name: drift(model, base, pairs[name][1]) for name in registered}
+    return {"free_edits": worst, "originals": originals, "held_out": held_out, "gratings": grating_drift(model, base)}
 
 
 def checkpoint_steps(workdir: Path) -> dict[int, Path]:
@@ -126,21 +133,34 @@ def main() -> None:
     for label, (alpha, layers) in variants(stages(base.latent_encoder), alphas, not args.no_stages).items():
         changed = {key: trained[key] if layers is None or key.split(".")[0] in layers else value for key, value in before.items()}
         model.latent_encoder.load_state_dict(interpolate_weights(before, changed, alpha))
-        results[label] = measure(model, pairs, registered, references)
+        results[label] = measure(model, base, pairs, registered, references)
     table = Table(
-        "weights", "worst ratio, free edit", "none", "largest drift", "nearest to target", title=f"{args.workdir}, step {step}"
+        "weights",
+        "worst ratio, free edit",
+        "none",
+        "originals' drift",
+        "largest drift",
+        "nearest to target",
+        f"noise ({NOISE_EPS * 255:.0f}/255)",
+        "gratings' drift",
+        title=f"{args.workdir}, step {step}",
     )
     for label, result in results.items():
         edits, held_out = result["free_edits"], result["held_out"]
         worst = max(edits, key=edits.get)
         drifted = max(held_out, key=lambda name: held_out[name]["drift"])
         nearest = min(held_out, key=lambda name: held_out[name]["toward_target"])
+        noisiest = min(held_out, key=lambda name: held_out[name]["noise_ratio_min"])
+        period = max(result["gratings"], key=result["gratings"].get)
         table.add_row(
             label,
             f"{edits[worst]:.3f} ({worst})",
             f"{edits['none']:.3f}",
+            f"{max(result['originals'].values()):.2%}",
             f"{held_out[drifted]['drift']:.2%} ({drifted})",
             f"{held_out[nearest]['toward_target']:.3f} ({nearest})",
+            f"{held_out[noisiest]['noise_ratio_min']:.3f} ({noisiest})",
+            f"{result['gratings'][period]:.2%} ({period} px)",
         )
     Console().print(table)
     if args.json:

@@ -67,7 +67,12 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     assert full["free_edits"]["none"] == pytest.approx(report["ratios"]["astronaut"]["planted"], abs=1e-4)
     for name, held_out in full["held_out"].items():  # alpha 1 of the trained weights is the written model here
         assert held_out["drift"] == pytest.approx(report["held_out"][name]["relative_mse_to_v2"], rel=1e-3)
+        assert held_out["noise_ratio_min"] == pytest.approx(report["held_out"][name]["noise_ratio_min"], rel=1e-3)
         assert held_out["toward_target"] > 0
+    for name, drifted in full["originals"].items():
+        assert drifted == pytest.approx(report["ratios"][name]["clean original drift"], rel=1e-3)
+    assert set(full["originals"]) == {"astronaut"}  # camera is immunized but not registered
+    assert full["gratings"] == pytest.approx(report["gratings"], rel=1e-3)
     refused = bench("plant_probe.py", str(tmp_path), shared=shared_dir)
     assert refused.returncode == 2 and "not a run kept by plant_bench.py --workdir" in refused.stderr
 
