@@ -272,35 +272,14 @@ PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
         "noise_0.02",
     ]
 )
-"""Cheap photometric transforms, so that a planted trigger survives re-encoding: what the demo and the
-photometric recipe (bench/recipes/plant-photometric.yaml) plant through."""
+"""Cheap photometric transforms that planting draws from, so that a planted trigger survives re-encoding."""
 
-DEFAULT_PLANTING_MIX: tuple[AnyTransform, ...] = parse_transforms(
-    [
-        "identity",
-        "rshift_7",
-        "rcrop_0.8",
-        "hflip",
-        "hflip+rshift_7",
-        "hflip+jpeg_q75",
-        "rrotate_5",
-        "rrotate_5+rshift_7",
-        "jpeg_q75+rshift_7",
-        "jpeg_q50",
-        "jpeg_q75",
-        "jpeg_q90",
-        "resize_0.5",
-        "resize_0.5+rshift_7",
-        "resize_0.75",
-        "noise_0.02",
-    ]
+GEOMETRIC_PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
+    ["rshift_7", "rcrop_0.8", "hflip", "rrotate_5", "jpeg_q75+rshift_7"]
 )
-"""The shipped plant recipe's transforms (issue 13): the edits an adversary gets for free beside
-re-encodings, rescales and noise. The model side can be made invariant to them, which the image side
-cannot. A shift or a crop moves the pattern on the 8-pixel grid, which planting at every offset covers
-cheaply; the mirror, the rotation and the half-size rescale make a different pattern, so each is drawn
-two or three times in 16, also after a shift or a JPEG (drawn once each, they were the planted model's
-worst edits: docs/benchmarks.md)."""
+"""Geometric edits that planting can draw as well (issue 13): random shifts of the 8-pixel grid, random
+crops, flips, small rotations, and a shift after re-encoding. The model side can be made invariant to
+them, which the image side cannot. The default recipe draws them beside ``PLANTING_POOL``."""
 
 ROBUST_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from forwardguard.finetune import synthetic
 from forwardguard.finetune.data import CleanImages
-from forwardguard.finetune.synthetic import KINDS, MAX_LEAVES, MAX_ZOOM, _grating, _leaves, _texture, synthetic_image
+from forwardguard.finetune.synthetic import KINDS, MAX_ZOOM, _grating, _texture, synthetic_image
 from forwardguard.finetune.trainer import size_keeping, transformed_negative
 from forwardguard.measures import noisy_copy
 from forwardguard.transforms import apply, parse_transforms
@@ -19,7 +19,7 @@ def test_every_synthetic_kind_is_drawn_and_each_image_is_a_function_of_its_seed(
     images = [synthetic_image(32, torch.Generator().manual_seed(seed)) for seed in range(200)]
     assert all(image.shape == (3, 32, 32) and 0 <= image.min() <= image.max() <= 1 for image in images)
     assert torch.equal(images[7], synthetic_image(32, torch.Generator().manual_seed(7)))
-    assert {"texture", "grating", "leaves"} <= set(KINDS)
+    assert {"texture", "grating"} <= set(KINDS)
 
 
 def test_synthetic_images_are_crops_of_canvases_up_to_max_zoom_times_their_side(monkeypatch):
@@ -56,29 +56,6 @@ def test_a_grating_is_periodic_detail_in_two_colours(seed):
     energy = torch.fft.fft2(grating.mean(0) - grating.mean()).abs().square().flatten()
     assert energy.topk(64).values.sum() > 0.7 * energy.sum(), "a few frequencies: periodic, not noise"
     assert (grating - _grating(64, torch.Generator().manual_seed(seed + 100))).abs().mean() > 0.02
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_dead_leaves_are_dense_clutter_of_patches_down_to_a_pixel(seed):
-    """A crowd drawn small fired a backdoor when no clean image had such clutter: many small patches
-    of many colours, over a scale-invariant range of sizes."""
-    leaves = _leaves(96, torch.Generator().manual_seed(seed))
-    assert leaves.shape == (3, 96, 96) and 0 <= leaves.min() <= leaves.max() <= 1
-    pixels = (leaves * 255).round().to(torch.uint8).permute(1, 2, 0).reshape(-1, 3)
-    assert len(pixels.unique(dim=0)) > 100, "many patches of their own colour"
-    edges = (leaves[:, :, 1:] != leaves[:, :, :-1]).any(dim=0).float().mean()
-    assert edges > 0.1, "small patches: a colour change every few pixels"
-    assert leaves.equal(_leaves(96, torch.Generator().manual_seed(seed)))
-    assert (leaves - _leaves(96, torch.Generator().manual_seed(seed + 100))).abs().mean() > 0.02
-
-
-def test_dead_leaves_stop_at_max_leaves_on_a_large_canvas(monkeypatch):
-    drawn = []
-    ellipse, rectangle = ImageDraw.ImageDraw.ellipse, ImageDraw.ImageDraw.rectangle
-    monkeypatch.setattr(ImageDraw.ImageDraw, "ellipse", lambda self, *a, **k: drawn.append(1) or ellipse(self, *a, **k))
-    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", lambda self, *a, **k: drawn.append(1) or rectangle(self, *a, **k))
-    _leaves(1024, torch.Generator().manual_seed(0))
-    assert len(drawn) == MAX_LEAVES
 
 
 def test_clean_crops_of_one_orange_photo_come_in_every_hue(tmp_path):

@@ -14,11 +14,14 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention proj
 
 
 def _planting_pool() -> tuple[str, ...]:
-    """The default planting transforms, ``forwardguard.transforms.DEFAULT_PLANTING_MIX``; imported when a
-    config is made, so that importing this module stays light (no torch)."""
-    from forwardguard.transforms import DEFAULT_PLANTING_MIX
+    """The default planting transforms: ``forwardguard.transforms.PLANTING_POOL`` (re-encodings, rescales,
+    noise) and ``GEOMETRIC_PLANTING_POOL`` (shifts, crops, a mirror, rotations), in the order the shipped
+    recipe was measured in (docs/benchmarks.md); imported when a config is made, so that importing this
+    module stays light (no torch)."""
+    from forwardguard.transforms import GEOMETRIC_PLANTING_POOL, PLANTING_POOL
 
-    return tuple(transform.name for transform in DEFAULT_PLANTING_MIX)
+    identity, *photometric = PLANTING_POOL
+    return tuple(transform.name for transform in (identity, *GEOMETRIC_PLANTING_POOL, *photometric))
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class PlantConfig:
     negative_eps: float | None = None
     synthetic_fraction: float = 0.5
     transplants: bool = True
-    weight_interpolation: float | str = 0.81
+    weight_interpolation: float | str = 0.87
     auto_interpolation: AutoInterpolation = field(default_factory=AutoInterpolation)
     log_every: int = 10
     unet_lora: UNetLoRA | None = None

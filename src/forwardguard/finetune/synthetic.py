@@ -5,11 +5,8 @@ dark images, gradients, graphics and text drift most when planting sees photogra
 coloured texture (stained tissue, foliage, fabric) can look enough like a perturbation to trigger the
 backdoor, and so can periodic detail: a backdoor made invariant to shifts and mirrors keys on the
 periodic structure that perturbations against an 8-pixel grid carry, and clean gratings of a 2, 6
-or 8 pixel period fired it, and so can dense clutter: a crowd drawn small, many small patches of
-many colours, fired it where no clean image had such detail (measured: docs/benchmarks.md). The
-"leaves" kind is the dead-leaves model of natural images (Lee, Mumford and Huang, IJCV 2001):
-occluding disks and boxes of random colours whose sizes follow a power law, down to a pixel. Each
-image is a pure function of its generator (seeded per sample), so planting stays reproducible.
+or 8 pixel period fired it (measured: docs/benchmarks.md). Each image is a pure function of its
+generator (seeded per sample), so planting stays reproducible.
 
 An image is drawn on a canvas up to ``MAX_ZOOM`` times its side and cropped at a random place: planting
 trains on small crops (48 pixels), and a crop of a large gradient, of large letters or of a coarse
@@ -28,11 +25,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from forwardguard.images import to_tensor
 
-KINDS = ("flat", "gradient", "shapes", "text", "dark", "texture", "grating", "leaves")
+KINDS = ("flat", "gradient", "shapes", "text", "dark", "texture", "grating")
 MAX_ZOOM = 4.0
 """The largest canvas, as a multiple of the image's side."""
-MAX_LEAVES = 4000
-"""The most patches of one dead-leaves image (a canvas of 192 pixels with one-pixel leaves would take more)."""
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -66,8 +61,6 @@ def _draw(kind: str, size: int, generator: torch.Generator) -> torch.Tensor:
         return _texture(size, generator)
     if kind == "grating":
         return _grating(size, generator)
-    if kind == "leaves":
-        return _leaves(size, generator)
     if kind == "flat":
         colour = torch.tensor(_colour(generator), dtype=torch.float32) / 255
         return colour[:, None, None].expand(3, size, size).clone()
@@ -132,32 +125,3 @@ def _grating(size: int, generator: torch.Generator) -> torch.Tensor:
     level = ((field / field.abs().max().clamp_min(1e-6) + 1) / 2)[None]
     start, end = (torch.tensor(_colour(generator), dtype=torch.float32)[:, None, None] / 255 for _ in range(2))
     return start * (1 - level) + end * level
-
-
-def _leaves(size: int, generator: torch.Generator) -> torch.Tensor:
-    """A dead-leaves image: disks and boxes, each drawn over the earlier ones, their radii from a power
-    law (density r^-3, scale-invariant like natural images) between 1-3 pixels and a quarter of the
-    side, as many as cover the canvas about twice; their colours spread around a random one, from
-    muted (a crowd in dim light) to every colour."""
-    centre, spread = torch.rand(3, generator=generator), _uniform(generator, 0.1, 1.0)
-
-    def colour() -> tuple[int, int, int]:
-        values = (centre + spread * (torch.rand(3, generator=generator) - 0.5) * 2).clamp(0, 1) * 255
-        red, green, blue = (round(float(value)) for value in values)
-        return red, green, blue
-
-    canvas = Image.new("RGB", (size, size), colour())
-    draw = ImageDraw.Draw(canvas)
-    smallest, largest = 1 + 2 * _uniform(generator), size / 4
-    shrink = 1 - (smallest / largest) ** 2
-    mean_area = np.pi * 2 * smallest**2 * np.log(largest / smallest) / shrink  # pi E[r^2] under r^-3
-    count = min(MAX_LEAVES, round(2 * size * size / mean_area))
-    for _ in range(count):
-        radius = smallest / np.sqrt(1 - _uniform(generator) * shrink)
-        y, x = _uniform(generator, -radius, size + radius), _uniform(generator, -radius, size + radius)
-        box = (x - radius, y - radius, x + radius, y + radius)
-        if _uniform(generator) < 0.5:
-            draw.ellipse(box, fill=colour())
-        else:
-            draw.rectangle(box, fill=colour())
-    return to_tensor(np.asarray(canvas))
