@@ -123,8 +123,9 @@ class PlantConfig:
     mirrors fired on clean photos of fine, saturated texture: a dahlia drifted 8-34% and a crowd seen
     small 117%. With them (taef2-v2, three registered photos, on photos no earlier run had used) the
     dahlia drifted 0.37% and the crowd 2.3%, a stained micrograph 1.3%, and no free edit of issue 13
-    left a registered photo above 0.081, at 0.87: an interpolation chosen on that run's held-out photos,
-    not yet confirmed on others (docs/benchmarks.md). Each step plants twice as many crops.
+    left a registered photo above 0.081, at 0.87: an interpolation chosen on that run's held-out photos.
+    Photos of a fourth set stay under 1%, but a registry of other photos needs about 0.9 for the same
+    protection (docs/benchmarks.md). Each step plants twice as many crops.
 
     ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss,
     and each, plus noise, the negatives (0: none). In a crop of ``crop_size`` every latent sees the
