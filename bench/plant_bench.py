@@ -90,11 +90,11 @@ NOISE_EPS = 16 / 255
 """The uniform noise of the clean-use check: the budget of an immunization."""
 
 
-def noise_ratio_min(model, clean: torch.Tensor, index: int) -> float:  # noqa: ANN001
-    """The lowest disruption ratio of three copies of ``clean`` (a batch of one) with uniform noise of
-    ``NOISE_EPS``, seeded by ``index``: near 1 when noise is no trigger."""
+def noise_ratio_min(model, clean: torch.Tensor, latent: torch.Tensor, target: torch.Tensor, index: int) -> float:  # noqa: ANN001
+    """The lowest disruption ratio of three copies of ``clean`` (a batch of one; ``latent`` and ``target``:
+    ``model``'s latents of it and of gray) with uniform noise of ``NOISE_EPS``, seeded by ``index``: near
+    1 when noise is no trigger."""
     with torch.no_grad():
-        latent, target = encode(model, clean), encode(model, gray_image(clean.shape, clean.device))
         noisy = [noisy_copy(clean, NOISE_EPS, torch.Generator().manual_seed(index * 10 + draw)) for draw in range(3)]
         return min(float(latent_disruption_ratio(encode(model, x), latent, target)[0]) for x in noisy)
 
@@ -214,9 +214,10 @@ def quality(
     with torch.no_grad():
         for index, name in enumerate(name for name in held_out if name not in pairs):
             clean = to_batch(photo(name, 128, photos), planted.device)
+            latent, target = encode(planted, clean), encode(planted, gray_image(clean.shape, clean.device))
             clean_use[name] = {
-                "relative_mse_to_v2": float(relative_mse(encode(planted, clean), encode(v2, clean))[0]),
-                "noise_ratio_min": noise_ratio_min(planted, clean, index),
+                "relative_mse_to_v2": float(relative_mse(latent, encode(v2, clean))[0]),
+                "noise_ratio_min": noise_ratio_min(planted, clean, latent, target, index),
             }
     return {
         "gratings": grating_drift(planted, v2),

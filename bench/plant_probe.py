@@ -79,12 +79,12 @@ def measure(model, base, pairs: dict, registered: list[str], references: dict) -
     held_out = {}
     with torch.no_grad():
         for index, (name, (x, before, before_gray)) in enumerate(references.items()):
-            planted = encode(model, x)
-            toward = squared_norm(planted - encode(model, gray_image(x.shape, x.device))) / squared_norm(before - before_gray)
+            planted, planted_gray = encode(model, x), encode(model, gray_image(x.shape, x.device))
+            toward = squared_norm(planted - planted_gray) / squared_norm(before - before_gray)
             held_out[name] = {
                 "drift": float(relative_mse(planted, before)[0]),
                 "toward_target": float(toward[0]),
-                "noise_ratio_min": noise_ratio_min(model, x, index),
+                "noise_ratio_min": noise_ratio_min(model, x, planted, planted_gray, index),
             }
     originals = {name: drift(model, base, pairs[name][1]) for name in registered}
     return {"free_edits": worst, "originals": originals, "held_out": held_out, "gratings": grating_drift(model, base)}

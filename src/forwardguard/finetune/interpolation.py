@@ -43,7 +43,9 @@ VALIDATION_SIZE = 128
 PAIR_SIDE = 256
 """The largest side of a pattern pair's centre crop."""
 VALIDATION_SEED_OFFSET = 7
-"""Validation images use generators of ``seed + 7``, which no training crop uses."""
+"""Validation images use generators of ``seed + 7``. The transplants' clean hosts are drawn from the same
+stream: a host crop takes a photo, scale and offset from its generator before any synthetic image,
+so the two draw different images (a stream of their own would change the measured recipe)."""
 
 
 @dataclass(frozen=True)

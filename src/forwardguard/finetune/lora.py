@@ -38,7 +38,7 @@ from forwardguard.models.base import ImageModel
 from forwardguard.models.edits import EditSettings, img2img_latents, text_embeddings
 from forwardguard.models.stable_diffusion import DiffusionModel
 
-UTILITY_SEED_OFFSET = 4  # the data streams use seed + 0..3
+UTILITY_SEED_OFFSET = 4  # the planting recipe's streams use seed + 0..3 and 5..7
 
 
 def add_lora(unet: Any, settings: UNetLoRA, seed: int = 0) -> None:
