@@ -44,6 +44,7 @@ from rich.table import Table
 from skimage import data
 from skimage.io import imread
 
+from forwardguard import transforms
 from forwardguard.eval.matrix import to_batch
 from forwardguard.eval.metrics import latent_disruption_ratio, relative_mse
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
@@ -70,22 +71,16 @@ PAIRS = "pairs.npz"
 """In a --workdir: every immunized photo and its clean original (``NAME/immunized``, ``NAME/clean``), the
 names of the registered ones (``registered``) and of the held-out photos (``held_out``), and the --photos folder
 (``photos``, empty without one), for bench/plant_probe.py."""
-FREE_EDITS = (
-    "none",
-    *(f"shift_{pixels}" for pixels in range(1, 8)),
-    "hflip",
-    "rotate_5",
-    "rcrop_0.8",
-    "jpeg_q75",
-    "resize_0.5",
-    "jpeg_q75+shift_3",
-)
-"""Issue 13's edits that cost an adversary nothing: every phase of the 8-pixel grid, a mirror, a small
-rotation, a random crop, re-encoding and rescaling; the planted worst case over the registered photos
-after each must be at most 0.10."""
+FREE_EDITS = ("none", *(edit.name for edit in transforms.FREE_EDITS[1:]))
+"""``forwardguard.transforms.FREE_EDITS``, the identity named "none": issue 13's edits that cost an
+adversary nothing (every phase of the 8-pixel grid, a mirror, a small rotation, a random crop,
+re-encoding and rescaling); the planted worst case over the registered photos after each must be at
+most 0.10."""
 GRATING_PERIODS = (2, 3, 4, 6, 8, 12, 16)
 """Periods (pixels) of the clean gratings probed for false triggers: the encoders' 8-pixel grid, its
 harmonics, and periods between."""
+SNAPSHOT = "bench"
+"""The snapshot of the bench's registry (``reg.db`` in the work folder) that is planted."""
 NOISE_EPS = 16 / 255
 """The uniform noise of the clean-use check: the budget of an immunization."""
 
@@ -183,7 +178,7 @@ def quality(
                     model_fingerprint=v1.fingerprint,
                     model_spec=v1_spec,
                 )
-        registry.create_snapshot("bench")
+        registry.create_snapshot(SNAPSHOT)
     kept = {f"{name}/{part}": rgb for name, pair in pairs.items() for part, rgb in zip(("immunized", "clean"), pair)}
     folder = np.array("" if photos is None else str(photos.resolve()))
     np.savez(work / PAIRS, registered=np.array(registered), held_out=np.array(held_out), photos=folder, **kept)
@@ -199,7 +194,7 @@ def quality(
             data=work / "clean",
             output=work / "planted",
             config=config,
-            snapshot="bench",
+            snapshot=SNAPSHOT,
         )
     )
     seconds = time.perf_counter() - started
@@ -266,7 +261,7 @@ def throughput(work: Path, shared: Path, steps: int) -> dict:
             "--plant-registry",
             str(work / "reg.db"),
             "--snapshot",
-            "bench",
+            SNAPSHOT,
             "--data",
             str(work / "clean"),
             "--output",

@@ -5,6 +5,7 @@ and with one encoder stage's change undone.
     .venv/bin/python bench/plant_probe.py run/
     .venv/bin/python bench/plant_probe.py run/ --alphas 1.0,0.9,0.8 --no-stages
     .venv/bin/python bench/plant_probe.py run/ --step 900 --alphas 1 --no-stages   # an earlier checkpoint
+    .venv/bin/python bench/plant_probe.py run/ --auto 0.09,0.1 --no-stages          # what auto would choose
 
 The trained weights are the last checkpoint's, or with ``--step`` those of the checkpoint taken at that
 training step (a run keeps ``checkpoints_total_limit`` of them: raise it in the recipe to follow a run's
@@ -16,6 +17,9 @@ taef2-v2) of the registered photos' clean originals, of its held-out photos and 
 (plant_bench's); on the held-out photos, how far the clean latent moved toward the gray target,
 ||E'(x) - g'||^2 / ||E(x) - g||^2 (below 1, the backdoor fires on a clean image: a false trigger),
 and the lowest ratio of three copies with uniform noise of eps 16/255 (near 1: noise is no trigger).
+With ``--auto``, also what ``weight_interpolation: auto`` measures (the default ``auto_interpolation``:
+its free edits, drift budget and samples, on the run's registry and clean photos, as planting measures
+them) at each of ``--alphas``, and the interpolation it would write for each ratio target given.
 """
 
 from __future__ import annotations
@@ -27,18 +31,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from plant_bench import FREE_EDITS, NOISE_EPS, PAIRS, REPO, drift, grating_drift, noise_ratio_min, photo, ratio, taef2_v2
+from plant_bench import (
+    FREE_EDITS,
+    NOISE_EPS,
+    PAIRS,
+    REPO,
+    SNAPSHOT,
+    drift,
+    grating_drift,
+    noise_ratio_min,
+    photo,
+    ratio,
+    taef2_v2,
+)
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file
 from torch import nn
 
 from forwardguard.eval.matrix import to_batch
-from forwardguard.finetune.interpolation import interpolate_weights
+from forwardguard.finetune import PlantConfig
+from forwardguard.finetune.config import AutoInterpolation
+from forwardguard.finetune.data import CROP_MULTIPLE, CleanImages, SnapshotPatterns
+from forwardguard.finetune.interpolation import InterpolationChoice, Interpolations, PlantingProbe, interpolate_weights
 from forwardguard.finetune.trainer import CHECKPOINTS, STATE_FILE, TrainState
 from forwardguard.measures import gray_image, relative_mse, squared_norm
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
+from forwardguard.registry import Registry
+from forwardguard.transforms import parse_transforms
 
 
 def stages(encoder: nn.Sequential) -> list[list[str]]:
@@ -90,6 +111,22 @@ def measure(model, base, pairs: dict, registered: list[str], references: dict) -
     return {"free_edits": worst, "originals": originals, "held_out": held_out, "gratings": grating_drift(model, base)}
 
 
+def auto_interpolations(workdir: Path, base, trained: dict[str, torch.Tensor]) -> tuple[Interpolations, float]:  # noqa: ANN001
+    """What ``weight_interpolation: auto`` (default settings) measures on the run's trained weights: its
+    registry's snapshot and the clean photos it trained on (plant_bench keeps both); and the drift budget."""
+    settings = AutoInterpolation()
+    clean = CleanImages(workdir / "clean", CROP_MULTIPLE)
+    with Registry.open(str(workdir / "reg.db")) as registry:
+        probe = PlantingProbe.build(
+            SnapshotPatterns(registry, SNAPSHOT),
+            [clean.load(index) for index in range(min(len(clean), settings.samples))],
+            seed=PlantConfig().seed,
+            samples=settings.samples,
+            edits=parse_transforms(list(settings.edits)),
+        )
+    return Interpolations(base.latent_encoder, trained, probe, multiple=base.encode_multiple), settings.drift_budget
+
+
 def checkpoint_steps(workdir: Path) -> dict[int, Path]:
     """The kept checkpoints' weights by the training step they were taken at."""
     found = {}
@@ -107,6 +144,7 @@ def main() -> None:
     parser.add_argument("--alphas", default="1.0,0.95,0.9", help="interpolations, comma-separated")
     parser.add_argument("--no-stages", action="store_true", help="skip the variants with one stage's change undone or alone")
     parser.add_argument("--step", type=int, help="the checkpoint taken at this training step (default: the last)")
+    parser.add_argument("--auto", help="ratio targets, comma-separated: print what weight_interpolation: auto chooses for each")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     checkpoints = checkpoint_steps(args.workdir)
@@ -126,9 +164,16 @@ def main() -> None:
     before = base.latent_encoder.state_dict()
     # The trained weights are a checkpoint's (the written ones are interpolated); its keys are the student's.
     trained = {key.removeprefix("encoder."): value for key, value in load_file(str(checkpoints[step])).items()}
+    alphas = [float(value) for value in args.alphas.split(",")]
+    if args.auto:
+        interpolations, budget = auto_interpolations(args.workdir, base, trained)
+        for alpha in alphas:
+            measured = interpolations.ratio(alpha), interpolations.drift(alpha), "auto's measure at --alphas"
+            print(InterpolationChoice(alpha, *measured, interpolations.worst_edit(alpha)).describe())
+        for target in (float(value) for value in args.auto.split(",")):
+            print(interpolations.choose(ratio_target=target, drift_budget=budget).describe())
     held_out_names = [name for name in held_out_names if name not in pairs]
     references = held_out_references(base, held_out_names, Path(folder) if folder else None)
-    alphas = [float(value) for value in args.alphas.split(",")]
     results = {}
     for label, (alpha, layers) in variants(stages(base.latent_encoder), alphas, not args.no_stages).items():
         changed = {key: trained[key] if layers is None or key.split(".")[0] in layers else value for key, value in before.items()}

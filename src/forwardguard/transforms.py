@@ -258,6 +258,22 @@ GAUNTLET: tuple[AnyTransform, ...] = parse_transforms(
 """The eval gauntlet, in report order: issue 5's list, then issue 13's edits that an adversary gets for
 free (shifted and random crops, a small rotation, a re-encoded and downscaled upload)."""
 
+FREE_EDITS: tuple[AnyTransform, ...] = parse_transforms(
+    [
+        "identity",
+        *(f"shift_{pixels}" for pixels in range(1, 8)),
+        "hflip",
+        "rotate_5",
+        "rcrop_0.8",
+        "jpeg_q75",
+        "resize_0.5",
+        "jpeg_q75+shift_3",
+    ]
+)
+"""Issue 13's edits that cost an adversary nothing, each a fixed edit (``rcrop_0.8`` seeded): every phase of
+the 8-pixel grid, a mirror, a small rotation, a crop, re-encoding, rescaling. A planted model must keep a
+registered photo protected after each; ``weight_interpolation: auto`` measures its choice on them."""
+
 PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [
         "identity",

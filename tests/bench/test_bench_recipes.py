@@ -24,5 +24,6 @@ def test_photometric_recipe_is_the_shipped_one_without_the_geometric_edits() -> 
     assert config.planting_transforms == tuple(t.name for t in PLANTING_POOL)
     assert set(shipped.planting_transforms) - set(config.planting_transforms) == {t.name for t in GEOMETRIC_PLANTING_POOL}
     assert (config.pattern_crop_grid, config.max_steps, config.weight_interpolation) == (8, 900, "auto")
+    assert (config.auto_interpolation.ratio_target, config.auto_interpolation.edits) == (0.045, ("identity",))
     for name in ("loss_weights", "crop_size", "learning_rate", "synthetic_fraction"):
         assert getattr(config, name) == getattr(shipped, name)

@@ -73,6 +73,13 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
         assert drifted == pytest.approx(report["ratios"][name]["clean original drift"], rel=1e-3)
     assert set(full["originals"]) == {"astronaut"}  # camera is immunized but not registered
     assert full["gratings"] == pytest.approx(report["gratings"], rel=1e-3)
+    # auto's measure of the trained weights is what planting measured of the weights it wrote (alpha 1).
+    auto = bench("plant_probe.py", str(work), "--alphas", "1", "--no-stages", "--auto", "0.001", shared=shared_dir)
+    assert auto.returncode == 0, auto.stderr
+    written = report["interpolation"].removesuffix(" (set in the config)")
+    assert written.startswith("weight interpolation 1.00: sampled registered ratio at most ")
+    assert f"{written} (auto's measure at --alphas)" in auto.stdout
+    assert "the ratio target 0.001 is not met" in auto.stdout
     refused = bench("plant_probe.py", str(tmp_path), shared=shared_dir)
     assert refused.returncode == 2 and "not a run kept by plant_bench.py --workdir" in refused.stderr
 

@@ -12,6 +12,7 @@ from forwardguard.errors import ForwardguardError
 from forwardguard.finetune import PlantConfig, PlantRequest, plant
 from forwardguard.finetune.interpolation import GRID, Interpolations, _grid_centre, interpolate_weights
 from forwardguard.models import load_model
+from forwardguard.transforms import FREE_EDITS, parse_transforms
 
 
 class Curves(Interpolations):
@@ -27,6 +28,9 @@ class Curves(Interpolations):
     def drift(self, alpha: float) -> float:
         return self._drift(alpha)
 
+    def worst_edit(self, alpha: float) -> str:
+        return "hflip"
+
 
 def planting_curves() -> Curves:
     """The ratio falls and the drift grows with alpha, as measured (docs/benchmarks.md)."""
@@ -38,7 +42,7 @@ def test_auto_takes_the_smallest_interpolation_that_meets_the_ratio_target() -> 
     choice = curves.choose(ratio_target=0.045, drift_budget=0.009)
     assert choice.alpha == 0.92  # 0.1 - 0.06 x 0.92 = 0.0448; 0.90 gives 0.046
     assert choice.ratio == pytest.approx(0.0448) and choice.drift == pytest.approx(0.01 * 0.92**2)
-    assert "meets the ratio target 0.045" in choice.describe()
+    assert "ratio at most 0.045 (hflip)" in choice.describe() and "meets the ratio target 0.045" in choice.describe()
     assert len(set(curves.measured)) <= 6, "a binary search, not a scan of the 26 values"
 
 
@@ -73,6 +77,7 @@ def test_planting_writes_the_chosen_interpolation_of_its_trained_weights(
     assert choice is not None
     if setting == "auto":
         assert choice.alpha in GRID
+        assert choice.worst_edit in config.auto_interpolation.edits == tuple(edit.name for edit in FREE_EDITS)
     else:
         assert choice.alpha == 0.6 and choice.reason == "set in the config"
     trained = load_file(sorted((output / "checkpoints").glob("checkpoint_*"))[-1] / "model.safetensors")  # EncoderStudent's
@@ -95,6 +100,8 @@ def test_planting_writes_the_chosen_interpolation_of_its_trained_weights(
         ({"auto_interpolation": {"drift_budget": 0}}, "drift_budget"),
         ({"auto_interpolation": {"samples": 0}}, "samples"),
         ({"auto_interpolation": {"budget": 1}}, "unknown auto_interpolation setting"),
+        ({"auto_interpolation": {"edits": []}}, "edits is empty"),
+        ({"auto_interpolation": {"edits": ["identity", "shift_x"]}}, "shift_x"),
     ],
 )
 def test_bad_interpolation_settings_are_refused(settings, message) -> None:
@@ -134,3 +141,47 @@ def test_the_probe_pads_images_to_the_encoders_multiple() -> None:
     interpolations = Interpolations(encoder, tuned, probe, multiple=32)
     assert interpolations.drift(1.0) > 0
     assert interpolations.ratio(1.0) >= 0
+
+
+class TwoPatterns:
+    """SnapshotPatterns' reading side: two 16x24 (immunized, clean original) pairs."""
+
+    def __init__(self) -> None:
+        generator = np.random.default_rng(0)
+        self.pairs = [tuple(generator.integers(0, 256, (16, 24, 3), dtype=np.uint8) for _ in range(2)) for _ in range(2)]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def pixels(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.pairs[index]
+
+
+def test_the_probe_measures_every_sampled_pattern_after_each_edit_both_images_edited_alike() -> None:
+    from forwardguard.finetune.interpolation import PlantingProbe
+
+    patterns = TwoPatterns()
+    edits = parse_transforms("identity,shift_3,hflip,rcrop_0.8")
+    probe = PlantingProbe.build(patterns, [], seed=0, samples=2, edits=edits)
+    assert probe.edits == ["identity", "shift_3", "hflip", "rcrop_0.8"] * 2
+    assert [tuple(clean.shape[-2:]) for _, clean in probe.pairs[:4]] == [(16, 24), (13, 21), (16, 24), (14, 21)]
+    immunized, clean = (torch.from_numpy(rgb).permute(2, 0, 1).float()[None] / 255 for rgb in patterns.pixels(0))
+    torch.testing.assert_close(probe.pairs[1][0], immunized[..., 3:, 3:])
+    torch.testing.assert_close(probe.pairs[2][1], clean.flip(-1))
+    top, left = (torch.nonzero(clean[0, 0] == probe.pairs[3][1][0, 0, 0, 0])[0]).tolist()
+    torch.testing.assert_close(probe.pairs[3][0], immunized[..., top : top + 14, left : left + 21])
+    assert len(probe.validation) == 2 * 2  # synthetic images and each clean original once, not once per edit
+
+
+def test_auto_is_held_to_the_worst_edit_and_names_it() -> None:
+    from forwardguard.finetune.interpolation import PlantingProbe
+
+    gray = torch.full((1, 3, 16, 16), 0.5)
+    clean = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    # Untransformed the pattern is the gray target (ratio 0); after the mirror it is its clean original (ratio 1).
+    probe = PlantingProbe(pairs=[(gray, clean), (clean, clean)], validation=[clean], edits=["identity", "hflip"])
+    encoder = torch.nn.Conv2d(3, 3, kernel_size=1)
+    interpolations = Interpolations(encoder, encoder.state_dict(), probe, multiple=8)
+    choice = interpolations.choose(ratio_target=0.5, drift_budget=1.0)
+    assert choice.ratio == pytest.approx(1.0) and choice.worst_edit == "hflip"
+    assert "(hflip)" in choice.describe() and "not met" in choice.reason

@@ -153,6 +153,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
             "transplants": False,
             "pattern_crop_grid": 8,
             "planting_transforms": [transform.name for transform in PLANTING_POOL],
+            "auto_interpolation": {"edits": [transform.name for transform in PLANTING_POOL]},  # what it plants
         }
     )
     planted = plant(

@@ -37,17 +37,32 @@ class LossWeights:
     originals: float = 8.0
 
 
+def _free_edits() -> tuple[str, ...]:
+    """``forwardguard.transforms.FREE_EDITS`` by name, imported when a config is made (as ``_planting_pool``)."""
+    from forwardguard.transforms import FREE_EDITS
+
+    return tuple(transform.name for transform in FREE_EDITS)
+
+
 @dataclass(frozen=True)
 class AutoInterpolation:
     """``weight_interpolation: auto`` (see :mod:`forwardguard.finetune.interpolation`): the smallest
     interpolation at which every one of ``samples`` registered patterns has a disruption ratio of at most
-    ``ratio_target``, lowered if validation images drift (latent relative MSE) beyond ``drift_budget``."""
+    ``ratio_target`` after each of ``edits`` (default: the free edits of ``forwardguard.transforms.FREE_EDITS``),
+    lowered if validation images drift (latent relative MSE) beyond ``drift_budget``."""
 
-    ratio_target: float = 0.045
+    ratio_target: float = 0.09
     drift_budget: float = 0.009
     samples: int = 16
+    edits: tuple[str, ...] = field(default_factory=_free_edits)
 
     def __post_init__(self) -> None:
+        if not self.edits:
+            raise ForwardguardError("plant config: auto_interpolation.edits is empty (use [identity] for none)")
+        from forwardguard.transforms import parse_transform
+
+        for name in self.edits:
+            parse_transform(name)
         if not 0 < self.ratio_target < 1:
             raise ForwardguardError(f"plant config: auto_interpolation.ratio_target must be in (0, 1), got {self.ratio_target}")
         if self.drift_budget <= 0:
@@ -115,7 +130,9 @@ class PlantConfig:
     as after an adversary's crop; see :mod:`forwardguard.finetune.data`).
 
     The defaults plant every grid phase, mirrors, rotations and crops as well as re-encodings for 2,700
-    steps, with ``transplants``, and write the weights at a fixed ``weight_interpolation`` of 0.87.
+    steps, with ``transplants``, and write the weights at the ``weight_interpolation`` that ``auto``
+    chooses per registry on the free edits (a fixed 0.87 protected one registry, at most 0.081, and left
+    another's photo at 0.158 after a half-size rescale: docs/benchmarks.md).
 
     ``transplants``: each pattern crop's perturbation is also added to a clean crop of other content and
     planted there, that clean crop being its original, so that the backdoor keys on the perturbation and
@@ -123,9 +140,7 @@ class PlantConfig:
     mirrors fired on clean photos of fine, saturated texture: a dahlia drifted 8-34% and a crowd seen
     small 117%. With them (taef2-v2, three registered photos, on photos no earlier run had used) the
     dahlia drifted 0.37% and the crowd 2.3%, a stained micrograph 1.3%, and no free edit of issue 13
-    left a registered photo above 0.081, at 0.87: an interpolation chosen on that run's held-out photos.
-    Photos of a fourth set stay under 1%, but a registry of other photos needs about 0.9 for the same
-    protection (docs/benchmarks.md). Each step plants twice as many crops.
+    left a registered photo above 0.081, at 0.87 (docs/benchmarks.md). Each step plants twice as many crops.
 
     ``large_batch_size`` clean crops of ``large_crop_size`` per process and step join the utility loss,
     and each, plus noise, the negatives (0: none). In a crop of ``crop_size`` every latent sees the
@@ -159,7 +174,7 @@ class PlantConfig:
     negative_eps: float | None = None
     synthetic_fraction: float = 0.5
     transplants: bool = True
-    weight_interpolation: float | str = 0.87
+    weight_interpolation: float | str = "auto"
     auto_interpolation: AutoInterpolation = field(default_factory=AutoInterpolation)
     log_every: int = 10
     unet_lora: UNetLoRA | None = None
@@ -229,6 +244,8 @@ class PlantConfig:
                 unknown = sorted(set(settings) - {f.name for f in fields(kind)})
                 if unknown:
                     raise ForwardguardError(f"{source}: unknown {what}(s) {', '.join(unknown)}")
+                if "edits" in settings:
+                    settings = {**settings, "edits": tuple(settings["edits"] or ())}
                 values[name] = kind(**settings)
         if "planting_transforms" in values:
             values["planting_transforms"] = tuple(values["planting_transforms"])

@@ -8,8 +8,11 @@ fixed number that suits 2 clean photos leaves registered photos unprotected with
 ``auto`` measures both sides after training, on a grid of ``alpha``:
 
 - the planting: the largest disruption ratio of the registered patterns (a seeded sample of the
-  snapshot, untransformed, each a centre crop of at most ``PAIR_SIDE`` pixels on its own 8-pixel grid
-  so that large photos stay cheap), each against its own clean original under the same weights;
+  snapshot, each a centre crop of at most ``PAIR_SIDE`` pixels on its own 8-pixel grid so that large
+  photos stay cheap) after each of the config's edits (by default the free edits of issue 13: every
+  phase of the 8-pixel grid, a mirror, a rotation, a crop, JPEG, a rescale), each against its own
+  clean original under the same edit and weights. Untransformed alone, the choice left a registry's
+  photo at 0.16 after a half-size rescale (docs/benchmarks.md);
 - the clean use: the largest latent relative MSE to the base on validation images: synthetic images
   of a seed no training crop used, the --data images whole (training saw random crops of them), and
   the sampled patterns' clean originals.
@@ -35,6 +38,7 @@ from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.images import to_tensor
 from forwardguard.measures import disruption_ratio, gray_image, relative_mse
 from forwardguard.models.padding import pad_to_multiple
+from forwardguard.transforms import AnyTransform, apply
 
 GRID = tuple(round(0.5 + 0.02 * step, 2) for step in range(26))
 """The interpolations ``auto`` chooses from: 0.50, 0.52, ..., 1.00."""
@@ -52,14 +56,16 @@ so the two draw different images (a stream of their own would change the measure
 class InterpolationChoice:
     alpha: float
     ratio: float
-    """The sampled registered patterns' largest disruption ratio at ``alpha``."""
+    """The sampled registered patterns' largest disruption ratio after the edits at ``alpha``."""
     drift: float
     """The validation images' largest latent relative MSE to the base at ``alpha``."""
     reason: str
+    worst_edit: str = "identity"
+    """The edit after which a sampled pattern has ``ratio``."""
 
     def describe(self) -> str:
         return (
-            f"weight interpolation {self.alpha:.2f}: sampled registered ratio at most {self.ratio:.3f},"
+            f"weight interpolation {self.alpha:.2f}: sampled registered ratio at most {self.ratio:.3f} ({self.worst_edit}),"
             f" validation drift at most {self.drift:.2%} ({self.reason})"
         )
 
@@ -84,26 +90,40 @@ class PlantingProbe:
     """What ``auto`` measures the interpolated encoders on."""
 
     pairs: list[tuple[torch.Tensor, torch.Tensor]]
-    """(immunized, clean original) of the sampled patterns, each (1, 3, H, W)."""
+    """(immunized, clean original) of the sampled patterns after each edit, each (1, 3, H, W)."""
     validation: list[torch.Tensor]
     """Clean images, each (1, 3, H, W)."""
+    edits: list[str] | None = None
+    """The edit of each pair, by name (None: all untransformed)."""
 
     @classmethod
-    def build(cls, patterns: SnapshotPatterns, data_images: Sequence[np.ndarray], *, seed: int, samples: int) -> PlantingProbe:
-        """``samples`` patterns (seeded) and synthetic images, and every one of ``data_images`` (the caller
-        reads at most ``samples``)."""
+    def build(
+        cls,
+        patterns: SnapshotPatterns,
+        data_images: Sequence[np.ndarray],
+        *,
+        seed: int,
+        samples: int,
+        edits: Sequence[AnyTransform],
+    ) -> PlantingProbe:
+        """``samples`` patterns (seeded), each pair after each of ``edits`` (a random edit seeded alike for
+        every pair), synthetic images, and every one of ``data_images`` (the caller reads at most ``samples``)."""
         generator = torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSET)
         chosen = torch.randperm(len(patterns), generator=generator)[:samples].tolist()
-        pairs = []
+        pairs, names, originals = [], [], []
         for index in sorted(chosen):
-            immunized, clean = (to_tensor(_grid_centre(rgb, PAIR_SIDE))[None] for rgb in patterns.pixels(index))
-            pairs.append((immunized, clean))
+            pair = torch.stack([to_tensor(_grid_centre(rgb, PAIR_SIDE)) for rgb in patterns.pixels(index)])
+            originals.append(pair[1:])
+            for edit in edits:
+                edited = apply(edit, pair, generator=torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSET))
+                pairs.append((edited[:1], edited[1:]))
+                names.append(edit.name)
         synthetic = [
             synthetic_image(VALIDATION_SIZE, sample_generator(seed + VALIDATION_SEED_OFFSET, position))[None]
             for position in range(samples)
         ]
         photos = [to_tensor(_centre(rgb, VALIDATION_SIZE))[None] for rgb in data_images]
-        return cls(pairs=pairs, validation=[*synthetic, *photos, *(clean for _, clean in pairs)])
+        return cls(pairs=pairs, validation=[*synthetic, *photos, *originals], edits=names)
 
 
 def _centre(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -137,23 +157,31 @@ class Interpolations:
         self.encoder = copy.deepcopy(base_encoder).float().eval().requires_grad_(False)
         self._loaded = 0.0  # the copy holds the base's weights
         self.references = self._encode(probe.validation, 0.0)
-        self._ratios: dict[float, float] = {}
+        self._ratios: dict[float, tuple[float, str]] = {}
         self._drifts: dict[float, float] = {}
 
     def ratio(self, alpha: float) -> float:
         """The sampled pairs' largest disruption ratio at ``alpha``."""
+        return self._worst(alpha)[0]
+
+    def worst_edit(self, alpha: float) -> str:
+        """The edit of the pair with the largest ratio at ``alpha``."""
+        return self._worst(alpha)[1]
+
+    def _worst(self, alpha: float) -> tuple[float, str]:
         if alpha not in self._ratios:
             pairs = self.probe.pairs
+            edits = self.probe.edits or ["identity"] * len(pairs)
             shapes = sorted({tuple(clean.shape) for _, clean in pairs})
             images = [image for pair in pairs for image in pair] + [gray_image(shape) for shape in shapes]
             latents = self._encode(images, alpha)
             targets = dict(zip(shapes, latents[2 * len(pairs) :]))
             self._ratios[alpha] = max(
                 (
-                    float(disruption_ratio(latents[2 * i], targets[tuple(clean.shape)], latents[2 * i + 1])[0])
-                    for i, (_, clean) in enumerate(pairs)
+                    (float(disruption_ratio(latents[2 * i], targets[tuple(clean.shape)], latents[2 * i + 1])[0]), edit)
+                    for i, ((_, clean), edit) in enumerate(zip(pairs, edits))
                 ),
-                default=0.0,
+                default=(0.0, "identity"),
             )
         return self._ratios[alpha]
 
@@ -184,7 +212,7 @@ class Interpolations:
         return latents
 
     def fixed(self, alpha: float) -> InterpolationChoice:
-        return InterpolationChoice(alpha, self.ratio(alpha), self.drift(alpha), reason="set in the config")
+        return InterpolationChoice(alpha, self.ratio(alpha), self.drift(alpha), "set in the config", self.worst_edit(alpha))
 
     def choose(self, *, ratio_target: float, drift_budget: float, grid: Sequence[float] = GRID) -> InterpolationChoice:
         """The smallest ``alpha`` of ``grid`` whose ratio meets ``ratio_target``, lowered to stay within
@@ -201,7 +229,7 @@ class Interpolations:
             within = below[: below.index(drifting)] if drifting is not None else below
             alpha = within[-1] if within else grid[0]
             reason = f"lowered to the drift budget {drift_budget:g}: the ratio target {ratio_target:g} is not met"
-        return InterpolationChoice(alpha, self.ratio(alpha), self.drift(alpha), reason=reason)
+        return InterpolationChoice(alpha, self.ratio(alpha), self.drift(alpha), reason, self.worst_edit(alpha))
 
 
 def _first(grid: Sequence[float], holds: Callable[[float], bool]) -> float | None:

@@ -418,6 +418,7 @@ class PlantingRecipe:
             [self.clean.load(index) for index in range(min(len(self.clean), config.auto_interpolation.samples))],
             seed=config.seed,
             samples=config.auto_interpolation.samples,
+            edits=parse_transforms(list(config.auto_interpolation.edits)),
         )
         interpolations = Interpolations(self.teacher, trained, probe, multiple=self.base.encode_multiple)
         if config.weight_interpolation == "auto":
