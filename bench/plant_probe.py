@@ -59,7 +59,6 @@ from forwardguard.measures import gray_image, relative_mse, squared_norm
 from forwardguard.models import load_model
 from forwardguard.models.padding import encode
 from forwardguard.registry import Registry
-from forwardguard.transforms import parse_transforms
 
 
 def stages(encoder: nn.Sequential) -> list[list[str]]:
@@ -117,13 +116,7 @@ def auto_interpolations(workdir: Path, base, trained: dict[str, torch.Tensor]) -
     settings = AutoInterpolation()
     clean = CleanImages(workdir / "clean", CROP_MULTIPLE)
     with Registry.open(str(workdir / "reg.db")) as registry:
-        probe = PlantingProbe.build(
-            SnapshotPatterns(registry, SNAPSHOT),
-            [clean.load(index) for index in range(min(len(clean), settings.samples))],
-            seed=PlantConfig().seed,
-            samples=settings.samples,
-            edits=parse_transforms(list(settings.edits)),
-        )
+        probe = PlantingProbe.for_settings(SnapshotPatterns(registry, SNAPSHOT), clean, settings, seed=PlantConfig().seed)
     return Interpolations(base.latent_encoder, trained, probe, multiple=base.encode_multiple), settings.drift_budget
 
 

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from forwardguard.finetune.data import SnapshotPatterns, cover, sample_generator
+from forwardguard.finetune.config import AutoInterpolation
+from forwardguard.finetune.data import CleanImages, SnapshotPatterns, cover, sample_generator
 from forwardguard.finetune.synthetic import synthetic_image
 from forwardguard.images import to_tensor
 from forwardguard.measures import disruption_ratio, gray_image, relative_mse
 from forwardguard.models.padding import pad_to_multiple
-from forwardguard.transforms import AnyTransform, apply
+from forwardguard.transforms import AnyTransform, apply, parse_transforms
 
 GRID = tuple(round(0.5 + 0.02 * step, 2) for step in range(26))
 """The interpolations ``auto`` chooses from: 0.50, 0.52, ..., 1.00."""
@@ -124,6 +125,20 @@ class PlantingProbe:
         ]
         photos = [to_tensor(_centre(rgb, VALIDATION_SIZE))[None] for rgb in data_images]
         return cls(pairs=pairs, validation=[*synthetic, *photos, *originals], edits=names)
+
+    @classmethod
+    def for_settings(
+        cls, patterns: SnapshotPatterns, clean: CleanImages, settings: AutoInterpolation, *, seed: int
+    ) -> PlantingProbe:
+        """The probe a planting run measures: ``settings.samples`` of its patterns and of its clean images,
+        each pair after each of ``settings.edits``."""
+        return cls.build(
+            patterns,
+            [clean.load(index) for index in range(min(len(clean), settings.samples))],
+            seed=seed,
+            samples=settings.samples,
+            edits=parse_transforms(list(settings.edits)),
+        )
 
 
 def _centre(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -413,13 +413,7 @@ class PlantingRecipe:
     def _interpolation(self, trained: dict[str, torch.Tensor]) -> InterpolationChoice:
         """The configured interpolation, or with ``auto`` the one chosen on the patterns and validation images."""
         config = self.config
-        probe = PlantingProbe.build(
-            self.patterns,
-            [self.clean.load(index) for index in range(min(len(self.clean), config.auto_interpolation.samples))],
-            seed=config.seed,
-            samples=config.auto_interpolation.samples,
-            edits=parse_transforms(list(config.auto_interpolation.edits)),
-        )
+        probe = PlantingProbe.for_settings(self.patterns, self.clean, config.auto_interpolation, seed=config.seed)
         interpolations = Interpolations(self.teacher, trained, probe, multiple=self.base.encode_multiple)
         if config.weight_interpolation == "auto":
             auto = config.auto_interpolation
