@@ -47,6 +47,13 @@ def test_smallest_run_keeps_its_workdir_for_the_probe(tmp_path, shared_dir):
     assert completed.returncode == 0, completed.stderr
     report = json.loads(out.read_text())
     assert set(report["free_edits"]) == {"astronaut", "camera"} and "hflip" in report["free_edits"]["astronaut"]
+    for name, grid in report["crop_phases"].items():  # every (top, left) crop; its diagonal is shift_1..7
+        assert len(grid) == 8 and all(len(row) == 8 for row in grid)
+        assert grid[0][0] == pytest.approx(report["free_edits"][name]["none"], abs=1e-4)
+        assert [grid[k][k] for k in range(1, 8)] == pytest.approx(
+            [report["free_edits"][name][f"shift_{k}"] for k in range(1, 8)], abs=1e-4
+        )
+    assert "every crop phase (0-7 rows off the top, 0-7 columns off the left): worst registered ratio" in completed.stdout
     assert set(report["held_out"]) == {"text", "mine"}  # camera is one of the immunized photos
     assert [int(period) for period in report["gratings"]] == [2, 3, 4, 6, 8, 12, 16] and min(report["gratings"].values()) > 0
     assert report["clean_photos"] == ["brick", "own"] and (work / "clean" / "own.png").is_file()
