@@ -74,7 +74,7 @@ names of the registered ones (``registered``) and of the held-out photos (``held
 (``photos``, empty without one), for bench/plant_probe.py."""
 FREE_EDITS = ("none", *(edit.name for edit in transforms.FREE_EDITS[1:]))
 """``forwardguard.transforms.FREE_EDITS``, the identity named "none": issue 13's edits that cost an
-adversary nothing (every phase of the 8-pixel grid, a mirror, a small rotation, a random crop,
+adversary nothing (the diagonal phases of the 8-pixel grid, a mirror, a small rotation, a random crop,
 re-encoding and rescaling); the planted worst case over the registered photos after each must be at
 most 0.10."""
 CROP_PHASES = 8

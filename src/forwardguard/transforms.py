@@ -270,9 +270,11 @@ FREE_EDITS: tuple[AnyTransform, ...] = parse_transforms(
         "jpeg_q75+shift_3",
     ]
 )
-"""Issue 13's edits that cost an adversary nothing, each a fixed edit (``rcrop_0.8`` seeded): every phase of
-the 8-pixel grid, a mirror, a small rotation, a crop, re-encoding, rescaling. A planted model must keep a
-registered photo protected after each; ``weight_interpolation: auto`` measures its choice on them."""
+"""Issue 13's edits that cost an adversary nothing, each a fixed edit (``rcrop_0.8`` seeded): the 7 diagonal
+phases of the 8-pixel grid (as many rows off the top as columns off the left; planting draws every phase,
+and bench/plant_bench.py measures all 64), a mirror, a small rotation, a crop, re-encoding, rescaling. A
+planted model must keep a registered photo protected after each; ``weight_interpolation: auto`` measures
+its choice on them."""
 
 PLANTING_POOL: tuple[AnyTransform, ...] = parse_transforms(
     [
