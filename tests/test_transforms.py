@@ -45,8 +45,8 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _step_kinds(transforms) -> set[str]:
-    """The kinds of every step, a random kind counted as its fixed one (rshift covers shift)."""
-    fixed = {"rshift": "shift", "rrotate": "rotate"}
+    """The kinds of every step, a random kind counted as its fixed one (rshift covers every crop of the grid)."""
+    fixed = {"rshift": "shift", "vshift": "shift", "hshift": "shift", "rrotate": "rotate"}
     return {fixed.get(step.kind, step.kind) for t in transforms for step in t.steps}
 
 
@@ -54,7 +54,7 @@ def test_the_gauntlet_is_issue_5s_list_then_issue_13s_in_order():
     assert [t.name for t in GAUNTLET] == [
         "jpeg_q95", "jpeg_q75", "jpeg_q50", "noise_0.01", "noise_0.03", "noise_0.05",
         "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
-        "shift_1", "shift_3", "rcrop_0.8", "rotate_5", "jpeg_q75+resize_0.75",
+        "shift_1", "shift_3", "rcrop_0.8", "rotate_5", "jpeg_q75+resize_0.75", "vshift_4", "hshift_4",
     ]  # fmt: skip
     assert _step_kinds(ROBUST_POOL) >= _step_kinds(GAUNTLET)
     assert {"rshift_7", "rcrop_0.8"} <= {t.name for t in ROBUST_POOL}
@@ -72,7 +72,7 @@ def test_every_gauntlet_transform_keeps_shape_and_range(transform, photos):
             out = function(transform, images, generator=torch.Generator().manual_seed(0))
             assert out.dtype == images.dtype and out.shape[:2] == images.shape[:2]
             if transform.changes_size:  # a crop not resized back: smaller, as the adversary uploads it
-                assert out.shape[-2] < images.shape[-2] and out.shape[-1] < images.shape[-1]
+                assert all(o <= i for o, i in zip(out.shape[-2:], images.shape[-2:])) and out.numel() < images.numel()
             else:
                 assert out.shape == images.shape
             assert out.min() >= 0 and out.max() <= 1
@@ -170,6 +170,8 @@ def test_names_round_trip():
         ("shift_0", r"\[1, 1024\]"),
         ("shift_2.5", "integer"),
         ("rshift_2000", r"\[1, 1024\]"),
+        ("vshift_0", r"\[1, 1024\]"),
+        ("hshift_1.5", "integer"),
         ("rcrop_0", r"\(0, 1\]"),
         ("rcrop_1.2", r"\(0, 1\]"),
         ("rrotate_0", r"\(0, 180\]"),
@@ -308,6 +310,19 @@ def test_shift_crops_the_top_and_left(photos):
     assert apply(parse_transform("shift_4"), tiny).shape == (1, 3, 1, 1)  # cut to keep one pixel
 
 
+def test_row_and_column_shifts_crop_one_side_and_chain_to_any_phase(photos):
+    rows, columns = parse_transform("vshift_5"), parse_transform("hshift_2")
+    assert torch.equal(apply(rows, photos), photos[..., 5:, :])
+    assert torch.equal(apply(columns, photos), photos[..., :, 2:])
+    assert rows.changes_size and columns.changes_size
+    phase = parse_transform("vshift_5+hshift_2")
+    assert torch.equal(apply(phase, photos), photos[..., 5:, 2:])
+    assert torch.equal(apply_differentiable(phase, photos), photos[..., 5:, 2:])
+    assert torch.equal(apply(parse_transform("vshift_3+hshift_3"), photos), apply(parse_transform("shift_3"), photos))
+    tiny = photos[..., :2, :2]
+    assert apply(parse_transform("vshift_4"), tiny).shape == (photos.shape[0], 3, 1, 2)  # cut to keep one row
+
+
 def test_random_shifts_cover_every_offset_and_are_seeded(photos):
     rshift = parse_transform("rshift_7")
     offsets = set()
@@ -367,7 +382,7 @@ _steps = st.one_of(
     st.just(Transform("identity")), st.just(Transform("hflip")),
     st.builds(Transform, st.sampled_from(["jpeg"]), st.integers(1, 100)),
     st.builds(Transform, st.sampled_from(["blur"]), st.integers(1, 20).map(lambda k: 2 * k + 1)),
-    st.builds(Transform, st.sampled_from(["shift", "rshift"]), st.integers(1, 1024)),
+    st.builds(Transform, st.sampled_from(["shift", "vshift", "hshift", "rshift"]), st.integers(1, 1024)),
     st.builds(Transform, st.sampled_from(["noise", "rcrop", "crop"]), st.floats(1e-6, 1)),
     st.builds(Transform, st.just("resize"), st.floats(1e-6, 4)),
     st.builds(Transform, st.just("rotate"), _readable(st.floats(-180, 180))),

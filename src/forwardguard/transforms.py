@@ -13,6 +13,9 @@ A transform is named by one string everywhere (configs, CLI, reports); its kind,
 - ``rrotate_5``: rotation by an angle drawn uniformly in [-5, 5] degrees (in (0, 180])
 - ``shift_3``: crop 3 pixels off the top and 3 off the left (an integer in [1, 1024]): the 8 x 8 grid
   of JPEG and of the encoders moves, which costs an adversary nothing
+- ``vshift_5``: crop 5 rows off the top only, ``hshift_5``: 5 columns off the left only (integers in
+  [1, 1024]): an adversary need not crop as many rows as columns; ``vshift_5+hshift_2`` reaches any
+  phase of the grid
 - ``rshift_7``: crop a number of pixels drawn uniformly in 0..7 off the top, and another off the left
   (an integer in [1, 1024]); 7 reaches every phase of an 8-pixel grid
 - ``rcrop_0.8``: a crop keeping 80% of the area (``sqrt(0.8)`` of each side) at an offset drawn
@@ -24,7 +27,7 @@ without a ``+`` sign). Names are accepted wherever transforms are named: gauntle
 planting transforms, gate policy.
 
 Conventions, for images NCHW in [0, 1] of any size; every output is clamped to [0, 1] and has the
-input's shape, but for the crops that are not resized back (shift, rshift, rcrop): they return the
+input's shape, but for the crops that are not resized back (shift, vshift, hshift, rshift, rcrop): they return the
 smaller image, as an adversary would upload it (``changes_size``):
 
 - resize: bilinear with antialiasing down to ``round(side * scale)`` (at least 1 pixel), then
@@ -35,7 +38,7 @@ smaller image, as an adversary would upload it (``changes_size``):
   small for the kernel, the kernel is cut to fit (none on a side of one pixel).
 - rotate: about the centre, bilinear, same size; the corners that come from outside the image
   are filled with black (zero).
-- shift, rshift: never below one pixel: on a side of at most K pixels, K is cut to the side minus 1.
+- shift, vshift, hshift, rshift: never below one pixel: on a side of at most K pixels, K is cut to the side minus 1.
 - rcrop: the kept sides are ``max(1, round(side * sqrt(fraction)))``.
 - random draws (noise, the offsets of rshift and rcrop, the angle of rrotate) come from
   ``generator``, so that a seeded run is reproducible; every image of a batch gets the same offsets
@@ -78,11 +81,14 @@ _KINDS: dict[str, bool] = {
     "rotate": True,
     "rrotate": True,
     "shift": True,
+    "vshift": True,
+    "hshift": True,
     "rshift": True,
     "rcrop": True,
 }
-_SIZE_CHANGING = frozenset({"shift", "rshift", "rcrop"})
-_INTEGER_KINDS = frozenset({"jpeg", "blur", "shift", "rshift"})
+_SHIFT_KINDS = frozenset({"shift", "vshift", "hshift", "rshift"})
+_SIZE_CHANGING = _SHIFT_KINDS | {"rcrop"}
+_INTEGER_KINDS = frozenset({"jpeg", "blur"}) | _SHIFT_KINDS
 MAX_CHAIN = 8
 """The most steps a chain may have."""
 MAX_SHIFT = 1024
@@ -130,7 +136,7 @@ class Transform:
 
     @property
     def changes_size(self) -> bool:
-        """True for the crops that return a smaller image (shift, rshift, rcrop)."""
+        """True for the crops that return a smaller image (shift, vshift, hshift, rshift, rcrop)."""
         return self.kind in _SIZE_CHANGING
 
 
@@ -180,7 +186,7 @@ def _check_value(kind: str, value: float) -> str | None:
         return "degrees must be in [-180, 180]"
     if kind == "rrotate" and not 0 < value <= 180:
         return "the largest angle must be in (0, 180]"
-    if kind in ("shift", "rshift") and not (float(value).is_integer() and 1 <= value <= MAX_SHIFT):
+    if kind in _SHIFT_KINDS and not (float(value).is_integer() and 1 <= value <= MAX_SHIFT):
         return f"pixels must be an integer in [1, {MAX_SHIFT}]"
     if kind == "rcrop" and not 0 < value <= 1:
         return "the kept area fraction must be in (0, 1]"
@@ -205,8 +211,8 @@ def _parse_step(text: str, name: str) -> Transform:
     if kind not in _KINDS:
         raise ForwardguardError(
             f"unknown transform {name!r}; known kinds: identity, jpeg_qQUALITY, noise_SIGMA, resize_SCALE, "
-            "crop_FRACTION, blur_KERNEL, hflip, rotate_DEGREES, rrotate_DEGREES, shift_PIXELS, rshift_PIXELS, "
-            "rcrop_FRACTION, and chains A+B"
+            "crop_FRACTION, blur_KERNEL, hflip, rotate_DEGREES, rrotate_DEGREES, shift_PIXELS, vshift_PIXELS, "
+            "hshift_PIXELS, rshift_PIXELS, rcrop_FRACTION, and chains A+B"
         )
     if not _KINDS[kind]:
         if argument:
@@ -253,10 +259,14 @@ GAUNTLET: tuple[AnyTransform, ...] = parse_transforms(
         "rcrop_0.8",
         "rotate_5",
         "jpeg_q75+resize_0.75",
+        "vshift_4",
+        "hshift_4",
     ]
 )
 """The eval gauntlet, in report order: issue 5's list, then issue 13's edits that an adversary gets for
-free (shifted and random crops, a small rotation, a re-encoded and downscaled upload)."""
+free (shifted and random crops, a small rotation, a re-encoded and downscaled upload), then a crop of
+rows only and one of columns only, half the 8-pixel grid: ``shift_K`` crops as many rows as columns,
+and a perturbation can survive those diagonal phases and not the others (docs/benchmarks.md)."""
 
 FREE_EDITS: tuple[AnyTransform, ...] = parse_transforms(
     [
@@ -431,6 +441,14 @@ def _shift(images: torch.Tensor, pixels: float, generator: torch.Generator | Non
     return _crop_top_left(images, int(pixels), int(pixels))
 
 
+def _shift_rows(images: torch.Tensor, pixels: float, generator: torch.Generator | None) -> torch.Tensor:
+    return _crop_top_left(images, int(pixels), 0)
+
+
+def _shift_columns(images: torch.Tensor, pixels: float, generator: torch.Generator | None) -> torch.Tensor:
+    return _crop_top_left(images, 0, int(pixels))
+
+
 def _random_shift(images: torch.Tensor, pixels: float, generator: torch.Generator | None) -> torch.Tensor:
     top = _random_integer(int(pixels), generator)
     left = _random_integer(int(pixels), generator)
@@ -476,6 +494,8 @@ _TORCH: dict[str, Callable[[torch.Tensor, Any, torch.Generator | None], torch.Te
     "rotate": _rotate,
     "rrotate": _random_rotate,
     "shift": _shift,
+    "vshift": _shift_rows,
+    "hshift": _shift_columns,
     "rshift": _random_shift,
     "rcrop": _random_crop,
 }

@@ -12,7 +12,7 @@ from forwardguard.eval.settings import EvalSettings
 from forwardguard.models.padding import encode
 from forwardguard.transforms import apply, parse_transform
 
-TRANSFORMS = ("shift_3", "rcrop_0.8", "jpeg_q75+shift_3")
+TRANSFORMS = ("shift_3", "rcrop_0.8", "jpeg_q75+shift_3", "vshift_4")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def test_a_crop_is_measured_at_the_smaller_size_against_a_target_of_that_size(ta
     )
     assert edited_shapes["none"] == {(1, 3, 36, 44)}
     assert edited_shapes["shift_3"] == edited_shapes["jpeg_q75+shift_3"] == {(1, 3, 33, 41)}
+    assert edited_shapes["vshift_4"] == {(1, 3, 32, 44)}  # rows only: the columns' grid stays
     assert edited_shapes["rcrop_0.8"] == {(1, 3, round(36 * 0.8**0.5), round(44 * 0.8**0.5))}
     ratios = []
     for image in images:
