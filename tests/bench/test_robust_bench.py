@@ -48,7 +48,10 @@ def test_smallest_run_reports_plain_beside_robust_for_every_transform(tmp_path, 
         assert grid[0][0] == pytest.approx(summary["ratios"]["v1/none"][snapshot], abs=1e-4)
         for k in range(1, 8):
             assert grid[k][k] == pytest.approx(summary["ratios"][f"v1/shift_{k}"][snapshot], abs=1e-4)
-        assert len({round(value, 6) for row in grid for value in row}) > 8  # off the diagonal: other crops
+        # off the diagonal: other crops, the same as the eval's crops of rows only and of columns only
+        assert grid[4][0] == pytest.approx(summary["ratios"]["v1/vshift_4"][snapshot], abs=1e-4)
+        assert grid[0][4] == pytest.approx(summary["ratios"]["v1/hshift_4"][snapshot], abs=1e-4)
+        assert len({round(value, 6) for row in grid for value in row}) > 8
         assert (
             f"v1, {snapshot}: mean ratio after every crop of 0-7 rows off the top and 0-7 columns off the left: at most"
             in completed.stdout
