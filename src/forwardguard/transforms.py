@@ -27,8 +27,8 @@ without a ``+`` sign). Names are accepted wherever transforms are named: gauntle
 planting transforms, gate policy.
 
 Conventions, for images NCHW in [0, 1] of any size; every output is clamped to [0, 1] and has the
-input's shape, but for the crops that are not resized back (shift, vshift, hshift, rshift, rcrop): they return the
-smaller image, as an adversary would upload it (``changes_size``):
+input's shape, but for the crops that are not resized back (shift, vshift, hshift, rshift, rcrop):
+they return the smaller image, as an adversary would upload it (``changes_size``):
 
 - resize: bilinear with antialiasing down to ``round(side * scale)`` (at least 1 pixel), then
   bilinear back to the original size.
@@ -38,7 +38,8 @@ smaller image, as an adversary would upload it (``changes_size``):
   small for the kernel, the kernel is cut to fit (none on a side of one pixel).
 - rotate: about the centre, bilinear, same size; the corners that come from outside the image
   are filled with black (zero).
-- shift, vshift, hshift, rshift: never below one pixel: on a side of at most K pixels, K is cut to the side minus 1.
+- shift, vshift, hshift, rshift: never below one pixel: on a side of at most K pixels, K is cut to
+  the side minus 1.
 - rcrop: the kept sides are ``max(1, round(side * sqrt(fraction)))``.
 - random draws (noise, the offsets of rshift and rcrop, the angle of rrotate) come from
   ``generator``, so that a seeded run is reproducible; every image of a batch gets the same offsets
