@@ -11,6 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from transform_support import step_kinds
 
 from forwardguard.errors import ForwardguardError
 from forwardguard.transforms import (
@@ -44,19 +45,13 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / (a - b).pow(2).mean()))
 
 
-def _step_kinds(transforms) -> set[str]:
-    """The kinds of every step, a random kind counted as its fixed one (rshift covers every crop of the grid)."""
-    fixed = {"rshift": "shift", "vshift": "shift", "hshift": "shift", "rrotate": "rotate"}
-    return {fixed.get(step.kind, step.kind) for t in transforms for step in t.steps}
-
-
 def test_the_gauntlet_is_issue_5s_list_then_issue_13s_in_order():
     assert [t.name for t in GAUNTLET] == [
         "jpeg_q95", "jpeg_q75", "jpeg_q50", "noise_0.01", "noise_0.03", "noise_0.05",
         "resize_0.5", "crop_0.9", "blur_5", "hflip", "rotate_10",
         "shift_1", "shift_3", "rcrop_0.8", "rotate_5", "jpeg_q75+resize_0.75", "vshift_4", "hshift_4",
     ]  # fmt: skip
-    assert _step_kinds(ROBUST_POOL) >= _step_kinds(GAUNTLET)
+    assert step_kinds(ROBUST_POOL) >= step_kinds(GAUNTLET)
     assert {"rshift_7", "rcrop_0.8"} <= {t.name for t in ROBUST_POOL}
     assert all(t.kind in ("identity", "jpeg", "resize", "noise") for t in PLANTING_POOL)
     assert all(t.value <= 0.02 for t in PLANTING_POOL if t.kind == "noise")
